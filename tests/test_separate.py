@@ -1,0 +1,79 @@
+"""Touching buildings come apart when a contact channel is given, and stay one blob without it."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+from shapely.geometry import box
+
+from fpn_geo.errors import ConfigError, InputError
+from fpn_geo.labels import CONTACT, rasterize_classes, rasterize_instances, read_labels
+from fpn_geo.separate import connected_components, label_instances
+
+ROOT = Path(__file__).resolve().parents[1]
+KAMPALA_TIF = ROOT / "data/kampala_oam/mosaic_z21_12x8_3072x2048.tif"
+KAMPALA_LABELS = ROOT / "data/kampala_oam/labels.geojson"
+
+
+def _channels(geoms, transform, shape, contact_px=2):
+    """Perfect model output: footprint = the buildings, contact = the contact class."""
+    instances = rasterize_instances(geoms, transform, shape)
+    classes = rasterize_classes(geoms, transform, shape, contact_px=contact_px)
+    footprint = np.where(instances > 0, 255, 0).astype(np.uint8)
+    contact = np.where(classes == CONTACT, 255, 0).astype(np.uint8)
+    return instances, footprint, contact
+
+
+def test_touching_squares_split_with_contact_only():
+    transform = from_origin(0, 40, 1, 1)
+    instances, footprint, contact = _channels([box(5, 10, 15, 20), box(15, 10, 25, 20)], transform, (40, 40))
+    assert connected_components(footprint > 0).max() == 1
+    assert label_instances(footprint, None).max() == 1
+    labels = label_instances(footprint, contact)
+    assert labels.dtype == np.int32 and labels.max() == 2
+    assert ((labels > 0) == (footprint > 0)).all()  # every building pixel gets an id
+    # each label sits on one square: ids agree with the truth instances
+    for truth_id in (1, 2):
+        assert len(np.unique(labels[instances == truth_id])) == 1
+    assert labels[25, 6] != labels[25, 23]
+
+
+def test_diagonal_touch_is_two_components():
+    fp = np.zeros((6, 6), np.uint8)
+    fp[0:3, 0:3] = 255
+    fp[3:6, 3:6] = 255
+    assert label_instances(fp).max() == 2
+
+
+def test_blob_that_is_all_contact_keeps_an_id():
+    fp = np.zeros((10, 10), np.uint8)
+    ct = np.zeros_like(fp)
+    fp[2:4, 2:4] = 255
+    ct[2:4, 2:4] = 255
+    labels = label_instances(fp, ct)
+    assert labels.max() == 1 and (labels[2:4, 2:4] == 1).all()
+
+
+def test_kampala_buildings_come_apart_with_contact():
+    with rasterio.open(KAMPALA_TIF) as src:
+        transform, shape, crs = src.transform, src.shape, src.crs
+    labels = read_labels(KAMPALA_LABELS, crs)
+    instances, footprint, contact = _channels(labels, transform, shape)
+    n_truth = len(np.unique(instances)) - 1
+    assert n_truth == 108
+    merged = label_instances(footprint).max()
+    split = label_instances(footprint, contact).max()
+    assert merged < n_truth  # some Kampala buildings touch
+    assert split == n_truth
+
+
+def test_bad_inputs_are_clear_errors():
+    fp = np.zeros((4, 4), np.uint8)
+    with pytest.raises(InputError, match="float64"):
+        label_instances(fp.astype(float))
+    with pytest.raises(InputError, match="shape"):
+        label_instances(fp, np.zeros((3, 4), np.uint8))
+    with pytest.raises(ConfigError, match="threshold=0"):
+        label_instances(fp, threshold=0)
