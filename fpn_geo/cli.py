@@ -1,0 +1,98 @@
+"""`fpn-geo` command line: segment a scene, or describe a scene or checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from fpn_geo.errors import FpnGeoError
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from fpn_geo.config import load_config
+    from fpn_geo.pipeline import load_segmenter, segment
+
+    cfg = load_config(
+        args.config, window=args.window, overlap=args.overlap, batch=args.batch, device=args.device,
+        threshold=args.threshold, min_area_m2=args.min_area, simplify_m=args.simplify, compile=args.compile or None,
+        probability="none" if args.no_probability else None,
+    )
+    segmenter = load_segmenter(args.model, cfg.device, cfg.compile)
+    bar = tqdm(total=0, unit="win", desc="segment", disable=args.quiet or None, file=sys.stderr)
+    summary = segment(
+        args.scene, segmenter, args.out, cfg, args.probability,
+        on_start=lambda n: bar.reset(total=n), on_batch=bar.update,
+    )
+    bar.close()
+    print(summary.line())
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if path.suffix == ".safetensors":
+        from fpn_geo.model.checkpoint import load_checkpoint
+
+        model, meta = load_checkpoint(path)
+        info = {**meta.to_dict(), "parameters": sum(p.numel() for p in model.parameters())}
+    else:
+        from dataclasses import asdict
+
+        from fpn_geo.scene import open_scene
+
+        scene = open_scene(str(path))
+        info = {**asdict(scene), "crs": scene.crs.to_string(), "megapixels": round(scene.megapixels, 3)}
+        info.pop("crs_wkt")
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fpn-geo", description="Find buildings in GeoTIFFs.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("segment", help="segment a scene into a building GeoPackage")
+    s.add_argument("scene", help="GeoTIFF (or anything GDAL reads)")
+    s.add_argument("--model", required=True, help="checkpoint NAME.safetensors (NAME.json beside it)")
+    s.add_argument("--out", required=True, help="output GeoPackage")
+    s.add_argument("--config", help="YAML config (default configs/segment.yaml)")
+    s.add_argument("--probability", help="probability COG path (default OUT.probability.tif)")
+    s.add_argument("--no-probability", action="store_true", help="do not keep the probability COG")
+    s.add_argument("--window", type=int)
+    s.add_argument("--overlap", type=int)
+    s.add_argument("--batch", type=int)
+    s.add_argument("--device")
+    s.add_argument("--threshold", type=float)
+    s.add_argument("--min-area", type=float, help="square metres")
+    s.add_argument("--simplify", type=float, help="metres")
+    s.add_argument("--compile", action="store_true")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=_segment)
+
+    i = sub.add_parser("info", help="describe a scene or a checkpoint")
+    i.add_argument("path")
+    i.set_defaults(func=_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except FpnGeoError as e:
+        print(f"fpn-geo: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fpn-geo: interrupted; no output written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Batched inference: windows in, per-window building probabilities (uint8) out, reading ahead of the model."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
+
+import numpy as np
+import rasterio
+import torch
+import torch.nn.functional as F
+
+from fpn_geo.model.checkpoint import ModelMeta
+from fpn_geo.reading import WindowData, read_window
+from fpn_geo.tiling import GridWindow
+
+
+class Predictor(Protocol):
+    """Anything that turns a batch of windows into foreground probabilities.
+
+    Returns uint8 (N, K, M, M): channel 0 is P(building footprint) = 1 - P(background); channel 1,
+    where the model has a contact class, is P(contact). uint8 keeps results small across processes.
+    """
+
+    def __call__(self, images: np.ndarray, windows: list[GridWindow]) -> np.ndarray: ...
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from fpn_geo.errors import ConfigError
+
+        raise ConfigError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
+    return device
+
+
+class SegmenterPredictor:
+    """The segmenter on CPU (float32) or CUDA (bf16 autocast, channels_last, optional torch.compile).
+
+    Normalization runs on the device, so only uint8 crosses the bus.
+    """
+
+    def __init__(self, model: torch.nn.Module, meta: ModelMeta, device: str = "auto", compile: bool = False) -> None:
+        self.device = torch.device(resolve_device(device))
+        self.cuda = self.device.type == "cuda"
+        model = model.eval().to(self.device)
+        if self.cuda:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = torch.compile(model) if compile else model
+        self.mean = torch.tensor(meta.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(meta.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.has_contact = "contact" in meta.classes
+        self.contact_index = meta.classes.index("contact") if self.has_contact else -1
+
+    @property
+    def channels(self) -> int:
+        return 2 if self.has_contact else 1
+
+    @torch.inference_mode()
+    def __call__(self, images: np.ndarray, windows: list[GridWindow]) -> np.ndarray:
+        x = torch.from_numpy(images if images.dtype == np.uint8 else images.astype(np.float32))
+        if self.cuda:
+            x = x.pin_memory().to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        x = (x.float() - self.mean) / self.std
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else contextlib.nullcontext()
+        with amp:
+            logits = self.model(x)
+        p = logits.float().softmax(dim=1)
+        out = [1.0 - p[:, 0]]
+        if self.has_contact:
+            out.append(p[:, self.contact_index])
+        return (torch.stack(out, dim=1) * 255).round_().to(torch.uint8).cpu().numpy()
+
+
+def to_scene(probs: np.ndarray, data: WindowData) -> np.ndarray:
+    """Crop the padding off a window's prediction and bring it back to scene pixels."""
+    mh, mw = data.model_hw
+    p = probs[:, :mh, :mw]
+    h, w = data.valid.shape
+    if (mh, mw) != (h, w):
+        t = torch.from_numpy(np.ascontiguousarray(p)).float()[None]
+        p = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0].round().clamp(0, 255).byte().numpy()
+    return np.where(data.valid, p, 0).astype(np.uint8)  # nodata never becomes building
+
+
+class StageTimes(dict):
+    """Seconds spent per stage, for the summary and the benchmarks."""
+
+    @contextlib.contextmanager
+    def time(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[stage] = self.get(stage, 0.0) + time.perf_counter() - t0
+
+
+def _batches(items: Iterable, n: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def read_batches(
+    path: str, windows: Iterable[GridWindow], bands: tuple[int, ...], model_size: int, scale: float, batch: int,
+    times: StageTimes,
+) -> Iterator[tuple[list[GridWindow], list[WindowData]]]:
+    """Yield (windows asked, windows with data) per batch; all-nodata windows are dropped here."""
+    with rasterio.open(path) as src:
+        for group in _batches(windows, batch):
+            with times.time("read"):
+                data = [d for d in (read_window(src, w, bands, model_size, scale) for w in group) if d is not None]
+            yield group, data
+
+
+def prefetch(it: Iterator, depth: int = 2) -> Iterator:
+    """Run an iterator in a thread `depth` items ahead: the next windows are read while the model runs."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in it:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(done)
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(e)
+
+    thread = threading.Thread(target=work, daemon=True, name="fpn-geo-reader")
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                q.get_nowait()
+
+
+def predict_windows(
+    path: str,
+    windows: Iterable[GridWindow],
+    bands: tuple[int, ...],
+    predictor: Predictor,
+    model_size: int,
+    scale: float = 1.0,
+    batch: int = 4,
+    times: StageTimes | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> Iterator[tuple[GridWindow, np.ndarray | None, np.ndarray | None]]:
+    """Yield (window, probabilities (K, h, w) uint8, valid mask) for every window; (window, None, None) if all nodata."""
+    times = times if times is not None else StageTimes()
+    for group, data in prefetch(read_batches(path, windows, bands, model_size, scale, batch, times)):
+        probs = None
+        if data:
+            with times.time("model"):
+                probs = predictor(np.stack([d.image for d in data]), [d.window for d in data])
+        by_window = {d.window: (to_scene(p, d), d.valid) for d, p in zip(data, probs if probs is not None else [])}
+        for w in group:
+            yield (w, *by_window.get(w, (None, None)))
+        if on_batch:
+            on_batch(len(group))

@@ -1,0 +1,196 @@
+"""segment(): one scene in, a building GeoPackage (and probability COG) out. Reads top to bottom:
+open, tile, infer, stitch, vectorize, write. The CLI and the Prefect flows both call these steps."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import rasterio
+
+from fpn_geo.config import SegmentConfig
+from fpn_geo.errors import OutputError
+from fpn_geo.geopackage import GeoPackageWriter, temp_sibling
+from fpn_geo.hashing import sha256_file
+from fpn_geo.inference import Predictor, SegmenterPredictor, StageTimes, predict_windows, resolve_device
+from fpn_geo.model.checkpoint import ModelMeta, load_checkpoint
+from fpn_geo.provenance import build_record, new_run_id, utc_now
+from fpn_geo.scene import SceneInfo, open_scene
+from fpn_geo.stitch import Stitcher, describe_bands, probability_profile, write_cog
+from fpn_geo.tiling import Grid, make_grid
+from fpn_geo.vectorize import Labeler, connected_components, local_metric_crs, polygonize, to_buildings
+
+log = logging.getLogger("fpn_geo")
+
+
+@dataclass(frozen=True)
+class Segmenter:
+    """A predictor with what the pipeline must know about it."""
+
+    predictor: Predictor
+    bands: tuple[int, ...]
+    channels: int  # 1: footprint; 2: footprint + contact
+    gsd_m: float | None = None
+    meta: ModelMeta | None = None
+    checkpoint_path: str | None = None
+    device: str = "cpu"
+
+
+def load_segmenter(checkpoint: str | Path, device: str = "auto", compile: bool = False) -> Segmenter:
+    model, meta = load_checkpoint(checkpoint)
+    dev = resolve_device(device)
+    predictor = SegmenterPredictor(model, meta, dev, compile)
+    return Segmenter(predictor, meta.bands, predictor.channels, meta.gsd_m, meta, str(checkpoint), dev)
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    out: Path
+    probability: Path | None
+    windows: int
+    windows_skipped: int
+    buildings: int
+    seconds: float
+    megapixels: float
+    times: dict = field(default_factory=dict)
+
+    @property
+    def mpx_per_s(self) -> float:
+        return self.megapixels / self.seconds if self.seconds else 0.0
+
+    def line(self) -> str:
+        return (
+            f"{self.windows} windows ({self.windows_skipped} nodata), {self.buildings} buildings, "
+            f"{self.seconds:.1f} s, {self.mpx_per_s:.2f} Mpx/s -> {self.out}"
+        )
+
+
+def plan_grid(scene: SceneInfo, cfg: SegmentConfig, model_gsd_m: float | None) -> tuple[Grid, float]:
+    """The window grid in scene pixels and the scale (model px per scene px) that brings windows to the model's GSD."""
+    scale = 1.0
+    if cfg.match_gsd and model_gsd_m:
+        scale = scene.gsd_m / model_gsd_m
+        if abs(scale - 1.0) < 0.05:
+            scale = 1.0
+    if scale == 1.0:
+        return make_grid(scene.height, scene.width, cfg.window, cfg.overlap), 1.0
+    size = max(1, round(cfg.window / scale))
+    overlap = min(round(cfg.overlap / scale), size // 2 - 1)
+    return make_grid(scene.height, scene.width, size, overlap, align=1), scale
+
+
+def choose_labeler(channels: int, cfg: SegmentConfig) -> Labeler:
+    if channels > 1 and cfg.separate_touching:
+        from fpn_geo.separate import label_instances
+
+        return label_instances
+    return connected_components
+
+
+def stitch_scene(
+    scene: SceneInfo, grid: Grid, scale: float, segmenter: Segmenter, cfg: SegmentConfig, out_path: Path,
+    times: StageTimes, on_batch: Callable[[int], None] | None = None,
+) -> int:
+    """Predict every window and blend them into a probability GeoTIFF; returns how many windows held no data."""
+    skipped = 0
+    with rasterio.open(out_path, "w", **probability_profile(scene, segmenter.channels)) as dst:
+        describe_bands(dst, segmenter.channels)
+
+        def write(window, data):
+            with times.time("stitch"):
+                dst.write(data, window=window)
+
+        stitcher = Stitcher(grid, segmenter.channels, write)
+        for window, probs, _ in predict_windows(
+            scene.path, grid, segmenter.bands, segmenter.predictor, cfg.window, scale, cfg.batch, times, on_batch
+        ):
+            skipped += probs is None
+            with times.time("stitch"):
+                stitcher.add(window, probs)
+    return skipped
+
+
+def vectorize_to(prob_path: Path, scene: SceneInfo, cfg: SegmentConfig, labeler: Labeler, writer: GeoPackageWriter, times: StageTimes) -> None:
+    utm = local_metric_crs(scene)
+    pieces_iter = polygonize(str(prob_path), cfg.threshold, cfg.strip_rows, labeler)
+    while True:
+        with times.time("vectorize"):
+            pieces = next(pieces_iter, None)
+            if pieces is None:
+                break
+            gdf = to_buildings(pieces, scene, cfg.simplify_m, cfg.min_area_m2, utm)
+        with times.time("write"):
+            writer.append(gdf)
+
+
+def default_probability_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".probability.tif")
+
+
+def segment(
+    scene_path: str,
+    segmenter: Segmenter,
+    out: str | Path,
+    cfg: SegmentConfig,
+    probability_out: str | Path | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> RunSummary:
+    """Run the whole path for one scene. Nothing appears at `out` unless the run succeeds."""
+    t0 = time.perf_counter()
+    started = utc_now()
+    run_id = new_run_id()
+    out = Path(out)
+    scene = open_scene(scene_path, segmenter.bands)
+    grid, scale = plan_grid(scene, cfg, segmenter.gsd_m)
+    times = StageTimes()
+    if on_start:
+        on_start(len(grid))
+    prob_final = Path(probability_out) if probability_out else default_probability_path(out)
+    with GeoPackageWriter(out, scene.crs) as writer, rasterio.Env(GDAL_CACHEMAX=cfg.gdal_cache_mb * 1024 * 1024):
+        with tempfile.TemporaryDirectory(prefix="fpn-geo-", dir=_scratch_dir(out)) as scratch:
+            stitched = Path(scratch) / "probability.tif"
+            skipped = stitch_scene(scene, grid, scale, segmenter, cfg, stitched, times, on_batch)
+            if skipped == len(grid):
+                log.warning("scene %s holds no valid pixels (all nodata): writing an empty GeoPackage", scene_path)
+            vectorize_to(stitched, scene, cfg, choose_labeler(segmenter.channels, cfg), writer, times)
+            prob_tmp = None
+            if cfg.probability == "cog":
+                with times.time("write"):
+                    prob_tmp = temp_sibling(prob_final, ".tif")
+                    write_cog(str(stitched), str(prob_tmp))
+            with times.time("hash"):
+                scene_sha = sha256_file(scene_path) if os.path.exists(scene_path) else None
+        seconds = time.perf_counter() - t0
+        record = build_record(
+            run_id=run_id, started=started, finished=utc_now(), scene=scene, scene_sha256=scene_sha,
+            checkpoint_path=segmenter.checkpoint_path, meta=segmenter.meta,
+            parameters={**cfg.model_dump(), "scale_to_model_gsd": scale, "window_scene_px": grid.size},
+            device=segmenter.device,
+            results={"windows": len(grid), "windows_nodata": skipped, "buildings": writer.count, "seconds": round(seconds, 3)},
+        )
+        try:
+            if prob_tmp is not None:
+                os.replace(prob_tmp, prob_final)
+            writer.commit(record)
+        finally:
+            if prob_tmp is not None and prob_tmp.exists():
+                prob_tmp.unlink()
+    return RunSummary(
+        run_id, out, prob_final if cfg.probability == "cog" else None, len(grid), skipped, writer.count,
+        time.perf_counter() - t0, scene.megapixels, dict(times),
+    )
+
+
+def _scratch_dir(out: Path) -> str | None:
+    """Scratch space for the uncompressed stitched raster: FPN_GEO_TMPDIR, else the system temp folder."""
+    d = os.environ.get("FPN_GEO_TMPDIR")
+    if d and not os.path.isdir(d):
+        raise OutputError(f"FPN_GEO_TMPDIR={d} is not a folder")
+    return d

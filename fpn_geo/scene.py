@@ -1,0 +1,118 @@
+"""Opening a scene: every check that lets a bad input fail at once with a one-line reason."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from affine import Affine
+from pyproj import CRS, Transformer
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.windows import Window
+
+from fpn_geo.errors import InputError
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What the pipeline needs to know about a scene, without its pixels."""
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs_wkt: str
+    transform: tuple[float, ...]
+    nodata: float | None
+    gsd_m: float  # ground size of one pixel, in metres, at the scene's centre
+
+    @property
+    def affine(self) -> Affine:
+        return Affine(*self.transform[:6])
+
+    @property
+    def crs(self) -> CRS:
+        return CRS.from_wkt(self.crs_wkt)
+
+    @property
+    def megapixels(self) -> float:
+        return self.width * self.height / 1e6
+
+
+def is_local(path: str) -> bool:
+    return not (path.startswith("/vsi") or "://" in path)
+
+
+def pixel_size_m(transform: Affine, crs: CRS, width: int, height: int) -> float:
+    """Metres per pixel at the scene centre, measured in the local UTM zone (valid for any CRS)."""
+    cx, cy = transform * (width / 2, height / 2)
+    to_geo = Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True)
+    lon, lat = to_geo.transform(cx, cy)
+    zone = int((lon + 180) // 6) % 60 + 1
+    utm = CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
+    to_utm = Transformer.from_crs(crs, utm, always_xy=True)
+    x0, y0 = to_utm.transform(cx, cy)
+    x1, y1 = to_utm.transform(*(transform * (width / 2 + 1, height / 2)))
+    x2, y2 = to_utm.transform(*(transform * (width / 2, height / 2 + 1)))
+    return math.sqrt(math.hypot(x1 - x0, y1 - y0) * math.hypot(x2 - x0, y2 - y0))
+
+
+def open_scene(path: str, bands: tuple[int, ...] | None = None) -> SceneInfo:
+    """Validate a scene and describe it; raises InputError naming the problem and the fix."""
+    if is_local(path) and not os.path.exists(path):
+        raise InputError(f"scene {path} does not exist")
+    if is_local(path) and os.path.getsize(path) == 0:
+        raise InputError(f"scene {path} is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                info = _describe(src, path)
+                _probe_last_block(src, path)
+    except RasterioIOError as e:
+        raise InputError(f"scene {path} is not a readable raster: {str(e).splitlines()[0]}") from e
+    if bands is not None:
+        missing = [b for b in bands if b < 1 or b > info.count]
+        if missing:
+            raise InputError(
+                f"scene {path} has {info.count} band(s) but the model reads bands {list(bands)}; "
+                f"use a scene with at least {max(bands)} bands or a checkpoint trained on {info.count}"
+            )
+    return info
+
+
+def _describe(src: rasterio.DatasetReader, path: str) -> SceneInfo:
+    if src.crs is None:
+        raise InputError(f"scene {path} has no CRS; assign one first, e.g. gdal_edit.py -a_srs EPSG:XXXX")
+    if src.transform == Affine.identity() and not src.gcps[0]:
+        raise InputError(f"scene {path} has no geotransform; georeference it first (gdal_translate -a_ullr ...)")
+    if src.transform.b != 0 or src.transform.d != 0:
+        raise InputError(f"scene {path} has a rotated geotransform; warp it north-up first (gdalwarp)")
+    if np.dtype(src.dtypes[0]).kind not in "ui":
+        raise InputError(f"scene {path} is {src.dtypes[0]}; expected integer pixels (uint8 or uint16)")
+    return SceneInfo(
+        path=path,
+        width=src.width,
+        height=src.height,
+        count=src.count,
+        dtype=src.dtypes[0],
+        crs_wkt=src.crs.to_wkt(),
+        transform=tuple(src.transform)[:6],
+        nodata=src.nodata,
+        gsd_m=pixel_size_m(src.transform, CRS.from_user_input(src.crs), src.width, src.height),
+    )
+
+
+def _probe_last_block(src: rasterio.DatasetReader, path: str) -> None:
+    """A truncated TIFF opens fine and fails at its last blocks: read one now, not an hour in."""
+    h, w = src.block_shapes[0]
+    win = Window(max(0, src.width - w), max(0, src.height - h), min(w, src.width), min(h, src.height))
+    try:
+        src.read(1, window=win)
+    except RasterioIOError as e:
+        raise InputError(f"scene {path} is corrupt or truncated: {str(e).splitlines()[0]}") from e

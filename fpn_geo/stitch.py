@@ -1,0 +1,121 @@
+"""Seamless stitching: overlapping window predictions blended with a smooth ramp, written strip by strip.
+
+Only the strips that still await a window are in memory: about (window / stride + 1) strips of
+the scene's width, whatever its height, and whatever order the windows arrive in.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+import numpy as np
+import rasterio
+from rasterio.shutil import copy as rio_copy
+from rasterio.windows import Window
+
+from fpn_geo.scene import SceneInfo
+from fpn_geo.tiling import Grid, GridWindow
+
+WriteStrip = Callable[[Window, np.ndarray], None]
+
+
+def blend_weights(size: int, overlap: int, floor: float = 1e-3) -> np.ndarray:
+    """1 in the middle, a sin² ramp down over `overlap` px at each side; never 0, so lone pixels keep their value."""
+    ramp = np.ones(size, dtype=np.float32)
+    if overlap > 0:
+        t = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
+        ramp[:overlap] = np.sin(np.pi / 2 * t) ** 2
+        ramp[-overlap:] = ramp[:overlap][::-1]
+    return np.maximum(np.outer(ramp, ramp), floor)
+
+
+class Stitcher:
+    """Accumulates weighted predictions per strip (grid-row band) and hands each strip to `write` once final."""
+
+    def __init__(self, grid: Grid, channels: int, write: WriteStrip) -> None:
+        self.grid = grid
+        self.channels = channels
+        self.write = write
+        self.weights = blend_weights(grid.size, grid.overlap)
+        self.sums: dict[int, np.ndarray] = {}
+        self.wsum: dict[int, np.ndarray] = {}
+        self.done_per_row: Counter[int] = Counter()
+        self.next_strip = 0
+
+    def strip_rows(self, k: int) -> tuple[int, int]:
+        s = self.grid.stride
+        return k * s, (self.grid.height if k == self.grid.rows - 1 else (k + 1) * s)
+
+    def strip_of(self, y: int) -> int:
+        return min(y // self.grid.stride, self.grid.rows - 1)
+
+    def _buffers(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if k not in self.sums:
+            y0, y1 = self.strip_rows(k)
+            self.sums[k] = np.zeros((self.channels, y1 - y0, self.grid.width), np.float32)
+            self.wsum[k] = np.zeros((y1 - y0, self.grid.width), np.float32)
+        return self.sums[k], self.wsum[k]
+
+    def add(self, window: GridWindow, probs: np.ndarray | None) -> None:
+        """probs: (K, h, w) uint8 for the in-scene part of the window, or None if it held no data."""
+        if probs is not None:
+            _, h, w = probs.shape
+            weights = self.weights[:h, :w]
+            for k in range(self.strip_of(window.row_off), self.strip_of(window.row_off + h - 1) + 1):
+                y0, y1 = self.strip_rows(k)
+                a, b = max(y0, window.row_off), min(y1, window.row_off + h)
+                sums, wsum = self._buffers(k)
+                src = slice(a - window.row_off, b - window.row_off)
+                cols = slice(window.col_off, window.col_off + w)
+                sums[:, a - y0 : b - y0, cols] += probs[:, src].astype(np.float32) * weights[src]
+                wsum[a - y0 : b - y0, cols] += weights[src]
+        self.done_per_row[window.row] += 1
+        self._flush_ready()
+
+    def _flush_ready(self) -> None:
+        """Strip k is final once grid rows 0..k are all in: later rows start below it."""
+        while self.next_strip < self.grid.rows and self.done_per_row[self.next_strip] == self.grid.cols:
+            k = self.next_strip
+            y0, y1 = self.strip_rows(k)
+            sums, wsum = self.sums.pop(k, None), self.wsum.pop(k, None)
+            if sums is None:
+                out = np.zeros((self.channels, y1 - y0, self.grid.width), np.uint8)
+            else:
+                out = np.divide(sums, wsum, out=np.zeros_like(sums), where=wsum > 0).round().astype(np.uint8)
+            self.write(Window(0, y0, self.grid.width, y1 - y0), out)
+            self.next_strip += 1
+
+    @property
+    def finished(self) -> bool:
+        return self.next_strip == self.grid.rows
+
+    @property
+    def strips_in_memory(self) -> int:
+        return len(self.sums)
+
+
+def probability_profile(info: SceneInfo, channels: int) -> dict:
+    """An uncompressed tiled GeoTIFF: strips land anywhere in its tiles without re-compressing them."""
+    return dict(
+        driver="GTiff", width=info.width, height=info.height, count=channels, dtype="uint8",
+        crs=info.crs_wkt, transform=info.affine, tiled=True, blockxsize=512, blockysize=512, BIGTIFF="IF_SAFER",
+    )
+
+
+def write_cog(src_path: str, dst_path: str) -> None:
+    """Copy the stitched raster into a compressed Cloud-Optimized GeoTIFF; GDAL streams it block by block."""
+    rio_copy(
+        src_path, dst_path, driver="COG", COMPRESS="DEFLATE", PREDICTOR="2", BLOCKSIZE="512",
+        OVERVIEW_RESAMPLING="AVERAGE", BIGTIFF="IF_SAFER",
+    )
+
+
+def band_descriptions(channels: int) -> tuple[str, ...]:
+    return ("building_probability", "contact_probability")[:channels]
+
+
+def describe_bands(dst: rasterio.io.DatasetWriter, channels: int) -> None:
+    for i, name in enumerate(band_descriptions(channels), start=1):
+        dst.set_band_description(i, name)
+    dst.update_tags(scale="probability x 255")
