@@ -32,8 +32,10 @@ def temp_sibling(final: Path, suffix: str) -> Path:
 def check_writable(final: Path) -> None:
     """Fail before any work if the folder cannot take the output (root ignores permission bits, so try it)."""
     parent = final.parent
-    if not parent.is_dir():
-        raise OutputError(f"output folder {parent} does not exist or is not a folder; create it first")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"output folder {parent} cannot be created: {e.strerror or e}; it or a parent is not a folder") from e
     probe = temp_sibling(final, ".probe")
     try:
         probe.touch()
