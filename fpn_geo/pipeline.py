@@ -3,26 +3,30 @@ open, tile, infer, stitch, vectorize, write. The CLI and the Prefect flows both 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import itertools
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import rasterio
 
 from fpn_geo.config import SegmentConfig
-from fpn_geo.errors import OutputError
-from fpn_geo.geopackage import GeoPackageWriter, temp_sibling
+from fpn_geo.errors import FpnGeoError, OutputError
+from fpn_geo.geopackage import BUILDINGS, PROVENANCE, GeoPackageWriter, temp_sibling
 from fpn_geo.hashing import sha256_file
 from fpn_geo.inference import Predictor, SegmenterPredictor, StageTimes, predict_windows, resolve_device
-from fpn_geo.model.checkpoint import ModelMeta, load_checkpoint
+from fpn_geo.model.checkpoint import ModelMeta, load_checkpoint, read_meta
 from fpn_geo.provenance import build_record, new_run_id, utc_now
-from fpn_geo.scene import SceneInfo, open_scene
+from fpn_geo.scene import SceneInfo, is_local, open_scene
 from fpn_geo.stitch import Stitcher, describe_bands, probability_profile, write_cog
-from fpn_geo.tiling import Grid, make_grid
+from fpn_geo.tiling import Grid, GridWindow, make_grid
 from fpn_geo.vectorize import Labeler, connected_components, local_metric_crs, polygonize, to_buildings
 
 log = logging.getLogger("fpn_geo")
@@ -39,6 +43,57 @@ class Segmenter:
     meta: ModelMeta | None = None
     checkpoint_path: str | None = None
     device: str = "cpu"
+
+    @property
+    def record(self) -> "ModelRecord":
+        return ModelRecord(self.channels, self.bands, self.gsd_m, self.meta, self.checkpoint_path, self.device)
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """What planning and writing need to know about a model, without its weights: small enough to send anywhere."""
+
+    channels: int
+    bands: tuple[int, ...]
+    gsd_m: float | None
+    meta: ModelMeta | None
+    checkpoint_path: str | None
+    device: str
+
+
+def read_model_record(checkpoint: str | Path, device: str = "auto") -> ModelRecord:
+    """The checkpoint's metadata with its weights' sha256 checked, without building the model.
+
+    Use on the side that plans and writes (a flow), where the model never runs.
+    """
+    meta = read_meta(checkpoint)
+    digest = sha256_file(checkpoint)
+    if meta.weights_sha256 and digest != meta.weights_sha256:
+        from fpn_geo.errors import CheckpointError
+
+        raise CheckpointError(
+            f"checkpoint {checkpoint} has sha256 {digest[:12]}… but its metadata says {meta.weights_sha256[:12]}…; "
+            "the weights and the metadata do not belong together"
+        )
+    meta = dataclasses.replace(meta, weights_sha256=digest)
+    channels = 2 if "contact" in meta.classes else 1
+    return ModelRecord(channels, meta.bands, meta.gsd_m, meta, str(checkpoint), device)
+
+
+def cached_segmenter(checkpoint: str | Path, device: str = "auto", compile: bool = False) -> Segmenter:
+    """`load_segmenter`, once per process: a worker that runs many batches loads the model once.
+
+    Keyed by the checkpoint's real path, size and modification time, so a replaced file is reloaded.
+    """
+    p = Path(checkpoint).resolve()
+    st = p.stat() if p.exists() else None
+    return _cached_segmenter(str(p), st.st_size if st else -1, st.st_mtime_ns if st else -1, device, compile)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_segmenter(path: str, size: int, mtime_ns: int, device: str, compile: bool) -> Segmenter:
+    log.info("loading checkpoint %s on %s (pid %d)", path, device, os.getpid())
+    return load_segmenter(path, device, compile)
 
 
 def load_segmenter(checkpoint: str | Path, device: str = "auto", compile: bool = False) -> Segmenter:
@@ -93,27 +148,75 @@ def choose_labeler(channels: int, cfg: SegmentConfig) -> Labeler:
     return connected_components
 
 
-def stitch_scene(
-    scene: SceneInfo, grid: Grid, scale: float, segmenter: Segmenter, cfg: SegmentConfig, out_path: Path,
-    times: StageTimes, on_batch: Callable[[int], None] | None = None,
+WindowResult = tuple[GridWindow, "np.ndarray | None"]  # probabilities (K, h, w) uint8, or None: all nodata
+
+
+def stitch_results(
+    scene: SceneInfo, grid: Grid, channels: int, results: Iterable[WindowResult], out_path: Path, times: StageTimes
 ) -> int:
-    """Predict every window and blend them into a probability GeoTIFF; returns how many windows held no data."""
+    """Blend window predictions, in any order, into a probability GeoTIFF; returns how many windows held no data."""
     skipped = 0
-    with rasterio.open(out_path, "w", **probability_profile(scene, segmenter.channels)) as dst:
-        describe_bands(dst, segmenter.channels)
+    with rasterio.open(out_path, "w", **probability_profile(scene, channels)) as dst:
+        describe_bands(dst, channels)
 
         def write(window, data):
             with times.time("stitch"):
                 dst.write(data, window=window)
 
-        stitcher = Stitcher(grid, segmenter.channels, write)
-        for window, probs, _ in predict_windows(
-            scene.path, grid, segmenter.bands, segmenter.predictor, cfg.window, scale, cfg.batch, times, on_batch
-        ):
+        stitcher = Stitcher(grid, channels, write)
+        for window, probs in results:
             skipped += probs is None
             with times.time("stitch"):
                 stitcher.add(window, probs)
+    if not stitcher.finished:
+        raise FpnGeoError(f"stitching ended with {stitcher.next_strip} of {grid.rows} strips complete: windows are missing")
     return skipped
+
+
+def stitch_scene(
+    scene: SceneInfo, grid: Grid, scale: float, segmenter: Segmenter, cfg: SegmentConfig, out_path: Path,
+    times: StageTimes, on_batch: Callable[[int], None] | None = None,
+) -> int:
+    """Predict every window and blend them into a probability GeoTIFF; returns how many windows held no data."""
+    results = predict_windows(
+        scene.path, grid, segmenter.bands, segmenter.predictor, cfg.window, scale, cfg.batch, times, on_batch
+    )
+    return stitch_results(scene, grid, segmenter.channels, ((w, p) for w, p, _ in results), out_path, times)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What a worker sends back for a slice of the grid: uint8 probabilities, never floats or pixels."""
+
+    start: int
+    results: list[WindowResult]
+    device: str
+    seconds: float
+    times: dict
+
+
+def batch_slices(n_windows: int, per_batch: int, model_batch: int) -> list[tuple[int, int]]:
+    """[start, stop) slices of the row-major grid, each a multiple of `model_batch` windows long.
+
+    Aligned to `model_batch`, every model call sees the same windows as in `segment()`, so a distributed
+    run gives the same numbers as the single-process one.
+    """
+    per = max(model_batch, per_batch // model_batch * model_batch)
+    return [(s, min(s + per, n_windows)) for s in range(0, n_windows, per)]
+
+
+def predict_batch(
+    scene_path: str, grid: Grid, start: int, stop: int, segmenter: Segmenter, model_size: int, scale: float, batch: int
+) -> BatchResult:
+    """Predict windows [start, stop) of the grid, reading them from `scene_path` here (on the worker)."""
+    t0 = time.perf_counter()
+    times = StageTimes()
+    windows = itertools.islice(iter(grid), start, stop)
+    with rasterio.Env():
+        results = [
+            (w, p) for w, p, _ in predict_windows(scene_path, windows, segmenter.bands, segmenter.predictor, model_size, scale, batch, times)
+        ]
+    return BatchResult(start, results, segmenter.device, time.perf_counter() - t0, dict(times))
 
 
 def vectorize_to(prob_path: Path, scene: SceneInfo, cfg: SegmentConfig, labeler: Labeler, writer: GeoPackageWriter, times: StageTimes) -> None:
@@ -133,6 +236,11 @@ def default_probability_path(out: Path) -> Path:
     return out.with_name(out.stem + ".probability.tif")
 
 
+def scene_sha256(scene_path: str) -> str | None:
+    """sha256 of a local scene's bytes; None for remote paths (/vsis3/, s3://...), which are not hashed."""
+    return sha256_file(scene_path) if is_local(scene_path) and os.path.exists(scene_path) else None
+
+
 def segment(
     scene_path: str,
     segmenter: Segmenter,
@@ -145,34 +253,65 @@ def segment(
     """Run the whole path for one scene. Nothing appears at `out` unless the run succeeds."""
     t0 = time.perf_counter()
     started = utc_now()
-    run_id = new_run_id()
-    out = Path(out)
     scene = open_scene(scene_path, segmenter.bands)
     grid, scale = plan_grid(scene, cfg, segmenter.gsd_m)
     times = StageTimes()
     if on_start:
         on_start(len(grid))
+    results = predict_windows(
+        scene.path, grid, segmenter.bands, segmenter.predictor, cfg.window, scale, cfg.batch, times, on_batch
+    )
+    return write_scene(
+        scene, grid, scale, ((w, p) for w, p, _ in results), segmenter.record, out, cfg, probability_out,
+        times=times, t0=t0, started=started,
+    )
+
+
+def write_scene(
+    scene: SceneInfo,
+    grid: Grid,
+    scale: float,
+    results: Iterable[WindowResult],
+    model: ModelRecord,
+    out: str | Path,
+    cfg: SegmentConfig,
+    probability_out: str | Path | None = None,
+    *,
+    times: StageTimes | None = None,
+    t0: float | None = None,
+    started: str | None = None,
+    input_sha256: str | None = None,
+) -> RunSummary:
+    """Stitch window results (consumed as they come, any order), vectorize, and write the GeoPackage with provenance.
+
+    The output folder is checked before the first result is consumed, so a bad `out` fails before any work.
+    """
+    t0 = t0 if t0 is not None else time.perf_counter()
+    started = started or utc_now()
+    times = times if times is not None else StageTimes()
+    run_id = new_run_id()
+    out = Path(out)
     prob_final = Path(probability_out) if probability_out else default_probability_path(out)
     with GeoPackageWriter(out, scene.crs) as writer, rasterio.Env(GDAL_CACHEMAX=cfg.gdal_cache_mb * 1024 * 1024):
         with tempfile.TemporaryDirectory(prefix="fpn-geo-", dir=_scratch_dir(out)) as scratch:
             stitched = Path(scratch) / "probability.tif"
-            skipped = stitch_scene(scene, grid, scale, segmenter, cfg, stitched, times, on_batch)
+            skipped = stitch_results(scene, grid, model.channels, results, stitched, times)
             if skipped == len(grid):
-                log.warning("scene %s holds no valid pixels (all nodata): writing an empty GeoPackage", scene_path)
-            vectorize_to(stitched, scene, cfg, choose_labeler(segmenter.channels, cfg), writer, times)
+                log.warning("scene %s holds no valid pixels (all nodata): writing an empty GeoPackage", scene.path)
+            vectorize_to(stitched, scene, cfg, choose_labeler(model.channels, cfg), writer, times)
             prob_tmp = None
             if cfg.probability == "cog":
                 with times.time("write"):
                     prob_tmp = temp_sibling(prob_final, ".tif")
                     write_cog(str(stitched), str(prob_tmp))
             with times.time("hash"):
-                scene_sha = sha256_file(scene_path) if os.path.exists(scene_path) else None
+                scene_sha = input_sha256 or scene_sha256(scene.path)
         seconds = time.perf_counter() - t0
         record = build_record(
             run_id=run_id, started=started, finished=utc_now(), scene=scene, scene_sha256=scene_sha,
-            checkpoint_path=segmenter.checkpoint_path, meta=segmenter.meta,
+            checkpoint_path=model.checkpoint_path, meta=model.meta,
             parameters={**cfg.model_dump(), "scale_to_model_gsd": scale, "window_scene_px": grid.size},
-            device=segmenter.device,
+            device=model.device,
             results={"windows": len(grid), "windows_nodata": skipped, "buildings": writer.count, "seconds": round(seconds, 3)},
         )
         try:
@@ -186,6 +325,56 @@ def segment(
         run_id, out, prob_final if cfg.probability == "cog" else None, len(grid), skipped, writer.count,
         time.perf_counter() - t0, scene.megapixels, dict(times),
     )
+
+
+def read_provenance(gpkg: str | Path) -> dict | None:
+    """The provenance row of an fpn-geo GeoPackage, or None if there is no readable one."""
+    import pyogrio
+
+    try:
+        if PROVENANCE not in {name for name, _ in pyogrio.list_layers(gpkg)}:
+            return None
+        df = pyogrio.read_dataframe(gpkg, layer=PROVENANCE)
+    except Exception:  # a missing, partial or foreign file: not up to date, so it is redone
+        return None
+    return df.iloc[-1].to_dict() if len(df) else None
+
+
+def is_up_to_date(gpkg: str | Path, input_sha256: str | None, checkpoint_sha256: str | None) -> bool:
+    """True when `gpkg` was made from exactly these input bytes and these weights; remote inputs never are."""
+    if not input_sha256 or not checkpoint_sha256 or not Path(gpkg).is_file():
+        return False
+    prov = read_provenance(gpkg)
+    return bool(prov) and prov.get("input_sha256") == input_sha256 and prov.get("checkpoint_sha256") == checkpoint_sha256
+
+
+def merge_geopackages(parts: Sequence[tuple[str, str | Path]], out: str | Path, crs: str = "EPSG:4326") -> int:
+    """Write the buildings of several scene GeoPackages, reprojected to `crs`, into one; adds a `scene` column.
+
+    parts: (scene name, GeoPackage path). Atomic like every output: temporary file, then rename.
+    """
+    import geopandas as gpd
+    import pandas as pd
+    import pyogrio
+
+    out = Path(out)
+    frames = []
+    for name, path in parts:
+        gdf = pyogrio.read_dataframe(path, layer=BUILDINGS).to_crs(crs)
+        gdf.insert(0, "scene", name)
+        frames.append(gdf.rename(columns={"id": "scene_id"}))
+    if frames:
+        merged = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=crs)
+    else:
+        merged = gpd.GeoDataFrame({"scene": [], "scene_id": [], "score": [], "area_m2": []}, geometry=[], crs=crs)
+    merged.insert(0, "id", range(len(merged)))
+    tmp = temp_sibling(out, ".gpkg")
+    try:
+        pyogrio.write_dataframe(merged, tmp, layer=BUILDINGS, driver="GPKG", geometry_type="Polygon")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(merged)
 
 
 def _scratch_dir(out: Path) -> str | None:

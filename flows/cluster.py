@@ -1,0 +1,86 @@
+"""Which Dask cluster the flows run on, and what its workers offer.
+
+- `FPN_GEO_DASK_ADDRESS` (or `--dask-address`): connect to that scheduler with `address=`.
+- otherwise an embedded cluster: `dask_cuda.LocalCUDACluster` (one worker per GPU, each advertising
+  the resource GPU=1) when CUDA GPUs and dask-cuda are both there, else a `LocalCluster` of
+  single-threaded worker processes (`FPN_GEO_DASK_WORKERS`, default: one per core, at most 8).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+
+import dask
+from prefect.context import FlowRunContext
+from prefect_dask import DaskTaskRunner
+
+ADDRESS_ENV = "FPN_GEO_DASK_ADDRESS"
+WORKERS_ENV = "FPN_GEO_DASK_WORKERS"
+
+
+def cuda_gpus() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def task_runner(address: str | None = None, n_workers: int | None = None) -> DaskTaskRunner:
+    """A DaskTaskRunner for the flows; see the module docstring for how the cluster is chosen."""
+    address = address or os.environ.get(ADDRESS_ENV) or None
+    if address:
+        return DaskTaskRunner(address=address)
+    local = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
+    if cuda_gpus() and importlib.util.find_spec("dask_cuda"):
+        return DaskTaskRunner(cluster_class=local_cuda_cluster, cluster_kwargs={**local, "resources": {"GPU": 1}})
+    n = n_workers or int(os.environ.get(WORKERS_ENV) or 0) or max(1, min(8, os.cpu_count() or 1))
+    return DaskTaskRunner(
+        cluster_class=local_cluster, cluster_kwargs={**local, "n_workers": n, "threads_per_worker": 1, "processes": True}
+    )
+
+
+def _prefect_env(kwargs: dict) -> dict:
+    """Hand the flow's Prefect API URL to the worker processes.
+
+    Without it, a flow run with no PREFECT_API_URL (Prefect's ephemeral server) would make every worker start
+    its own temporary server (seconds each) and report task runs there, where nobody sees them.
+    """
+    from prefect.client.orchestration import get_client
+
+    env = {"PREFECT_API_URL": str(get_client(sync_client=True).api_url).rstrip("/"), **kwargs.pop("env", {})}
+    return {**kwargs, "env": env}
+
+
+def local_cluster(**kwargs):
+    from distributed import LocalCluster
+
+    return LocalCluster(**_prefect_env(kwargs))
+
+
+def local_cuda_cluster(**kwargs):
+    from dask_cuda import LocalCUDACluster
+
+    return LocalCUDACluster(**_prefect_env(kwargs))
+
+
+def current_client():
+    """The Dask client of the running flow's DaskTaskRunner (starting its cluster if not yet started)."""
+    ctx = FlowRunContext.get()
+    runner = ctx.task_runner if ctx else None
+    if not isinstance(runner, DaskTaskRunner):
+        raise RuntimeError(f"this flow needs a DaskTaskRunner, but runs with {type(runner).__name__}")
+    return runner.client
+
+
+def describe_workers(client) -> tuple[int, int]:
+    """(workers, workers that advertise a GPU resource)."""
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    return len(workers), sum(1 for w in workers if (w.get("resources") or {}).get("GPU", 0) >= 1)
+
+
+def gpu_annotation(use_gpu: bool):
+    """`dask.annotate(resources={"GPU": 1})` when the workers advertise GPUs: one inference task per GPU at a time."""
+    return dask.annotate(resources={"GPU": 1}) if use_gpu else contextlib.nullcontext()

@@ -1,0 +1,72 @@
+"""Turning the `scenes` parameter (a folder, a glob, a manifest or a list) into scene paths and output paths."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from pathlib import Path
+
+from fpn_geo.errors import InputError
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
+MANIFEST_SUFFIXES = (".txt", ".lst", ".csv", ".manifest")
+
+
+def _remote(path: str) -> bool:
+    return path.startswith("/vsi") or "://" in path
+
+
+def list_scenes(scenes: str | list[str]) -> list[str]:
+    """Scene paths, sorted and unique, from:
+
+    - a list of paths;
+    - a manifest file (.txt/.lst/.csv/.manifest): one path per line (first CSV column), `#` comments;
+      relative paths are relative to the manifest; GDAL paths (/vsis3/..., s3://...) are kept as they are;
+    - a folder: its rasters (*.tif, *.tiff, *.vrt, *.jp2, *.img), not recursive;
+    - a glob pattern (`data/**/*.tif`).
+    """
+    if isinstance(scenes, (list, tuple)):
+        found = [str(s) for s in scenes]
+    elif _remote(scenes):
+        found = [scenes]
+    elif os.path.isdir(scenes):
+        found = [str(p) for p in Path(scenes).iterdir() if p.suffix.lower() in RASTER_SUFFIXES and not p.name.startswith(".")]
+    elif os.path.isfile(scenes) and Path(scenes).suffix.lower() in MANIFEST_SUFFIXES:
+        base = Path(scenes).parent
+        found = []
+        for line in Path(scenes).read_text().splitlines():
+            entry = line.split("#", 1)[0].split(",", 1)[0].strip()
+            if entry:
+                found.append(entry if _remote(entry) or os.path.isabs(entry) else str(base / entry))
+    elif glob.has_magic(scenes):
+        found = [p for p in glob.glob(scenes, recursive=True) if os.path.isfile(p)]
+    elif os.path.isfile(scenes):
+        found = [scenes]
+    else:
+        raise InputError(f"scenes {scenes!r} is not a folder, a manifest ({', '.join(MANIFEST_SUFFIXES)}), a glob or a file")
+    return sorted(dict.fromkeys(found))
+
+
+def scene_name(path: str) -> str:
+    """A file-system and Prefect-key friendly name: the file's stem."""
+    stem = Path(path.rstrip("/")).stem
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem) or "scene"
+
+
+def output_paths(paths: list[str], out_dir: str | Path) -> dict[str, Path]:
+    """scene path -> out_dir/<stem>.gpkg; two scenes with the same stem would overwrite each other, so refuse."""
+    outs: dict[str, Path] = {}
+    seen: dict[str, str] = {}
+    for p in paths:
+        name = scene_name(p)
+        if name in seen:
+            raise InputError(f"scenes {seen[name]} and {p} would both write {name}.gpkg; rename one or run them separately")
+        seen[name] = p
+        outs[p] = Path(out_dir) / f"{name}.gpkg"
+    return outs
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")[:100]

@@ -1,0 +1,333 @@
+"""`segment-scene` and `segment-scenes`: the fpn_geo pipeline as Prefect flows on Dask workers.
+
+A scene's path, read top to bottom:
+
+1. `plan-scene` (in the flow process): open and check the scene, read the checkpoint's metadata, lay the grid.
+2. `predict-batch` (on Dask workers, many): each task predicts a slice of tens to hundreds of windows, reading
+   them from the scene itself, with the model loaded once per worker process (`cached_segmenter`). It returns
+   uint8 probabilities only. At most `max_in_flight` slices are out at a time.
+3. The flow streams the results, in grid order, into the library's `write_scene`: stitch, vectorize, write the
+   GeoPackage with provenance. Grid order and slices aligned to the model batch make the output the same,
+   byte for byte in its polygons, as `fpn-geo segment` (the CLI) on the same scene and checkpoint.
+4. `quicklook` (in the flow process): a PNG of the scene with the polygons drawn; then a summary artifact.
+
+Run from the command line:  python -m flows.segment scene SCENE --checkpoint CKPT --out OUT.gpkg [--dask-address tcp://...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import collections
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed, Failed
+from prefect_dask import DaskTaskRunner
+
+from flows.cluster import current_client, describe_workers, gpu_annotation, task_runner
+from flows.scenes import artifact_key, list_scenes, output_paths, scene_name
+from fpn_geo.config import SegmentConfig, load_config
+from fpn_geo.inference import StageTimes
+from fpn_geo.pipeline import (
+    BatchResult, ModelRecord, RunSummary, batch_slices, cached_segmenter, is_up_to_date, merge_geopackages,
+    plan_grid, predict_batch, read_model_record, scene_sha256, write_scene,
+)
+from fpn_geo.provenance import utc_now
+from fpn_geo.scene import SceneInfo, open_scene
+from fpn_geo.tiling import Grid
+
+# Windows per predict-batch task when not given: enough tasks to keep every worker busy, each big enough
+# that Prefect's per-submit cost (tens of ms) stays small beside the work.
+MIN_WINDOWS_PER_TASK = 16
+MAX_WINDOWS_PER_TASK = 256
+TASKS_PER_WORKER = 4
+EMBED_QUICKLOOK_BYTES = 400_000
+
+
+@dataclass(frozen=True)
+class ScenePlan:
+    scene: SceneInfo
+    grid: Grid
+    scale: float
+    model: ModelRecord
+
+
+@task(name="plan-scene", cache_policy=NO_CACHE)
+def plan_scene(scene: str, checkpoint: str, cfg: SegmentConfig) -> ScenePlan:
+    """Check the scene and the checkpoint before any worker starts; a bad input fails here, with its reason."""
+    model = read_model_record(checkpoint, cfg.device)
+    info = open_scene(scene, model.bands)
+    grid, scale = plan_grid(info, cfg, model.gsd_m)
+    return ScenePlan(info, grid, scale, model)
+
+
+@task(name="predict-batch", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def predict_batch_task(
+    scene: str, grid: Grid, start: int, stop: int, checkpoint: str, cfg: SegmentConfig, scale: float
+) -> BatchResult:
+    """Windows [start, stop) of the grid, on a worker. A worker that dies mid-task: Dask reruns it elsewhere."""
+    segmenter = cached_segmenter(checkpoint, cfg.device, cfg.compile)
+    return predict_batch(scene, grid, start, stop, segmenter, cfg.window, scale, cfg.batch)
+
+
+@task(name="quicklook", cache_policy=NO_CACHE)
+def quicklook_task(scene: str, gpkg: str, png: str, bands: tuple[int, ...], title: str) -> str:
+    from fpn_geo.quicklook import render_quicklook
+
+    return str(render_quicklook(scene, gpkg, png, bands, title=title))
+
+
+def windows_per_task(n_windows: int, n_workers: int, model_batch: int) -> int:
+    """Enough slices for TASKS_PER_WORKER per worker, each within [MIN, MAX] windows."""
+    per = math.ceil(n_windows / max(1, n_workers * TASKS_PER_WORKER))
+    return max(MIN_WINDOWS_PER_TASK, min(MAX_WINDOWS_PER_TASK, per), model_batch)
+
+
+def stream_in_order(submit, slices: list[tuple[int, int]], max_in_flight: int):
+    """Submit slices, at most `max_in_flight` not yet consumed, and yield their results in grid order.
+
+    Grid order keeps the stitcher's float sums in the CLI's order (identical output) and its memory to a
+    few strips; the next slice is submitted before a result is handed on, so workers never wait on the writer.
+    """
+    pending: collections.deque = collections.deque()
+    todo = iter(slices)
+    try:
+        for s in todo:
+            pending.append(submit(s))
+            if len(pending) >= max_in_flight:
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(submit(nxt))
+            yield result
+    finally:
+        for fut in pending:  # the writer failed: do not leave work running on the cluster
+            fut.wrapped_future.cancel()
+
+
+class Progress:
+    """A progress artifact, and a log line every tenth, as batches complete."""
+
+    def __init__(self, key: str, total: int, logger) -> None:
+        self.total, self.done, self.logger = total, 0, logger
+        self.last_update, self.last_tenth = 0.0, 0
+        self.id = create_progress_artifact(progress=0.0, key=key, description=f"windows predicted of {total}")
+
+    def add(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last_update >= 1.0 or self.done >= self.total:
+            update_progress_artifact(self.id, progress=100.0 * self.done / max(1, self.total))
+            self.last_update = now
+        tenth = 10 * self.done // max(1, self.total)
+        if tenth > self.last_tenth:
+            self.logger.info("%d/%d windows predicted", self.done, self.total)
+            self.last_tenth = tenth
+
+
+def _summary_markdown(name: str, summary: RunSummary, tasks: int, workers: int, png: str | None) -> str:
+    rows = [
+        ("scene", name), ("windows", summary.windows), ("windows without data", summary.windows_skipped),
+        ("buildings", summary.buildings), ("seconds", f"{summary.seconds:.1f}"), ("Mpx/s", f"{summary.mpx_per_s:.2f}"),
+        ("predict-batch tasks", tasks), ("Dask workers", workers), ("output", f"`{summary.out}`"),
+    ]
+    if summary.probability:
+        rows.append(("probability COG", f"`{summary.probability}`"))
+    md = [f"# {name}", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+    if png:
+        md += ["", f"Quicklook: `{png}`", ""]
+        data = Path(png).read_bytes()
+        if len(data) <= EMBED_QUICKLOOK_BYTES:
+            md.append(f"![quicklook of {name}](data:image/png;base64,{base64.b64encode(data).decode()})")
+    return "\n".join(md)
+
+
+@flow(name="segment-scene", task_runner=task_runner(), log_prints=True)
+def segment_scene(
+    scene: str,
+    checkpoint: str,
+    out: str,
+    config: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    windows_per_batch: int | None = None,
+    max_in_flight: int | None = None,
+    quicklook: bool = True,
+) -> dict:
+    """One scene to one GeoPackage (and probability COG), the same polygons as `fpn-geo segment`.
+
+    scene: a GeoTIFF path or anything GDAL reads (/vsis3/..., /vsicurl/...); workers read it themselves.
+    checkpoint: NAME.safetensors with NAME.json beside it, readable by the workers at the same path.
+    out: the GeoPackage to write (on the flow's side).
+    config: YAML config (default configs/segment.yaml); overrides: its keys to change, e.g. {"batch": 32}.
+    windows_per_batch: windows per predict-batch task (default: about 4 tasks per worker, 16-256 windows).
+    max_in_flight: predict-batch tasks out at once (default 2 per worker); bounds the flow's memory.
+    """
+    logger = get_run_logger()
+    t0, started = time.perf_counter(), utc_now()
+    cfg = load_config(config, **(overrides or {}))
+    plan = plan_scene(scene, checkpoint, cfg)
+    n_workers, n_gpu = describe_workers(current_client())
+    per = windows_per_batch or windows_per_task(len(plan.grid), n_workers, cfg.batch)
+    slices = batch_slices(len(plan.grid), per, cfg.batch)
+    limit = max_in_flight or 2 * max(1, n_workers)
+    device = "cuda" if n_gpu else ("cpu" if cfg.device == "auto" else cfg.device)
+    model = ModelRecord(**{**plan.model.__dict__, "device": device})
+    name = scene_name(scene)
+    logger.info(
+        "%s: %dx%d px, %d windows in %d predict-batch tasks of <=%d, %d Dask workers (%d with a GPU), <=%d in flight",
+        name, plan.scene.width, plan.scene.height, len(plan.grid), len(slices), per, n_workers, n_gpu, limit,
+    )
+    progress = Progress(artifact_key("progress", name), len(plan.grid), logger)
+
+    def submit(s: tuple[int, int]):
+        with gpu_annotation(n_gpu > 0):
+            return predict_batch_task.submit(scene, plan.grid, s[0], s[1], checkpoint, cfg, plan.scale)
+
+    def results():
+        for batch in stream_in_order(submit, slices, limit):
+            progress.add(len(batch.results))
+            yield from batch.results
+
+    summary = write_scene(
+        plan.scene, plan.grid, plan.scale, results(), model, out, cfg, times=StageTimes(), t0=t0, started=started,
+    )
+    logger.info("%s: %s", name, summary.line())
+    png = None
+    if quicklook:
+        png = quicklook_task(scene, str(summary.out), str(Path(out).with_suffix(".quicklook.png")), model.bands,
+                             f"{name}: {summary.buildings} buildings")
+    create_markdown_artifact(
+        _summary_markdown(name, summary, len(slices), n_workers, png), key=artifact_key("segment", name),
+        description=f"fpn-geo segment-scene summary for {name}",
+    )
+    return {
+        "scene": scene, "out": str(summary.out), "windows": summary.windows, "buildings": summary.buildings,
+        "seconds": round(summary.seconds, 3), "mpx_per_s": round(summary.mpx_per_s, 3), "tasks": len(slices),
+        "quicklook": png,
+    }
+
+
+@flow(name="segment-scenes", task_runner=task_runner(), log_prints=True)
+def segment_scenes(
+    scenes: str | list[str],
+    checkpoint: str,
+    out_dir: str,
+    config: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    merged: str | None = None,
+    merged_crs: str = "EPSG:4326",
+    force: bool = False,
+    windows_per_batch: int | None = None,
+    max_in_flight: int | None = None,
+    quicklook: bool = True,
+):
+    """Many scenes, one GeoPackage each (out_dir/<stem>.gpkg), each as its own `segment-scene` flow run.
+
+    scenes: a folder, a glob, a manifest (.txt/.csv: one path per line) or a list of paths.
+    A scene whose GeoPackage already holds the same input sha256 and checkpoint sha256 is skipped
+    (unless force), so a nightly re-run only does new work. merged: also write all buildings into one
+    GeoPackage in `merged_crs`. A scene that fails fails its own flow run; the others go on, and this
+    run ends Failed, listing them.
+    """
+    logger = get_run_logger()
+    paths = list_scenes(scenes)
+    outs = output_paths(paths, out_dir)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    ckpt_sha = read_model_record(checkpoint).meta.weights_sha256
+    # One cluster for all scenes: the child runs connect to this run's scheduler, and worker model caches stay warm.
+    address = current_client().scheduler.address
+    logger.info("%d scenes from %s; Dask scheduler %s", len(paths), scenes, address)
+    processed, skipped, failed = [], [], {}
+    rows = []
+    for path in paths:
+        out, name = outs[path], scene_name(path)
+        if not force and is_up_to_date(out, scene_sha256(path), ckpt_sha):
+            logger.info("%s: up to date (same input and checkpoint sha256), skipped", name)
+            skipped.append(path)
+            rows.append({"scene": name, "status": "skipped", "buildings": "", "seconds": "", "output": str(out)})
+            continue
+        child = segment_scene.with_options(task_runner=DaskTaskRunner(address=address), flow_run_name=f"segment-scene-{name}")
+        state = child(
+            scene=path, checkpoint=checkpoint, out=str(out), config=config, overrides=overrides,
+            windows_per_batch=windows_per_batch, max_in_flight=max_in_flight, quicklook=quicklook, return_state=True,
+        )
+        if state.is_completed():
+            r = state.result()
+            processed.append(path)
+            rows.append({"scene": name, "status": "done", "buildings": r["buildings"], "seconds": r["seconds"], "output": str(out)})
+        else:
+            failed[path] = state.message or state.name
+            logger.error("%s failed: %s", name, failed[path])
+            rows.append({"scene": name, "status": "failed", "buildings": "", "seconds": "", "output": failed[path]})
+    merged_count = None
+    if merged:
+        parts = [(scene_name(p), outs[p]) for p in paths if p not in failed and outs[p].is_file()]
+        merged_count = merge_geopackages(parts, merged, merged_crs)
+        logger.info("merged %d buildings from %d scenes into %s", merged_count, len(parts), merged)
+    create_table_artifact(rows, key=artifact_key("segment-scenes"), description="fpn-geo segment-scenes: one row per scene")
+    result = {
+        "processed": processed, "skipped": skipped, "failed": failed,
+        "outputs": {p: str(outs[p]) for p in paths if p not in failed}, "merged": merged, "merged_buildings": merged_count,
+    }
+    if failed:
+        listing = "; ".join(f"{scene_name(p)}: {m}" for p, m in failed.items())
+        return Failed(message=f"{len(failed)} of {len(paths)} scenes failed: {listing}", data=result)
+    return Completed(message=f"{len(processed)} processed, {len(skipped)} up to date", data=result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m flows.segment", description="Run the fpn-geo flows once, here.")
+    p.add_argument("--dask-address", help="tcp://HOST:8786 of a running scheduler (default: FPN_GEO_DASK_ADDRESS, else a local cluster)")
+    p.add_argument("--dask-workers", type=int, help="workers of the local cluster")
+    p.add_argument("--config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, YAML value")
+    p.add_argument("--windows-per-batch", type=int)
+    p.add_argument("--max-in-flight", type=int)
+    p.add_argument("--no-quicklook", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+    one = sub.add_parser("scene")
+    one.add_argument("scene")
+    one.add_argument("--checkpoint", required=True)
+    one.add_argument("--out", required=True)
+    many = sub.add_parser("scenes")
+    many.add_argument("scenes", help="folder, glob or manifest")
+    many.add_argument("--checkpoint", required=True)
+    many.add_argument("--out-dir", required=True)
+    many.add_argument("--merged")
+    many.add_argument("--force", action="store_true")
+    args = p.parse_args(argv)
+    import yaml
+
+    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)} or None
+    common = dict(config=args.config, overrides=overrides, windows_per_batch=args.windows_per_batch,
+                  max_in_flight=args.max_in_flight, quicklook=not args.no_quicklook)
+    runner = task_runner(args.dask_address, args.dask_workers)
+    if args.command == "scene":
+        state = segment_scene.with_options(task_runner=runner)(
+            scene=args.scene, checkpoint=args.checkpoint, out=args.out, return_state=True, **common)
+    else:
+        state = segment_scenes.with_options(task_runner=runner)(
+            scenes=args.scenes, checkpoint=args.checkpoint, out_dir=args.out_dir, merged=args.merged, force=args.force,
+            return_state=True, **common)
+    if not state.is_completed():
+        print(f"{state.name}: {state.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(state.result(), indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(main())
