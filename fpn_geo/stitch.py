@@ -30,6 +30,15 @@ def blend_weights(size: int, overlap: int, floor: float = 1e-3) -> np.ndarray:
     return np.maximum(np.outer(ramp, ramp), floor)
 
 
+def _normalize_into(out: np.ndarray, sums: np.ndarray, wsum: np.ndarray, cols: int = 2048) -> None:
+    """out = round(sums / wsum) as uint8, a few columns at a time: no strip-sized float temporaries."""
+    for x in range(0, out.shape[2], cols):
+        s, w = sums[:, :, x : x + cols], wsum[:, x : x + cols]
+        q = np.divide(s, w, out=np.zeros_like(s), where=w > 0)
+        np.rint(q, out=q)
+        out[:, :, x : x + cols] = q
+
+
 class Stitcher:
     """Accumulates weighted predictions per strip (grid-row band) and hands each strip to `write` once final."""
 
@@ -79,10 +88,9 @@ class Stitcher:
             k = self.next_strip
             y0, y1 = self.strip_rows(k)
             sums, wsum = self.sums.pop(k, None), self.wsum.pop(k, None)
-            if sums is None:
-                out = np.zeros((self.channels, y1 - y0, self.grid.width), np.uint8)
-            else:
-                out = np.divide(sums, wsum, out=np.zeros_like(sums), where=wsum > 0).round().astype(np.uint8)
+            out = np.zeros((self.channels, y1 - y0, self.grid.width), np.uint8)
+            if sums is not None:
+                _normalize_into(out, sums, wsum)
             self.write(Window(0, y0, self.grid.width, y1 - y0), out)
             self.next_strip += 1
 

@@ -17,7 +17,6 @@ from affine import Affine
 from rasterio.features import shapes
 from rasterio.windows import Window
 from scipy import ndimage
-from shapely.geometry import shape
 from shapely.strtree import STRtree
 
 from fpn_geo.scene import SceneInfo
@@ -27,6 +26,11 @@ from fpn_geo.scene import SceneInfo
 MIN_PART_SHARE = 0.25
 
 Labeler = Callable[[np.ndarray, np.ndarray | None, float], np.ndarray]
+
+# A strip holds at most this many pixels, whatever `strip_rows` asks: labelling takes ~30 bytes a
+# pixel, so a 16k-wide scene gets 128-row strips and its memory stays that of a 2k-wide one.
+STRIP_PIXELS = 2048 * 1024
+MIN_STRIP_ROWS = 64
 
 
 def connected_components(footprint: np.ndarray, contact: np.ndarray | None, threshold: float) -> np.ndarray:
@@ -44,25 +48,46 @@ class Piece:
     count: float
 
 
+def _polygons(labels: np.ndarray, mask: np.ndarray, y0: int) -> tuple[np.ndarray, np.ndarray]:
+    """Trace every label into polygons (pixel coordinates, shifted down by y0): (geometries, label values).
+
+    The rings GDAL traces are gathered into one coordinate array and built by shapely in one
+    vectorized call: no Python work per vertex, little per polygon.
+    """
+    coords: list[list] = []
+    ring_of: list[int] = []  # ring index per vertex
+    poly_of: list[int] = []  # polygon index per ring
+    values: list[int] = []
+    for k, (geom, value) in enumerate(shapes(labels, mask=mask, connectivity=4, transform=Affine.translation(0, y0))):
+        for ring in geom["coordinates"]:
+            ring_of.extend([len(poly_of)] * len(ring))
+            poly_of.append(k)
+            coords.extend(ring)
+        values.append(int(value))
+    if not values:
+        return np.empty(0, dtype=object), np.empty(0, dtype=np.int64)
+    rings = shapely.linearrings(np.asarray(coords, dtype=np.float64), indices=np.asarray(ring_of))
+    return shapely.polygons(rings, indices=np.asarray(poly_of)), np.asarray(values, dtype=np.int64)
+
+
 def strip_pieces(footprint: np.ndarray, contact: np.ndarray | None, y0: int, threshold: float, labeler: Labeler) -> list[Piece]:
     labels = labeler(footprint, contact, threshold)
-    n = int(labels.max())
-    if n == 0:
+    mask = labels > 0
+    ids = labels[mask]
+    if ids.size == 0:
         return []
-    index = np.arange(1, n + 1)
-    psum = ndimage.sum_labels(footprint, labels, index)
-    count = ndimage.sum_labels(np.ones_like(footprint, dtype=np.float32), labels, index)
-    rings: dict[int, list[shapely.Geometry]] = {}
-    for geom, value in shapes(labels, mask=labels > 0, connectivity=4, transform=Affine.translation(0, y0)):
-        rings.setdefault(int(value) - 1, []).append(shape(geom))
-    pieces = []
-    for i, polys in rings.items():
-        largest = max(p.area for p in polys)
-        for poly in polys:
-            # A watershed label can leave 1-px islands apart from its body: not buildings.
-            if poly.area >= MIN_PART_SHARE * largest:
-                pieces.append(Piece(poly, float(psum[i]) * poly.area / count[i], poly.area))
-    return pieces
+    n = int(ids.max())
+    psum = np.bincount(ids, weights=footprint[mask], minlength=n + 1)
+    count = np.bincount(ids, minlength=n + 1).astype(np.float64)
+    del ids
+    geoms, values = _polygons(labels, mask, y0)
+    area = shapely.area(geoms)
+    largest = np.zeros(n + 1)
+    np.maximum.at(largest, values, area)
+    # A watershed label can leave 1-px islands apart from its body: not buildings.
+    keep = np.flatnonzero(area >= MIN_PART_SHARE * largest[values])
+    share = psum[values[keep]] / count[values[keep]]
+    return [Piece(geoms[i], float(s * area[i]), float(area[i])) for i, s in zip(keep, share)]
 
 
 def _shares_segment(a: shapely.Geometry, b: shapely.Geometry) -> bool:
@@ -108,9 +133,13 @@ def join_across_cut(open_pieces: list[Piece], new_pieces: list[Piece], cut_y: fl
 def polygonize(
     path: str, threshold: float = 0.5, strip_rows: int = 1024, labeler: Labeler = connected_components
 ) -> Iterator[list[Piece]]:
-    """Yield finished pieces (pixel coordinates) strip after strip; band 1 footprint, band 2 contact if present."""
+    """Yield finished pieces (pixel coordinates) strip after strip; band 1 footprint, band 2 contact if present.
+
+    Strips are `strip_rows` high, or fewer on wide scenes (at most STRIP_PIXELS pixels a strip).
+    """
     with rasterio.open(path) as src:
         height, width = src.height, src.width
+        strip_rows = min(strip_rows, max(MIN_STRIP_ROWS, STRIP_PIXELS // width))
         open_pieces: list[Piece] = []
         for y0 in range(0, height, strip_rows):
             y1 = min(height, y0 + strip_rows)
