@@ -10,6 +10,7 @@ import json
 import os
 import sqlite3
 import uuid
+import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,6 +23,12 @@ from fpn_geo.errors import OutputError
 STYLE_QML = (Path(__file__).parent / "styles" / "buildings.qml").read_text()
 BUILDINGS = "buildings"
 PROVENANCE = "provenance"
+# GeoPackage 1.2 has everything we use (attributes tables, metadata extension, R-tree). GDAL >= 3.7 writes 1.4
+# by default, which GDAL <= 3.6 (QGIS 3.22 LTR on Debian 12, Ubuntu 22.04) flags on every open as
+# "may only be partially supported".
+GPKG_VERSION = "1.2"
+PROVENANCE_URI = "https://github.com/fpn-geo/fpn-geo/provenance/1"
+QGIS_METADATA_URI = "http://mrcc.com/qgis.dtd"  # what QGIS looks for to fill Layer Properties > Metadata
 
 
 def temp_sibling(final: Path, suffix: str) -> Path:
@@ -61,8 +68,10 @@ class GeoPackageWriter:
         gdf = buildings.copy()
         gdf.insert(0, "id", range(self.count, self.count + len(gdf)))
         gdf = gdf[["id", "score", "area_m2", "geometry"]].set_crs(self.crs, allow_override=True)
+        append = self.tmp.exists()
         pyogrio.write_dataframe(
-            gdf, self.tmp, layer=BUILDINGS, driver="GPKG", geometry_type="Polygon", append=self.tmp.exists()
+            gdf, self.tmp, layer=BUILDINGS, driver="GPKG", geometry_type="Polygon", append=append,
+            **({} if append else {"dataset_options": {"VERSION": GPKG_VERSION}}),
         )
         self.count += len(gdf)
 
@@ -72,7 +81,7 @@ class GeoPackageWriter:
         row = {k: (json.dumps(v, default=str) if isinstance(v, (dict, list, tuple)) else v) for k, v in provenance.items()}
         pyogrio.write_dataframe(pd.DataFrame([row]), self.tmp, layer=PROVENANCE, driver="GPKG")
         with sqlite3.connect(self.tmp) as db:
-            register_metadata(db, provenance)
+            register_metadata(db, provenance, crs=self.crs)
             register_style(db)
         os.replace(self.tmp, self.final)
         return self.final
@@ -90,11 +99,18 @@ class GeoPackageWriter:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """GeoPackage timestamps: ISO 8601 UTC with milliseconds, as strftime('%Y-%m-%dT%H:%M:%fZ') writes them."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def register_metadata(db: sqlite3.Connection, record: dict) -> None:
-    """GeoPackage metadata extension (spec §F.8): the provenance record as JSON, scoped to the buildings layer."""
+def register_metadata(db: sqlite3.Connection, record: dict, crs=None) -> None:
+    """GeoPackage metadata extension (spec §F.8), two records scoped to the buildings layer.
+
+    - the provenance record as JSON, for programs;
+    - the same facts as QGIS layer metadata XML (md_standard_uri http://mrcc.com/qgis.dtd): the only kind QGIS
+      reads, so analysts see title, abstract and provenance in Layer Properties > Metadata.
+    The abstract also goes into gpkg_contents.description, which GDAL reports as the layer's DESCRIPTION.
+    """
     db.executescript(
         """
         CREATE TABLE IF NOT EXISTS gpkg_metadata (
@@ -125,14 +141,98 @@ def register_metadata(db: sqlite3.Connection, record: dict) -> None:
                 "VALUES (?, NULL, 'gpkg_metadata', 'http://www.geopackage.org/spec120/#extension_metadata', 'read-write')",
                 (table,),
             )
-    cur = db.execute(
-        "INSERT INTO gpkg_metadata(md_scope, md_standard_uri, mime_type, metadata) VALUES ('dataset', ?, 'application/json', ?)",
-        ("https://github.com/fpn-geo/fpn-geo/provenance/1", json.dumps(record, default=str, indent=1)),
+    abstract = describe(record)
+    records = (
+        (PROVENANCE_URI, "application/json", json.dumps(record, default=str, indent=1)),
+        (QGIS_METADATA_URI, "text/xml", qgis_metadata_xml(db, record, abstract, crs)),
     )
-    db.execute(
-        "INSERT INTO gpkg_metadata_reference(reference_scope, table_name, timestamp, md_file_id) VALUES ('table', ?, ?, ?)",
-        (BUILDINGS, _now(), cur.lastrowid),
-    )
+    for uri, mime, text in records:
+        cur = db.execute(
+            "INSERT INTO gpkg_metadata(md_scope, md_standard_uri, mime_type, metadata) VALUES ('dataset', ?, ?, ?)",
+            (uri, mime, text),
+        )
+        db.execute(
+            "INSERT INTO gpkg_metadata_reference(reference_scope, table_name, timestamp, md_file_id) VALUES ('table', ?, ?, ?)",
+            (BUILDINGS, _now(), cur.lastrowid),
+        )
+    db.execute("UPDATE gpkg_contents SET description=? WHERE table_name=?", (abstract, BUILDINGS))
+
+
+def _text(v) -> str:
+    return json.dumps(v, default=str) if isinstance(v, (dict, list, tuple)) else str(v)
+
+
+def describe(record: dict) -> str:
+    """A human-readable abstract of the provenance record; keys that are missing are left out."""
+    r = record.get
+    params = r("parameters") if isinstance(r("parameters"), dict) else {}
+    lines = [f"Building footprints segmented by {r('software', 'fpn-geo')} {r('version', '')}".rstrip()
+             + (f" (git {r('git_commit')})" if r("git_commit") else "") + "."]
+    if r("input_path"):
+        lines.append(f"Input: {r('input_path')}" + (f" (sha256 {r('input_sha256')})" if r("input_sha256") else "") + ".")
+    if r("checkpoint_path"):
+        lines.append(f"Model: {r('checkpoint_path')}" + (f" (sha256 {r('checkpoint_sha256')})" if r("checkpoint_sha256") else "") + ".")
+    if params:
+        keys = [k for k in ("threshold", "min_area_m2", "simplify_m", "window", "overlap") if k in params]
+        lines.append("Parameters: " + ", ".join(f"{k}={params[k]}" for k in keys) + ".")
+    if r("buildings") is not None:
+        lines.append(f"{r('buildings')} buildings.")
+    if r("run_id"):
+        lines.append(f"Run {r('run_id')}" + (f", {r('started_utc')} to {r('finished_utc')}" if r("started_utc") else "") + ".")
+    lines.append("Full record: the 'provenance' table of this GeoPackage (also as JSON in gpkg_metadata).")
+    return "\n".join(lines)
+
+
+def qgis_metadata_xml(db: sqlite3.Connection, record: dict, abstract: str, crs=None) -> str:
+    """QGIS layer metadata (QgsLayerMetadata::readMetadataXml): identifier, title, abstract, keywords, one
+    history line per provenance field, CRS and extent of the buildings layer."""
+    run_id = record.get("run_id")
+    title = f"Buildings ({record.get('software', 'fpn-geo')}" + (f" run {run_id})" if run_id else ")")
+    root = ET.Element("qgis", version="3.22.0")
+    for tag, value in (
+        ("identifier", run_id or ""), ("parentidentifier", ""), ("language", ""), ("type", "dataset"),
+        ("title", title), ("abstract", abstract),
+    ):
+        ET.SubElement(root, tag).text = str(value)
+    kw = ET.SubElement(root, "keywords", vocabulary="fpn-geo")
+    for word in ("buildings", "building footprints", "segmentation", "fpn-geo"):
+        ET.SubElement(kw, "keyword").text = word
+    ET.SubElement(root, "links")
+    for k, v in record.items():
+        ET.SubElement(root, "history").text = f"{k}: {_text(v)}"
+    ET.SubElement(root, "fees").text = ""
+    ET.SubElement(root, "encoding").text = ""
+    srs_id = None
+    row = db.execute(
+        "SELECT c.srs_id, c.min_x, c.min_y, c.max_x, c.max_y, s.organization, s.organization_coordsys_id, s.definition "
+        "FROM gpkg_contents c LEFT JOIN gpkg_spatial_ref_sys s ON s.srs_id = c.srs_id WHERE c.table_name=?",
+        (BUILDINGS,),
+    ).fetchone()
+    if row:
+        srs_id, *bounds, org, code, definition = row
+        wkt, authid = definition or "", f"{org}:{code}" if org and code is not None and org.upper() != "NONE" else ""
+        if crs is not None:
+            try:
+                from pyproj import CRS
+
+                c = CRS.from_user_input(crs)
+                wkt = c.to_wkt()
+                auth = c.to_authority()
+                authid = f"{auth[0]}:{auth[1]}" if auth else authid
+            except Exception:  # noqa: BLE001 - the gpkg_spatial_ref_sys definition is a fine fallback
+                pass
+        if wkt or authid:
+            srs = ET.SubElement(ET.SubElement(root, "crs"), "spatialrefsys")
+            ET.SubElement(srs, "wkt").text = wkt
+            ET.SubElement(srs, "authid").text = authid
+        if all(b is not None for b in bounds):
+            ext = ET.SubElement(root, "extent")
+            ET.SubElement(ext, "spatial", dimensions="2", crs=authid, minx=repr(bounds[0]), miny=repr(bounds[1]),
+                          maxx=repr(bounds[2]), maxy=repr(bounds[3]), minz="0", maxz="0")
+    ET.indent(root)
+    return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode")
+
+
 
 
 def register_style(db: sqlite3.Connection, table: str = BUILDINGS) -> None:
@@ -149,9 +249,11 @@ def register_style(db: sqlite3.Connection, table: str = BUILDINGS) -> None:
             "INSERT INTO gpkg_contents(table_name, data_type, identifier, last_change) VALUES ('layer_styles', 'attributes', 'layer_styles', ?)",
             (_now(),),
         )
+    # QGIS finds the default style by table AND geometry column name: take the column GDAL actually wrote.
+    row = db.execute("SELECT column_name FROM gpkg_geometry_columns WHERE table_name=?", (table,)).fetchone()
     db.execute(
         "INSERT INTO layer_styles(f_table_catalog, f_table_schema, f_table_name, f_geometry_column, styleName, "
-        "styleQML, styleSLD, useAsDefault, description, owner) VALUES ('', '', ?, 'geom', 'fpn-geo buildings', ?, '', 1, "
+        "styleQML, styleSLD, useAsDefault, description, owner) VALUES ('', '', ?, ?, 'fpn-geo buildings', ?, '', 1, "
         "'Default style written by fpn-geo', 'fpn-geo')",
-        (table, STYLE_QML),
+        (table, row[0] if row else "geom", STYLE_QML),
     )
