@@ -47,8 +47,11 @@ class Stitcher:
         self.channels = channels
         self.write = write
         self.weights = blend_weights(grid.size, grid.overlap)
-        self.sums: dict[int, np.ndarray] = {}
-        self.wsum: dict[int, np.ndarray] = {}
+        # Buffers are allocated in bands of `band` rows, when first touched: a grid row's windows
+        # reach only the top `overlap` rows of the next strip, so that strip costs `overlap` rows,
+        # not `stride`, until its own windows arrive. Peak: about `size` rows of the scene's width.
+        self.band = max(32, grid.overlap)
+        self.sums: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
         self.done_per_row: Counter[int] = Counter()
         self.next_strip = 0
 
@@ -59,26 +62,31 @@ class Stitcher:
     def strip_of(self, y: int) -> int:
         return min(y // self.grid.stride, self.grid.rows - 1)
 
-    def _buffers(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if k not in self.sums:
+    def _band(self, k: int, j: int) -> tuple[np.ndarray, np.ndarray]:
+        """Band j of strip k: rows y0 + j*band .. of the strip, (sums (K, r, W), weight sums (r, W))."""
+        bands = self.sums.setdefault(k, {})
+        if j not in bands:
             y0, y1 = self.strip_rows(k)
-            self.sums[k] = np.zeros((self.channels, y1 - y0, self.grid.width), np.float32)
-            self.wsum[k] = np.zeros((y1 - y0, self.grid.width), np.float32)
-        return self.sums[k], self.wsum[k]
+            rows = min(self.band, y1 - y0 - j * self.band)
+            bands[j] = (np.zeros((self.channels, rows, self.grid.width), np.float32), np.zeros((rows, self.grid.width), np.float32))
+        return bands[j]
 
     def add(self, window: GridWindow, probs: np.ndarray | None) -> None:
         """probs: (K, h, w) uint8 for the in-scene part of the window, or None if it held no data."""
         if probs is not None:
             _, h, w = probs.shape
-            weights = self.weights[:h, :w]
+            cols = slice(window.col_off, window.col_off + w)
             for k in range(self.strip_of(window.row_off), self.strip_of(window.row_off + h - 1) + 1):
                 y0, y1 = self.strip_rows(k)
                 a, b = max(y0, window.row_off), min(y1, window.row_off + h)
-                sums, wsum = self._buffers(k)
-                src = slice(a - window.row_off, b - window.row_off)
-                cols = slice(window.col_off, window.col_off + w)
-                sums[:, a - y0 : b - y0, cols] += probs[:, src].astype(np.float32) * weights[src]
-                wsum[a - y0 : b - y0, cols] += weights[src]
+                for j in range((a - y0) // self.band, (b - 1 - y0) // self.band + 1):
+                    r0 = y0 + j * self.band
+                    c, d = max(a, r0), min(b, r0 + self.band)
+                    sums, wsum = self._band(k, j)
+                    src = slice(c - window.row_off, d - window.row_off)
+                    weights = self.weights[src, :w]
+                    sums[:, c - r0 : d - r0, cols] += probs[:, src].astype(np.float32) * weights
+                    wsum[c - r0 : d - r0, cols] += weights
         self.done_per_row[window.row] += 1
         self._flush_ready()
 
@@ -87,10 +95,9 @@ class Stitcher:
         while self.next_strip < self.grid.rows and self.done_per_row[self.next_strip] == self.grid.cols:
             k = self.next_strip
             y0, y1 = self.strip_rows(k)
-            sums, wsum = self.sums.pop(k, None), self.wsum.pop(k, None)
             out = np.zeros((self.channels, y1 - y0, self.grid.width), np.uint8)
-            if sums is not None:
-                _normalize_into(out, sums, wsum)
+            for j, (sums, wsum) in self.sums.pop(k, {}).items():
+                _normalize_into(out[:, j * self.band : j * self.band + wsum.shape[0]], sums, wsum)
             self.write(Window(0, y0, self.grid.width, y1 - y0), out)
             self.next_strip += 1
 

@@ -90,6 +90,11 @@ def strip_pieces(footprint: np.ndarray, contact: np.ndarray | None, y0: int, thr
     return [Piece(geoms[i], float(s * area[i]), float(area[i])) for i, s in zip(keep, share)]
 
 
+def _bounds(pieces: list[Piece]) -> np.ndarray:
+    """(n, 4) minx, miny, maxx, maxy of the pieces, in one vectorized call."""
+    return shapely.bounds(np.array([p.geom for p in pieces], dtype=object))
+
+
 def _shares_segment(a: shapely.Geometry, b: shapely.Geometry) -> bool:
     return a.intersection(b).length > 0
 
@@ -99,7 +104,7 @@ def join_across_cut(open_pieces: list[Piece], new_pieces: list[Piece], cut_y: fl
 
     Returns (finished open pieces that met nothing, new pieces with merges applied).
     """
-    top = [i for i, p in enumerate(new_pieces) if p.geom.bounds[1] == cut_y]
+    top = np.flatnonzero(_bounds(new_pieces)[:, 1] == cut_y).tolist() if new_pieces else []
     if not open_pieces or not top:
         return open_pieces, new_pieces
     parent = list(range(len(open_pieces) + len(new_pieces)))
@@ -148,8 +153,9 @@ def polygonize(
             contact = src.read(2, window=win) if src.count > 1 else None
             pieces = strip_pieces(footprint, contact, y0, threshold, labeler)
             finished, pieces = join_across_cut(open_pieces, pieces, y0)
-            open_pieces = [p for p in pieces if p.geom.bounds[3] == y1 and y1 < height]
-            finished += [p for p in pieces if not (p.geom.bounds[3] == y1 and y1 < height)]
+            at_cut = (_bounds(pieces)[:, 3] == y1) & (y1 < height) if pieces else np.zeros(0, bool)
+            open_pieces = [p for p, cut in zip(pieces, at_cut) if cut]
+            finished += [p for p, cut in zip(pieces, at_cut) if not cut]
             if finished:
                 yield finished
         if open_pieces:

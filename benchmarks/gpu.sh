@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# GPU benchmark for the `device` tool (one CUDA GPU, < 5 minutes):
+#   ResNet-50 FPN model-only tiles/s at 512², eager vs torch.compile (bf16, channels_last, batch 64),
+#   then `segment` end to end on a 16384² scene built there from the bundled Kampala mosaic.
+# Usage:  bash benchmarks/gpu.sh            # on the GPU machine (results also in $OUT/gpu.jsonl if OUT is set)
+#         bash benchmarks/gpu.sh --cpu      # smoke test here: tiny sizes, meaningless numbers
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+export PYTHONUNBUFFERED=1
+LOG=${OUT:-/tmp}/gpu.jsonl
+if [ "${1:-}" = "--cpu" ]; then
+  shift
+  timeout 600 "$PY" benchmarks/gpu_bench.py --cpu "$@" | tee "$LOG"
+else
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || true
+  timeout 280 "$PY" benchmarks/gpu_bench.py --batch 64 --tile 512 --iters 20 --scene-side 16384 --workdir /tmp/fpn-geo-gpu "$@" | tee "$LOG"
+fi
