@@ -1,4 +1,4 @@
-"""`fpn-geo` command line: segment a scene, or describe a scene or checkpoint."""
+"""`fpn-geo` command line: segment a scene, train a segmenter, evaluate predictions, or describe a scene or checkpoint."""
 
 from __future__ import annotations
 
@@ -52,6 +52,46 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from fpn_geo.train import load_train_config, train
+
+    cfg = load_train_config(
+        args.config, out_dir=args.out_dir, epochs=args.epochs, device=args.device, threads=args.threads,
+        resume=args.resume, max_minutes=args.max_minutes,
+    )
+    if not args.quiet:
+        logging.getLogger("fpn_geo.train").setLevel(logging.INFO)
+    result = train(cfg)
+    print(
+        f"{result.epochs_run} epochs, {result.chips_per_s:.2f} chips/s, best held-out score {result.best_score:.4f} "
+        f"-> {result.best} (last: {result.last}, metrics: {result.out_dir / 'metrics.csv'})"
+    )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import os
+    import tempfile
+
+    from fpn_geo.evaluate import evaluate
+
+    report = evaluate(args.pred, args.truth, args.raster, iou=args.iou, min_area_m2=args.min_area)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=out.name, suffix=".tmp", dir=out.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+        os.replace(tmp, out)
+    b = report["building"]
+    line = f"F1 {b['f1']:.4f} (P {b['precision']:.4f}, R {b['recall']:.4f}; TP {b['TP']}, FP {b['FP']}, FN {b['FN']})"
+    if "pixel_iou" in report:
+        line += f", pixel IoU {report['pixel_iou']:.4f}"
+    print(line + (f" -> {args.out}" if args.out else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fpn-geo", description="Find buildings in GeoTIFFs.")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -74,6 +114,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compile", action="store_true")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=_segment)
+
+    t = sub.add_parser("train", help="train a segmenter from GeoTIFFs and labels (YAML config)")
+    t.add_argument("--config", required=True, help="training YAML, e.g. configs/train_default.yaml")
+    t.add_argument("--out-dir", help="override out_dir (checkpoints, metrics.csv, curve.png)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--device")
+    t.add_argument("--threads", type=int)
+    t.add_argument("--max-minutes", type=float)
+    t.add_argument("--resume", help="continue from an earlier run's last.safetensors")
+    t.add_argument("-q", "--quiet", action="store_true", help="no per-epoch log lines")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate", help="score predicted polygons against truth (SpaceNet F1, pixel IoU)")
+    e.add_argument("pred", help="predicted buildings (GeoPackage or any vector file)")
+    e.add_argument("--truth", required=True, help="truth building polygons (any vector file, any CRS)")
+    e.add_argument("--out", help="write the JSON report here")
+    e.add_argument("--raster", help="a GeoTIFF whose grid is used for pixel IoU")
+    e.add_argument("--iou", type=float, default=0.5, help="match threshold (SpaceNet: 0.5)")
+    e.add_argument("--min-area", type=float, default=0.0, help="drop polygons under this many m² on both sides")
+    e.set_defaults(func=_evaluate)
 
     i = sub.add_parser("info", help="describe a scene or a checkpoint")
     i.add_argument("path")

@@ -1,0 +1,153 @@
+"""Training configuration: YAML under configs/, validated by pydantic; a wrong key or type is a ConfigError."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fpn_geo.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class SourceConfig(BaseModel):
+    """One labelled scene (or a glob of them): a GeoTIFF plus either vector labels or a mask raster.
+
+    ``labels`` and ``mask`` may use ``{stem}`` for the image file's stem when ``image`` is a glob.
+    ``val_block`` holds out (left, top, right, bottom) as fractions of the image extent for validation;
+    training chips never touch it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    image: str = Field(description="GeoTIFF path or glob, relative to the repository root or absolute")
+    labels: str | None = Field(None, description="vector labels (GeoJSON, GPKG, Shapefile), any CRS")
+    mask: str | None = Field(None, description="building mask raster (0/1 or 0/255) on the image grid")
+    weight: float = Field(1.0, gt=0, description="share of training chips drawn from this source")
+    val_block: tuple[float, float, float, float] | None = Field(
+        None, description="held-out block (left, top, right, bottom) in fractions of the extent"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "SourceConfig":
+        if (self.labels is None) == (self.mask is None):
+            raise ValueError(f"source {self.name!r} needs exactly one of 'labels' (vector file) or 'mask' (raster)")
+        if self.val_block is not None:
+            l, t, r, b = self.val_block
+            if not (0 <= l < r <= 1 and 0 <= t < b <= 1):
+                raise ValueError(
+                    f"source {self.name!r}: val_block {list(self.val_block)} must be fractions "
+                    "0 <= left < right <= 1 and 0 <= top < bottom <= 1, e.g. [0.6667, 0, 1, 1]"
+                )
+        return self
+
+    def pairs(self, root: Path = REPO) -> list[tuple[Path, Path, str]]:
+        """(image, label file, 'labels'|'mask') for every image the path or glob names."""
+        pattern = self.image if Path(self.image).is_absolute() else str(root / self.image)
+        images = sorted(Path(p) for p in glob.glob(pattern)) if glob.has_magic(pattern) else [Path(pattern)]
+        if not images or not images[0].exists():
+            raise ConfigError(f"source {self.name!r}: no image matches {self.image!r}; check the path (relative to {root})")
+        kind, template = ("labels", self.labels) if self.labels is not None else ("mask", self.mask)
+        out = []
+        for img in images:
+            lab = template.format(stem=img.stem)
+            lab_path = Path(lab) if Path(lab).is_absolute() else root / lab
+            if not lab_path.exists():
+                raise ConfigError(f"source {self.name!r}: {kind} file {lab_path} for image {img.name} does not exist")
+            out.append((img, lab_path, kind))
+        return out
+
+
+class TrainConfig(BaseModel):
+    """Every knob of a training run; the whole config is stored in the checkpoint metadata."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sources: list[SourceConfig] = Field(min_length=1)
+    out_dir: str = Field("runs/train", description="where best/last checkpoints, metrics.csv and curve.png go")
+    gsd_m: float = Field(0.3, gt=0, description="ground sample distance every source is resampled to (m)")
+    bands: tuple[int, ...] = Field((1, 2, 3), min_length=1, description="1-based band indexes to read")
+    depth: Literal[18, 34, 50, 101] = 18
+    fpn_channels: int = Field(128, gt=0)
+    head_channels: int = Field(128, gt=0)
+    contact_px: int = Field(2, ge=0, description="half-width of the contact band, model pixels")
+    chip: int = Field(256, gt=0, description="training chip side, model pixels; a multiple of 32")
+    val_chip: int = Field(256, gt=0, description="validation grid window side; a multiple of 32")
+    val_overlap: int = Field(64, ge=0, description="overlap between validation windows")
+    batch: int = Field(8, gt=0)
+    epochs: int = Field(20, gt=0)
+    steps_per_epoch: int = Field(50, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    dice_weight: float = Field(1.0, ge=0, description="loss = cross-entropy + dice_weight * Dice")
+    class_weights: tuple[float, float, float] = Field((1.0, 1.0, 2.0), description="cross-entropy weight per class")
+    jitter: float = Field(0.1, ge=0, lt=1, description="brightness/contrast jitter amplitude")
+    threshold: float = Field(0.5, gt=0, lt=1, description="footprint threshold used in validation")
+    min_area_m2: float = Field(4.0, ge=0, description="smallest building counted in validation F1")
+    simplify_m: float = Field(0.2, ge=0)
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    threads: int = Field(2, gt=0, description="CPU threads for torch (share the machine)")
+    max_minutes: float | None = Field(None, gt=0, description="stop after the epoch that passes this wall time")
+    seed: int = 0
+    resume: str | None = Field(None, description="last.safetensors of an earlier run to continue from")
+    init: str | None = Field(None, description="start from these weights (a checkpoint), not from scratch")
+
+    @field_validator("chip", "val_chip")
+    @classmethod
+    def _multiple_of_32(cls, v: int) -> int:
+        if v % 32:
+            raise ValueError(f"{v} is not a multiple of 32; use {max(32, round(v / 32) * 32)}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.val_overlap >= self.val_chip // 2:
+            raise ValueError(f"val_overlap {self.val_overlap} must be less than half of val_chip ({self.val_chip // 2})")
+        if self.fpn_channels % 32 or self.head_channels % 32:
+            raise ValueError("fpn_channels and head_channels must be multiples of 32 (GroupNorm uses 32 groups)")
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"source names must be unique, got {names}")
+        if not any(s.val_block for s in self.sources):
+            raise ValueError("no source has a val_block; hold out a block of one source for validation, e.g. val_block: [0.6667, 0, 1, 1]")
+        return self
+
+
+def _explain(e: ValidationError, source: str) -> ConfigError:
+    parts = []
+    for err in e.errors():
+        key = ".".join(str(x) for x in err["loc"]) or "config"
+        if err["type"] == "extra_forbidden":
+            known = SourceConfig.model_fields if "sources" in key else TrainConfig.model_fields
+            parts.append(f"unknown key {key!r} (known: {', '.join(known)})")
+        else:
+            inp = err.get("input")
+            shown = "" if isinstance(inp, dict) else f" (got {inp!r})"
+            parts.append(f"{key}: {err['msg']}{shown}")
+    return ConfigError(f"{source}: " + "; ".join(parts))
+
+
+def load_train_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """YAML file then overrides (None-valued overrides are ignored); raises ConfigError naming the bad key."""
+    data: dict[str, Any] = {}
+    source = "overrides"
+    if path is not None:
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read training config {p}: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"training config {p} must be a mapping of keys to values, got {type(data).__name__}")
+        source = str(p)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig(**data)
+    except ValidationError as e:
+        raise _explain(e, source) from e
