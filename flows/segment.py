@@ -88,9 +88,9 @@ def quicklook_task(scene: str, gpkg: str, png: str, bands: tuple[int, ...], titl
 
 
 def windows_per_task(n_windows: int, n_workers: int, model_batch: int) -> int:
-    """Enough slices for TASKS_PER_WORKER per worker, each within [MIN, MAX] windows."""
-    per = math.ceil(n_windows / max(1, n_workers * TASKS_PER_WORKER))
-    return max(MIN_WINDOWS_PER_TASK, min(MAX_WINDOWS_PER_TASK, per), model_batch)
+    """About TASKS_PER_WORKER slices per worker of MIN..MAX windows; on small scenes, still one slice per worker."""
+    per = min(MAX_WINDOWS_PER_TASK, max(MIN_WINDOWS_PER_TASK, math.ceil(n_windows / max(1, n_workers * TASKS_PER_WORKER))))
+    return max(model_batch, min(per, math.ceil(n_windows / max(1, n_workers))))
 
 
 def stream_in_order(submit, slices: list[tuple[int, int]], max_in_flight: int):

@@ -1,0 +1,67 @@
+"""Flow logic without servers: scene listing, output names, batch sizing and slicing."""
+
+from pathlib import Path
+
+import pytest
+
+from flows.scenes import artifact_key, list_scenes, output_paths
+from flows.segment import stream_in_order, windows_per_task
+from fpn_geo.errors import InputError
+from fpn_geo.pipeline import batch_slices
+
+
+def test_scenes_from_a_folder_a_glob_a_manifest_and_a_list(tmp_path):
+    for name in ("b.tif", "a.TIF", "notes.txt", ".hidden.tif"):
+        (tmp_path / name).write_bytes(b"x")
+    folder = list_scenes(str(tmp_path))
+    assert [Path(p).name for p in folder] == ["a.TIF", "b.tif"]
+    assert [Path(p).name for p in list_scenes(str(tmp_path / "*.tif"))] == ["b.tif"]
+    manifest = tmp_path / "scenes.txt"
+    manifest.write_text("# nightly\nb.tif\n/vsis3/bucket/c.tif\n\n")
+    assert list_scenes(str(manifest)) == sorted([str(tmp_path / "b.tif"), "/vsis3/bucket/c.tif"])
+    assert list_scenes(["x.tif", "x.tif"]) == ["x.tif"]
+    with pytest.raises(InputError, match="not a folder, a manifest"):
+        list_scenes(str(tmp_path / "missing"))
+
+
+def test_two_scenes_with_one_stem_are_refused(tmp_path):
+    assert output_paths(["/a/s.tif"], tmp_path)["/a/s.tif"] == tmp_path / "s.gpkg"
+    with pytest.raises(InputError, match="would both write s.gpkg"):
+        output_paths(["/a/s.tif", "/b/s.tif"], tmp_path)
+    assert artifact_key("progress", "Scene_01.v2") == "progress-scene-01-v2"
+
+
+def test_slices_cover_the_grid_once_and_align_to_the_model_batch():
+    for n, workers, batch in [(12, 2, 4), (1000, 2, 4), (10_000, 8, 32), (3, 2, 4), (37, 3, 2)]:
+        per = windows_per_task(n, workers, batch)
+        slices = batch_slices(n, per, batch)
+        assert slices[0][0] == 0 and slices[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(slices, slices[1:]))
+        assert all(s % batch == 0 for s, _ in slices)
+        assert per <= 256 and (n < workers * 16 or per >= 16)
+        assert len(slices) >= min(workers, -(-n // batch))  # every worker gets work when there is enough
+
+
+class _Future:
+    def __init__(self, value, log):
+        self.value, self.log = value, log
+
+    def result(self):
+        self.log.append(("result", self.value))
+        return self.value
+
+
+def test_stream_in_order_bounds_in_flight_work_and_keeps_grid_order():
+    log: list = []
+
+    def submit(s):
+        log.append(("submit", s))
+        return _Future(s, log)
+
+    out = list(stream_in_order(submit, [(0, 1), (1, 2), (2, 3), (3, 4)], max_in_flight=2))
+    assert out == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    in_flight, peak = 0, 0
+    for kind, _ in log:
+        in_flight += 1 if kind == "submit" else -1
+        peak = max(peak, in_flight)
+    assert peak == 2
