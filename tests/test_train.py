@@ -239,3 +239,19 @@ def test_validation_scores_a_perfect_prediction_and_separation_matters(crop_tif)
     scores = score_block(BlockPrediction(s, b, footprint, contact))
     assert scores["f1_sep"] > 0.95 and scores["pixel_iou"] > 0.95
     assert scores["tp_nosep"] < scores["tp_sep"]  # without the contact class, touching buildings merge
+
+
+def test_holdout_export_is_the_block_training_never_saw(tmp_path):
+    from fpn_geo.train.holdout import export_holdout
+
+    cfg = load_train_config(DATA.parent / "configs" / "train_default.yaml")
+    tif, gpkg = export_holdout(cfg, "kampala", tmp_path)
+    with rasterio.open(tif) as crop_ds, rasterio.open(DATA / "kampala_oam" / "mosaic_z21_12x8_3072x2048.tif") as scene:
+        assert crop_ds.height == scene.height and 0.3 < crop_ds.width / scene.width < 0.34  # the eastern third
+        assert crop_ds.bounds.right == pytest.approx(scene.bounds.right) and crop_ds.crs == scene.crs
+        assert np.array_equal(crop_ds.read(1, window=((0, 8), (0, 8))), scene.read(1, window=((0, 8), (scene.width - crop_ds.width, scene.width - crop_ds.width + 8))))
+    import geopandas as gpd
+
+    assert 40 <= len(gpd.read_file(gpkg)) <= 50
+    with pytest.raises(ConfigError, match="no val_block"):
+        export_holdout(cfg, "rio", tmp_path)
