@@ -1,0 +1,94 @@
+"""Orchestration overhead: the segment-scene flow on a Dask LocalCluster against the plain library/CLI path.
+
+Same scene, same checkpoint, same config. Prints one JSON record:
+- cli_s: `segment()` in this process (what `fpn-geo segment` runs, without interpreter start-up);
+- flow_cold_s: the flow with a fresh embedded LocalCluster (cluster start + worker imports + model loads);
+- flow_warm_s: the flow again on an already running cluster (workers imported, models cached);
+- task_runs: Prefect task runs per scene (plan-scene + predict-batch + quicklook);
+- submit_ms: per-submit cost of a no-op task through DaskTaskRunner (orchestration only).
+
+    python benchmarks/flow_vs_cli.py [--scene data/kampala_oam/mosaic_z20_6x4_1536x1024.tif] [--workers 2]
+
+A random-weights ResNet-18 is made when no --checkpoint is given (timing does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--scene", default=str(REPO / "data/kampala_oam/mosaic_z20_6x4_1536x1024.tif"))
+    p.add_argument("--checkpoint")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--submits", type=int, default=50)
+    args = p.parse_args()
+
+    import torch
+    from distributed import LocalCluster
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+    from prefect_dask import DaskTaskRunner
+
+    from flows.cluster import task_runner
+    from flows.segment import segment_scene
+    from fpn_geo.config import load_config
+    from fpn_geo.pipeline import load_segmenter, segment
+
+    tmp = Path(tempfile.mkdtemp(prefix="fpn-geo-bench-"))
+    ckpt = args.checkpoint
+    if not ckpt:
+        from tests.conftest import make_checkpoint
+
+        ckpt = str(make_checkpoint(tmp / "r18.safetensors"))
+    record: dict = {"scene": args.scene, "workers": args.workers, "cpu_threads_cli": torch.get_num_threads()}
+
+    t = time.perf_counter()
+    summary = segment(args.scene, load_segmenter(ckpt, "auto"), tmp / "cli.gpkg", load_config())
+    record["cli_s"] = round(time.perf_counter() - t, 2)
+    record["windows"] = summary.windows
+
+    with prefect_test_harness(server_startup_timeout=60):
+        t = time.perf_counter()
+        r = segment_scene.with_options(task_runner=task_runner(n_workers=args.workers))(
+            scene=args.scene, checkpoint=ckpt, out=str(tmp / "cold.gpkg"))
+        record["flow_cold_s"] = round(time.perf_counter() - t, 2)
+        record["task_runs"] = r["tasks"] + 2
+        with LocalCluster(n_workers=args.workers, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
+                          env={"PREFECT_API_URL": PREFECT_API_URL.value()}) as cluster:
+            warm = segment_scene.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
+            warm(scene=args.scene, checkpoint=ckpt, out=str(tmp / "warmup.gpkg"))  # imports + model load
+            t = time.perf_counter()
+            warm(scene=args.scene, checkpoint=ckpt, out=str(tmp / "warm.gpkg"))
+            record["flow_warm_s"] = round(time.perf_counter() - t, 2)
+
+            @task(cache_policy=NO_CACHE)
+            def noop(i: int) -> int:
+                return i
+
+            @flow(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
+            def submits(n: int) -> float:
+                t0 = time.perf_counter()
+                futures = [noop.submit(i) for i in range(n)]
+                [f.result() for f in futures]
+                return (time.perf_counter() - t0) / n
+
+            record["submit_ms"] = round(1000 * submits(args.submits), 1)
+    record["warm_overhead_pct"] = round(100 * (record["flow_warm_s"] / record["cli_s"] - 1), 1)
+    print(json.dumps(record, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
