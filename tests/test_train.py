@@ -255,3 +255,16 @@ def test_holdout_export_is_the_block_training_never_saw(tmp_path):
     assert 40 <= len(gpd.read_file(gpkg)) <= 50
     with pytest.raises(ConfigError, match="no val_block"):
         export_holdout(cfg, "rio", tmp_path)
+
+
+def test_zanzibar_source_reprojects_its_labels_onto_the_training_grid():
+    """Labels in EPSG:4326, image in UTM 37S at 7.7 cm: at 0.3 m the buildings land where the image shows them."""
+    img, lab = DATA / "zanzibar" / "tanzania_sample.tif", DATA / "zanzibar" / "tanzania_sample.geojson"
+    s = load_source("z", img, lab, "labels", 0.3, (1, 2, 3))
+    assert s.crs.to_epsg() == 32737 and abs(s.gsd_m - 0.3) < 0.005
+    bounds = rasterio.transform.array_bounds(*s.shape, s.transform)
+    inside = s.truth.clip(bounds)
+    inside = inside[inside.area > 1.0]
+    assert len(inside) >= 5
+    # burnt area in m² matches the polygons' area in m² (UTM: CRS units are metres)
+    assert s.footprint.sum() * s.gsd_m**2 == pytest.approx(inside.area.sum(), rel=0.05)
