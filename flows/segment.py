@@ -37,10 +37,11 @@ from prefect_dask import DaskTaskRunner
 from flows.cluster import current_client, describe_workers, gpu_annotation, task_runner
 from flows.scenes import artifact_key, list_scenes, output_paths, scene_name
 from fpn_geo.config import SegmentConfig, load_config
+from fpn_geo.geopackage import is_up_to_date, merge_geopackages
 from fpn_geo.inference import StageTimes
 from fpn_geo.pipeline import (
-    BatchResult, ModelRecord, RunSummary, batch_slices, cached_segmenter, is_up_to_date, merge_geopackages,
-    plan_grid, predict_batch, read_model_record, scene_sha256, write_scene,
+    BatchResult, ModelRecord, RunSummary, batch_slices, cached_segmenter, plan_grid, predict_batch, read_model_record,
+    scene_sha256, write_scene,
 )
 from fpn_geo.provenance import utc_now
 from fpn_geo.scene import SceneInfo, open_scene

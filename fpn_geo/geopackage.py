@@ -12,6 +12,7 @@ import sqlite3
 import uuid
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
+from collections.abc import Sequence
 from pathlib import Path
 
 import geopandas as gpd
@@ -257,3 +258,51 @@ def register_style(db: sqlite3.Connection, table: str = BUILDINGS) -> None:
         "'Default style written by fpn-geo', 'fpn-geo')",
         (table, row[0] if row else "geom", STYLE_QML),
     )
+
+
+def read_provenance(gpkg: str | Path) -> dict | None:
+    """The provenance row of an fpn-geo GeoPackage, or None if there is no readable one."""
+    try:
+        if PROVENANCE not in {name for name, _ in pyogrio.list_layers(gpkg)}:
+            return None
+        df = pyogrio.read_dataframe(gpkg, layer=PROVENANCE)
+    except Exception:  # a missing, partial or foreign file: not up to date, so it is redone
+        return None
+    return df.iloc[-1].to_dict() if len(df) else None
+
+
+def is_up_to_date(gpkg: str | Path, input_sha256: str | None, checkpoint_sha256: str | None) -> bool:
+    """True when `gpkg` was made from exactly these input bytes and these weights; remote inputs never are."""
+    if not input_sha256 or not checkpoint_sha256 or not Path(gpkg).is_file():
+        return False
+    prov = read_provenance(gpkg)
+    return bool(prov) and prov.get("input_sha256") == input_sha256 and prov.get("checkpoint_sha256") == checkpoint_sha256
+
+
+def merge_geopackages(parts: Sequence[tuple[str, str | Path]], out: str | Path, crs: str = "EPSG:4326") -> int:
+    """Write the buildings of several scene GeoPackages, reprojected to `crs`, into one; adds a `scene` column.
+
+    parts: (scene name, GeoPackage path). Atomic like every output: temporary file, then rename.
+    """
+    out = Path(out)
+    frames = []
+    for name, path in parts:
+        gdf = pyogrio.read_dataframe(path, layer=BUILDINGS).to_crs(crs)
+        gdf.insert(0, "scene", name)
+        frames.append(gdf.rename(columns={"id": "scene_id"}))
+    if frames:
+        merged = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=crs)
+    else:
+        merged = gpd.GeoDataFrame({"scene": [], "scene_id": [], "score": [], "area_m2": []}, geometry=[], crs=crs)
+    merged.insert(0, "id", range(len(merged)))
+    tmp = temp_sibling(out, ".gpkg")
+    try:
+        pyogrio.write_dataframe(
+            merged, tmp, layer=BUILDINGS, driver="GPKG", geometry_type="Polygon", dataset_options={"VERSION": GPKG_VERSION}
+        )
+        with sqlite3.connect(tmp) as db:
+            register_style(db)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(merged)

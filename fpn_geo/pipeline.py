@@ -3,14 +3,13 @@ open, tile, infer, stitch, vectorize, write. The CLI and the Prefect flows both 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +18,10 @@ import rasterio
 
 from fpn_geo.config import SegmentConfig
 from fpn_geo.errors import FpnGeoError, OutputError
-from fpn_geo.geopackage import BUILDINGS, PROVENANCE, GeoPackageWriter, temp_sibling
+from fpn_geo.geopackage import GeoPackageWriter, temp_sibling
 from fpn_geo.hashing import sha256_file
 from fpn_geo.inference import Predictor, SegmenterPredictor, StageTimes, predict_windows, resolve_device
-from fpn_geo.model.checkpoint import ModelMeta, load_checkpoint, read_meta
+from fpn_geo.model.checkpoint import ModelMeta, load_checkpoint, read_verified_meta
 from fpn_geo.provenance import build_record, new_run_id, utc_now
 from fpn_geo.scene import SceneInfo, is_local, open_scene
 from fpn_geo.stitch import Stitcher, describe_bands, probability_profile, write_cog
@@ -66,16 +65,7 @@ def read_model_record(checkpoint: str | Path, device: str = "auto") -> ModelReco
 
     Use on the side that plans and writes (a flow), where the model never runs.
     """
-    meta = read_meta(checkpoint)
-    digest = sha256_file(checkpoint)
-    if meta.weights_sha256 and digest != meta.weights_sha256:
-        from fpn_geo.errors import CheckpointError
-
-        raise CheckpointError(
-            f"checkpoint {checkpoint} has sha256 {digest[:12]}… but its metadata says {meta.weights_sha256[:12]}…; "
-            "the weights and the metadata do not belong together"
-        )
-    meta = dataclasses.replace(meta, weights_sha256=digest)
+    meta = read_verified_meta(checkpoint)
     channels = 2 if "contact" in meta.classes else 1
     return ModelRecord(channels, meta.bands, meta.gsd_m, meta, str(checkpoint), device)
 
@@ -171,17 +161,6 @@ def stitch_results(
     if not stitcher.finished:
         raise FpnGeoError(f"stitching ended with {stitcher.next_strip} of {grid.rows} strips complete: windows are missing")
     return skipped
-
-
-def stitch_scene(
-    scene: SceneInfo, grid: Grid, scale: float, segmenter: Segmenter, cfg: SegmentConfig, out_path: Path,
-    times: StageTimes, on_batch: Callable[[int], None] | None = None,
-) -> int:
-    """Predict every window and blend them into a probability GeoTIFF; returns how many windows held no data."""
-    results = predict_windows(
-        scene.path, grid, segmenter.bands, segmenter.predictor, cfg.window, scale, cfg.batch, times, on_batch
-    )
-    return stitch_results(scene, grid, segmenter.channels, ((w, p) for w, p, _ in results), out_path, times)
 
 
 @dataclass(frozen=True)
@@ -325,56 +304,6 @@ def write_scene(
         run_id, out, prob_final if cfg.probability == "cog" else None, len(grid), skipped, writer.count,
         time.perf_counter() - t0, scene.megapixels, dict(times),
     )
-
-
-def read_provenance(gpkg: str | Path) -> dict | None:
-    """The provenance row of an fpn-geo GeoPackage, or None if there is no readable one."""
-    import pyogrio
-
-    try:
-        if PROVENANCE not in {name for name, _ in pyogrio.list_layers(gpkg)}:
-            return None
-        df = pyogrio.read_dataframe(gpkg, layer=PROVENANCE)
-    except Exception:  # a missing, partial or foreign file: not up to date, so it is redone
-        return None
-    return df.iloc[-1].to_dict() if len(df) else None
-
-
-def is_up_to_date(gpkg: str | Path, input_sha256: str | None, checkpoint_sha256: str | None) -> bool:
-    """True when `gpkg` was made from exactly these input bytes and these weights; remote inputs never are."""
-    if not input_sha256 or not checkpoint_sha256 or not Path(gpkg).is_file():
-        return False
-    prov = read_provenance(gpkg)
-    return bool(prov) and prov.get("input_sha256") == input_sha256 and prov.get("checkpoint_sha256") == checkpoint_sha256
-
-
-def merge_geopackages(parts: Sequence[tuple[str, str | Path]], out: str | Path, crs: str = "EPSG:4326") -> int:
-    """Write the buildings of several scene GeoPackages, reprojected to `crs`, into one; adds a `scene` column.
-
-    parts: (scene name, GeoPackage path). Atomic like every output: temporary file, then rename.
-    """
-    import geopandas as gpd
-    import pandas as pd
-    import pyogrio
-
-    out = Path(out)
-    frames = []
-    for name, path in parts:
-        gdf = pyogrio.read_dataframe(path, layer=BUILDINGS).to_crs(crs)
-        gdf.insert(0, "scene", name)
-        frames.append(gdf.rename(columns={"id": "scene_id"}))
-    if frames:
-        merged = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=crs)
-    else:
-        merged = gpd.GeoDataFrame({"scene": [], "scene_id": [], "score": [], "area_m2": []}, geometry=[], crs=crs)
-    merged.insert(0, "id", range(len(merged)))
-    tmp = temp_sibling(out, ".gpkg")
-    try:
-        pyogrio.write_dataframe(merged, tmp, layer=BUILDINGS, driver="GPKG", geometry_type="Polygon")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return len(merged)
 
 
 def _scratch_dir(out: Path) -> str | None:

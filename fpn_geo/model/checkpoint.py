@@ -102,11 +102,8 @@ def read_meta(path: str | Path) -> ModelMeta:
         raise CheckpointError(f"checkpoint metadata {mp} is not valid JSON: {e}") from e
 
 
-def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[BuildingSegmenter, ModelMeta]:
-    """Build the model the metadata describes and load its weights strictly."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+def read_verified_meta(path: str | Path) -> ModelMeta:
+    """The metadata, once the weights file is proven to be the one it describes; no model is built."""
     meta = read_meta(path)
     digest = sha256_file(path)
     if meta.weights_sha256 and digest != meta.weights_sha256:
@@ -114,6 +111,15 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[Buildi
             f"checkpoint {path} has sha256 {digest[:12]}… but its metadata says {meta.weights_sha256[:12]}…; "
             "the weights and the metadata do not belong together"
         )
+    return dataclasses.replace(meta, weights_sha256=digest)
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[BuildingSegmenter, ModelMeta]:
+    """Build the model the metadata describes and load its weights strictly."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    meta = read_verified_meta(path)
     try:
         state = load_file(str(path), device=map_location)
     except (SafetensorError, OSError) as e:
@@ -128,4 +134,4 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[Buildi
             + " ".join(s.strip() for s in first)
         ) from e
     model.eval()
-    return model, dataclasses.replace(meta, weights_sha256=digest)
+    return model, meta
