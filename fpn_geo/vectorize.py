@@ -21,10 +21,10 @@ from shapely.strtree import STRtree
 
 from fpn_geo.scene import SceneInfo
 
-# (footprint uint8, contact uint8 or None, threshold 0-1) -> int32 labels, 0 = background
 # Parts of one label smaller than this share of its largest part are dropped.
 MIN_PART_SHARE = 0.25
 
+# (footprint uint8, contact uint8 or None, threshold 0-1) -> int32 labels, 0 = background
 Labeler = Callable[[np.ndarray, np.ndarray | None, float], np.ndarray]
 
 # A strip holds at most this many pixels, whatever `strip_rows` asks: labelling takes ~30 bytes a
