@@ -24,7 +24,7 @@ from fpn_geo.inference import Predictor, SegmenterPredictor, StageTimes, predict
 from fpn_geo.model.checkpoint import ModelMeta, load_checkpoint, read_verified_meta
 from fpn_geo.provenance import build_record, new_run_id, utc_now
 from fpn_geo.scene import SceneInfo, is_local, open_scene
-from fpn_geo.stitch import Stitcher, describe_bands, probability_profile, write_cog
+from fpn_geo.stitch import Stitcher, describe_bands, probability_profile, write_cog, write_probability_style
 from fpn_geo.tiling import Grid, GridWindow, make_grid
 from fpn_geo.vectorize import Labeler, connected_components, local_metric_crs, polygonize, to_buildings
 
@@ -296,6 +296,7 @@ def write_scene(
         try:
             if prob_tmp is not None:
                 os.replace(prob_tmp, prob_final)
+                write_probability_style(prob_final)
             writer.commit(record)
         finally:
             if prob_tmp is not None and prob_tmp.exists():

@@ -6,6 +6,9 @@ the scene's width, whatever its height, and whatever order the windows arrive in
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from collections import Counter
 from collections.abc import Callable
 
@@ -134,3 +137,12 @@ def describe_bands(dst: rasterio.io.DatasetWriter, channels: int) -> None:
     for i, name in enumerate(band_descriptions(channels), start=1):
         dst.set_band_description(i, name)
     dst.update_tags(scale="probability x 255")
+
+
+def write_probability_style(prob_path: Path) -> Path:
+    """A QML beside the COG: QGIS loads NAME.qml as the default style of NAME.tif (a pseudocolour ramp on band 1)."""
+    qml = prob_path.with_suffix(".qml")
+    tmp = qml.with_name(f".{qml.name}.tmp")
+    tmp.write_text((Path(__file__).parent / "styles" / "probability.qml").read_text())
+    os.replace(tmp, qml)
+    return qml

@@ -95,6 +95,8 @@ def probe(out):
     out["raster_valid"] = ras.isValid()
     out["raster_crs"] = ras.crs().authid()
     out["raster_size"] = [ras.width(), ras.height()]
+    out["raster_renderer"] = ras.renderer().type()
+    out["raster_renderer_band"] = ras.renderer().band() if hasattr(ras.renderer(), "band") else None
 
     _, out["outline_pixels_polygons"] = outline_pixels([lyr], ras.extent(), lyr.crs())
     _, out["outline_pixels_raster"] = outline_pixels([ras], ras.extent(), lyr.crs())
@@ -165,6 +167,8 @@ def test_qgis_opens_styled_layer_with_metadata_and_cog(checkpoint, small_scene, 
     # the probability COG, on the same CRS and grid size
     with rasterio.open(summary.probability) as prob:
         assert q["raster_valid"] and q["raster_crs"] == scene_crs and q["raster_size"] == [prob.width, prob.height]
+    # the QML beside the COG is its default style: a pseudocolour ramp on the building band, not an RGB guess
+    assert q["raster_renderer"] == "singlebandpseudocolor" and q["raster_renderer_band"] == 1, q["raster_renderer"]
     # the render: outline colour appears from the polygons, not from the raster, and survives on top of it
     assert q["outline_pixels_polygons"] > 50, q
     assert q["outline_pixels_raster"] < q["outline_pixels_polygons"] // 10, q
