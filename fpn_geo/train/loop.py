@@ -204,9 +204,8 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None = 
             break
     if history:
         plot_curve(metrics_csv, out / "curve.png")
-    done = [r for r in history]
-    cps = float(np.mean([r["chips_per_s"] for r in done])) if done else 0.0
-    return TrainResult(out, best_path, last_path, len(done), best_score, history, cps)
+    cps = float(np.mean([r["chips_per_s"] for r in history])) if history else 0.0
+    return TrainResult(out, best_path, last_path, len(history), best_score, history, cps)
 
 
 def _path(p: str, root: Path) -> Path:
