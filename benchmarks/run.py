@@ -42,7 +42,7 @@ STAGES = ("read", "model", "stitch", "vectorize", "write", "hash")
 def _config(job: dict):
     from fpn_geo.config import load_config
 
-    return load_config(window=job.get("window", 512), overlap=job.get("overlap", 64), batch=job.get("batch", 4), device="cpu")
+    return load_config(window=job.get("window", 512), overlap=job.get("overlap", 64), batch=job.get("batch"), device="cpu")
 
 
 def _oracle(scene_path: str):
@@ -190,9 +190,9 @@ def measure(job: dict) -> dict:
     return res
 
 
-def default_checkpoint(cache: Path, depth: int = 50) -> tuple[str, str]:
-    """(path, label): the trained default model, else a random-weights ResNet-`depth` FPN."""
-    if DEFAULT_MODEL.is_file():
+def default_checkpoint(cache: Path, depth: int = 50, force_random: bool = False) -> tuple[str, str]:
+    """(path, label): the trained default model, else (or if forced) a random-weights ResNet-`depth` FPN."""
+    if DEFAULT_MODEL.is_file() and not force_random:
         return str(DEFAULT_MODEL), "default model"
     path = cache / f"random_r{depth}.safetensors"
     if not path.is_file():
@@ -268,7 +268,7 @@ def plan(args) -> list[tuple[str, str, dict]]:
             for pipe in ("ours", "baseline"):
                 jobs.append(("overhead (oracle)", label, dict(pipeline=pipe, mode="overhead", scene=str(sc.path), mpx=sc.megapixels)))
     if "model" in args.modes:
-        ckpt, name = default_checkpoint(cache, 18 if args.quick else 50)
+        ckpt, name = default_checkpoint(cache, args.random_depth or (18 if args.quick else 50), bool(args.random_depth))
         if args.quick:
             sc, label = scenes.build_tiff(1024), "1024²"
             mpx = 1024 * 1024 / 1e6
@@ -299,6 +299,8 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", type=int, help="overhead-mode scene sides (default 2048 8192 16384)")
     ap.add_argument("--nodata", type=int, default=8192, help="side of the nodata-collar scene in overhead mode (0: none)")
     ap.add_argument("--buildings", type=int, help="vector mode: how many synthetic buildings (default 100k, quick 25k)")
+    ap.add_argument("--random-depth", type=int, choices=[18, 34, 50, 101],
+                    help="model mode: a random-weights ResNet-N FPN even when the default model exists (issue 2: 50)")
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -149,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     except FpnGeoError as e:
         print(f"fpn-geo: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `fpn-geo info X | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("fpn-geo: interrupted; no output written", file=sys.stderr)
         return 130

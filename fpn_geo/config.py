@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -20,7 +21,7 @@ class SegmentConfig(BaseModel):
 
     window: int = Field(512, gt=0, description="window side in model pixels; a multiple of 32")
     overlap: int = Field(64, ge=0, description="overlap between windows in model pixels")
-    batch: int = Field(4, gt=0, description="windows per model call")
+    batch: int = Field(1, gt=0, description="windows per model call: 1 on CPU, 32-64 on a GPU")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     compile: bool = Field(False, description="torch.compile the model (CUDA)")
     threshold: float = Field(0.5, gt=0, lt=1, description="building probability threshold")
@@ -41,32 +42,48 @@ class SegmentConfig(BaseModel):
         return self
 
 
-def _explain(e: ValidationError, source: str) -> ConfigError:
-    parts = []
-    for err in e.errors():
-        key = ".".join(str(x) for x in err["loc"]) or "config"
-        if err["type"] == "extra_forbidden":
-            parts.append(f"unknown key {key!r} (known: {', '.join(SegmentConfig.model_fields)})")
-        else:
-            parts.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
-    return ConfigError(f"{source}: " + "; ".join(parts))
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_yaml_mapping(path: Path, what: str = "config") -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read {what} {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must be a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def build_config(
+    model: type[M], data: dict[str, Any], source: str, known_keys: Callable[[str], Iterable[str]] | None = None
+) -> M:
+    """Validate `data` as `model`; every problem is named with its key, what came and what was expected.
+
+    known_keys(key) lists the keys allowed where an unknown `key` was found (default: the model's own).
+    """
+    try:
+        return model(**data)
+    except ValidationError as e:
+        parts = []
+        for err in e.errors():
+            key = ".".join(str(x) for x in err["loc"]) or "config"
+            if err["type"] == "extra_forbidden":
+                known = known_keys(key) if known_keys else model.model_fields
+                parts.append(f"unknown key {key!r} (known: {', '.join(known)})")
+            else:
+                inp = err.get("input")
+                shown = "" if isinstance(inp, dict) else f" (got {inp!r})"
+                parts.append(f"{key}: {err['msg']}{shown}")
+        raise ConfigError(f"{source}: " + "; ".join(parts)) from e
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> SegmentConfig:
     """YAML file (default configs/segment.yaml) then overrides; None-valued overrides are ignored."""
     data: dict[str, Any] = {}
-    source = str(path) if path else "defaults"
+    source = "defaults"
     p = Path(path) if path else DEFAULT_CONFIG
     if path or p.is_file():
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read config {p}: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"config {p} must be a mapping of keys to values, got {type(data).__name__}")
-        source = str(p)
+        data, source = read_yaml_mapping(p), str(p)
     data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return SegmentConfig(**data)
-    except ValidationError as e:
-        raise _explain(e, source) from e
+    return build_config(SegmentConfig, data, source)

@@ -6,9 +6,9 @@ import glob
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fpn_geo.config import build_config, read_yaml_mapping
 from fpn_geo.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,35 +119,13 @@ class TrainConfig(BaseModel):
         return self
 
 
-def _explain(e: ValidationError, source: str) -> ConfigError:
-    parts = []
-    for err in e.errors():
-        key = ".".join(str(x) for x in err["loc"]) or "config"
-        if err["type"] == "extra_forbidden":
-            known = SourceConfig.model_fields if "sources" in key else TrainConfig.model_fields
-            parts.append(f"unknown key {key!r} (known: {', '.join(known)})")
-        else:
-            inp = err.get("input")
-            shown = "" if isinstance(inp, dict) else f" (got {inp!r})"
-            parts.append(f"{key}: {err['msg']}{shown}")
-    return ConfigError(f"{source}: " + "; ".join(parts))
-
-
 def load_train_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
     """YAML file then overrides (None-valued overrides are ignored); raises ConfigError naming the bad key."""
     data: dict[str, Any] = {}
     source = "overrides"
     if path is not None:
-        p = Path(path)
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read training config {p}: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"training config {p} must be a mapping of keys to values, got {type(data).__name__}")
-        source = str(p)
+        data, source = read_yaml_mapping(Path(path), "training config"), str(path)
     data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return TrainConfig(**data)
-    except ValidationError as e:
-        raise _explain(e, source) from e
+    return build_config(
+        TrainConfig, data, source, lambda key: SourceConfig.model_fields if "sources" in key else TrainConfig.model_fields
+    )
