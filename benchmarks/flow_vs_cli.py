@@ -8,7 +8,7 @@ Same scene, same checkpoint, same config. Prints one JSON record:
 - task_runs: Prefect task runs per scene (plan-scene + predict-batch + quicklook);
 - submit_ms: per-submit cost of a no-op task through DaskTaskRunner (orchestration only).
 
-    python benchmarks/flow_vs_cli.py [--scene data/kampala_oam/mosaic_z20_6x4_1536x1024.tif] [--workers 2]
+    python benchmarks/flow_vs_cli.py [--scene data/kampala_oam/mosaic_z20_6x4_1536x1024.tif] [--workers N]
 
 A random-weights ResNet-18 is made when no --checkpoint is given (timing does not depend on the weights).
 """
@@ -30,7 +30,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--scene", default=str(REPO / "data/kampala_oam/mosaic_z20_6x4_1536x1024.tif"))
     p.add_argument("--checkpoint")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, help="local workers (default: the flows' default cluster shape)")
     p.add_argument("--submits", type=int, default=50)
     args = p.parse_args()
 
@@ -53,7 +53,11 @@ def main() -> int:
         from tests.conftest import make_checkpoint
 
         ckpt = str(make_checkpoint(tmp / "r18.safetensors"))
-    record: dict = {"scene": args.scene, "workers": args.workers, "cpu_threads_cli": torch.get_num_threads()}
+    shape = task_runner(n_workers=args.workers).cluster_kwargs
+    record: dict = {
+        "scene": args.scene, "workers": shape["n_workers"], "worker_threads": shape["threads_per_worker"],
+        "cpu_threads_cli": torch.get_num_threads(),
+    }
 
     t = time.perf_counter()
     summary = segment(args.scene, load_segmenter(ckpt, "auto"), tmp / "cli.gpkg", load_config())
@@ -66,8 +70,9 @@ def main() -> int:
             scene=args.scene, checkpoint=ckpt, out=str(tmp / "cold.gpkg"))
         record["flow_cold_s"] = round(time.perf_counter() - t, 2)
         record["task_runs"] = r["tasks"] + 2
-        with LocalCluster(n_workers=args.workers, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
-                          env={"PREFECT_API_URL": PREFECT_API_URL.value()}) as cluster:
+        shape = dict(task_runner(n_workers=args.workers).cluster_kwargs)  # the same workers as the cold run
+        shape.update(dashboard_address=None, env={**shape.get("env", {}), "PREFECT_API_URL": PREFECT_API_URL.value()})
+        with LocalCluster(**shape) as cluster:
             warm = segment_scene.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
             warm(scene=args.scene, checkpoint=ckpt, out=str(tmp / "warmup.gpkg"))  # imports + model load
             t = time.perf_counter()
