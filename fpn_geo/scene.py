@@ -48,14 +48,18 @@ def is_local(path: str) -> bool:
     return not (path.startswith("/vsi") or "://" in path)
 
 
+def local_utm(transform: Affine, crs: CRS, width: int, height: int) -> CRS:
+    """The UTM zone at the scene centre: where metres and square metres are true, whatever the scene's CRS."""
+    cx, cy = transform * (width / 2, height / 2)
+    lon, lat = Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True).transform(cx, cy)
+    zone = int((lon + 180) // 6) % 60 + 1
+    return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
+
+
 def pixel_size_m(transform: Affine, crs: CRS, width: int, height: int) -> float:
     """Metres per pixel at the scene centre, measured in the local UTM zone (valid for any CRS)."""
     cx, cy = transform * (width / 2, height / 2)
-    to_geo = Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True)
-    lon, lat = to_geo.transform(cx, cy)
-    zone = int((lon + 180) // 6) % 60 + 1
-    utm = CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
-    to_utm = Transformer.from_crs(crs, utm, always_xy=True)
+    to_utm = Transformer.from_crs(crs, local_utm(transform, crs, width, height), always_xy=True)
     x0, y0 = to_utm.transform(cx, cy)
     x1, y1 = to_utm.transform(*(transform * (width / 2 + 1, height / 2)))
     x2, y2 = to_utm.transform(*(transform * (width / 2, height / 2 + 1)))

@@ -19,7 +19,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 from shapely.strtree import STRtree
 
-from fpn_geo.scene import SceneInfo
+from fpn_geo.scene import SceneInfo, local_utm
 
 # Parts of one label smaller than this share of its largest part are dropped.
 MIN_PART_SHARE = 0.25
@@ -163,10 +163,8 @@ def polygonize(
 
 
 def local_metric_crs(info: SceneInfo):
-    """The UTM zone at the scene's centre: where areas in m² are true, for geographic or Web Mercator scenes too."""
-    cx, cy = info.affine * (info.width / 2, info.height / 2)
-    centre = gpd.GeoSeries([shapely.Point(cx, cy)], crs=info.crs)
-    return centre.estimate_utm_crs()
+    """The UTM zone at the scene's centre (the same one its GSD is measured in): where areas in m² are true."""
+    return local_utm(info.affine, info.crs, info.width, info.height)
 
 
 def to_buildings(pieces: list[Piece], info: SceneInfo, simplify_m: float, min_area_m2: float, utm=None) -> gpd.GeoDataFrame:
