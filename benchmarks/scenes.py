@@ -34,7 +34,8 @@ import shapely
 from rasterio.windows import Window
 
 REPO = Path(__file__).resolve().parent.parent
-MOSAIC = REPO / "data" / "kampala_oam" / "mosaic_z21_12x8_3072x2048.tif"
+# FPN_GEO_BENCH_MOSAIC: another source to tile (the GPU run uses the smaller z20 mosaic to fit its upload).
+MOSAIC = Path(os.environ.get("FPN_GEO_BENCH_MOSAIC") or REPO / "data" / "kampala_oam" / "mosaic_z21_12x8_3072x2048.tif")
 LABELS = REPO / "data" / "kampala_oam" / "labels.geojson"
 CACHE = Path(os.environ.get("FPN_GEO_BENCH_DIR", "/tmp/fpn-geo-bench"))
 

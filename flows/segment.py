@@ -78,7 +78,7 @@ def predict_batch_task(
 ) -> BatchResult:
     """Windows [start, stop) of the grid, on a worker. A worker that dies mid-task: Dask reruns it elsewhere."""
     segmenter = cached_segmenter(checkpoint, cfg.device, cfg.compile)
-    return predict_batch(scene, grid, start, stop, segmenter, cfg.window, scale, cfg.batch)
+    return predict_batch(scene, grid, start, stop, segmenter, cfg.window, scale, cfg.batch, cfg.readers)
 
 
 @task(name="quicklook", cache_policy=NO_CACHE)

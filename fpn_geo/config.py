@@ -24,6 +24,7 @@ class SegmentConfig(BaseModel):
     batch: int = Field(1, gt=0, description="windows per model call: 1 on CPU, 32-64 on a GPU")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     compile: bool = Field(False, description="torch.compile the model (CUDA)")
+    readers: int = Field(0, ge=0, description="reader threads; 0 = auto: 1 on CPU, up to 8 on CUDA")
     threshold: float = Field(0.5, gt=0, lt=1, description="building probability threshold")
     min_area_m2: float = Field(4.0, ge=0, description="smallest building kept, in square metres")
     simplify_m: float = Field(0.2, ge=0, description="Douglas-Peucker tolerance in metres")

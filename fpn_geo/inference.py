@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
@@ -111,16 +114,58 @@ def _batches(items: Iterable, n: int) -> Iterator[list]:
         yield batch
 
 
+def reader_threads(readers: int, device: str) -> int:
+    """0 means auto: one reader on CPU, where the model needs the cores; on a GPU, enough to feed it (up to 8)."""
+    if readers > 0:
+        return readers
+    return max(1, min(8, (os.cpu_count() or 1) - 1)) if str(device).startswith("cuda") else 1
+
+
 def read_batches(
     path: str, windows: Iterable[GridWindow], bands: tuple[int, ...], model_size: int, scale: float, batch: int,
-    times: StageTimes,
+    times: StageTimes, readers: int = 1,
 ) -> Iterator[tuple[list[GridWindow], list[WindowData]]]:
-    """Yield (windows asked, windows with data) per batch; all-nodata windows are dropped here."""
-    with rasterio.open(path) as src:
-        for group in _batches(windows, batch):
-            with times.time("read"):
-                data = [d for d in (read_window(src, w, bands, model_size, scale) for w in group) if d is not None]
-            yield group, data
+    """Yield (windows asked, windows with data) per batch, in order; all-nodata windows are dropped here.
+
+    With readers > 1, batches are read by that many threads, each with its own dataset handle (GDAL
+    releases the GIL while it decodes), at most 2 per reader ahead of the consumer.
+    """
+    if readers <= 1:
+        with rasterio.open(path) as src:
+            for group in _batches(windows, batch):
+                with times.time("read"):
+                    data = [d for d in (read_window(src, w, bands, model_size, scale) for w in group) if d is not None]
+                yield group, data
+        return
+    local, lock, opened = threading.local(), threading.Lock(), []
+
+    def read(group: list[GridWindow]) -> tuple[list[GridWindow], list[WindowData]]:
+        if not hasattr(local, "src"):
+            local.src = rasterio.open(path)
+            with lock:
+                opened.append(local.src)
+        t0 = time.perf_counter()
+        data = [d for d in (read_window(local.src, w, bands, model_size, scale) for w in group) if d is not None]
+        with lock:  # reader-seconds summed over threads
+            times["read"] = times.get("read", 0.0) + time.perf_counter() - t0
+        return group, data
+
+    pending: collections.deque = collections.deque()
+    try:
+        with ThreadPoolExecutor(readers, thread_name_prefix="fpn-geo-read") as pool:
+            try:
+                for group in _batches(windows, batch):
+                    pending.append(pool.submit(read, group))
+                    if len(pending) >= 2 * readers:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+            finally:
+                for fut in pending:
+                    fut.cancel()
+    finally:
+        for src in opened:
+            src.close()
 
 
 def prefetch(it: Iterator, depth: int = 2) -> Iterator:
@@ -163,10 +208,11 @@ def predict_windows(
     batch: int = 4,
     times: StageTimes | None = None,
     on_batch: Callable[[int], None] | None = None,
+    readers: int = 1,
 ) -> Iterator[tuple[GridWindow, np.ndarray | None, np.ndarray | None]]:
     """Yield (window, probabilities (K, h, w) uint8, valid mask) for every window; (window, None, None) if all nodata."""
     times = times if times is not None else StageTimes()
-    for group, data in prefetch(read_batches(path, windows, bands, model_size, scale, batch, times)):
+    for group, data in prefetch(read_batches(path, windows, bands, model_size, scale, batch, times, readers)):
         probs = None
         if data:
             with times.time("model"):

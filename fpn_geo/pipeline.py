@@ -20,7 +20,7 @@ from fpn_geo.config import SegmentConfig
 from fpn_geo.errors import FpnGeoError, OutputError
 from fpn_geo.geopackage import GeoPackageWriter, temp_sibling
 from fpn_geo.hashing import sha256_file
-from fpn_geo.inference import Predictor, SegmenterPredictor, StageTimes, predict_windows, resolve_device
+from fpn_geo.inference import Predictor, SegmenterPredictor, StageTimes, predict_windows, reader_threads, resolve_device
 from fpn_geo.model.checkpoint import ModelMeta, load_checkpoint, read_verified_meta
 from fpn_geo.provenance import build_record, new_run_id, utc_now
 from fpn_geo.scene import SceneInfo, is_local, open_scene
@@ -185,15 +185,18 @@ def batch_slices(n_windows: int, per_batch: int, model_batch: int) -> list[tuple
 
 
 def predict_batch(
-    scene_path: str, grid: Grid, start: int, stop: int, segmenter: Segmenter, model_size: int, scale: float, batch: int
+    scene_path: str, grid: Grid, start: int, stop: int, segmenter: Segmenter, model_size: int, scale: float, batch: int,
+    readers: int = 0,
 ) -> BatchResult:
     """Predict windows [start, stop) of the grid, reading them from `scene_path` here (on the worker)."""
     t0 = time.perf_counter()
     times = StageTimes()
     windows = itertools.islice(iter(grid), start, stop)
+    readers = reader_threads(readers, segmenter.device)
     with rasterio.Env():
         results = [
-            (w, p) for w, p, _ in predict_windows(scene_path, windows, segmenter.bands, segmenter.predictor, model_size, scale, batch, times)
+            (w, p) for w, p, _ in predict_windows(
+                scene_path, windows, segmenter.bands, segmenter.predictor, model_size, scale, batch, times, readers=readers)
         ]
     return BatchResult(start, results, segmenter.device, time.perf_counter() - t0, dict(times))
 
@@ -238,7 +241,8 @@ def segment(
     if on_start:
         on_start(len(grid))
     results = predict_windows(
-        scene.path, grid, segmenter.bands, segmenter.predictor, cfg.window, scale, cfg.batch, times, on_batch
+        scene.path, grid, segmenter.bands, segmenter.predictor, cfg.window, scale, cfg.batch, times, on_batch,
+        readers=reader_threads(cfg.readers, segmenter.device),
     )
     return write_scene(
         scene, grid, scale, ((w, p) for w, p, _ in results), segmenter.record, out, cfg, probability_out,

@@ -1,0 +1,133 @@
+"""The flows' worker path on a GPU: `predict_batch` on a `dask_cuda.LocalCUDACluster`, against `segment` in-process.
+
+The Prefect flow (`flows/segment.py`) does exactly this under its tasks: plan on the client, `predict_batch`
+slices on workers that advertise GPU=1 and load the model once per process (`cached_segmenter`), results
+streamed in grid order into `write_scene`. This script runs that path without Prefect (the GPU machine has
+no Prefect), so what it checks is the Dask-CUDA part: one worker per GPU, the GPU resource, CUDA inside a
+worker process, and the same buildings as the single-process run on the same device.
+
+Run through benchmarks/gpu.sh; `--cpu` smoke-tests it here on a LocalCluster (numbers meaningless).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def emit(**kw) -> dict:
+    print(json.dumps(kw), flush=True)
+    return kw
+
+
+def worker_predict(scene, grid, start, stop, checkpoint, device, window, scale, batch, readers):
+    from fpn_geo.pipeline import cached_segmenter, predict_batch
+
+    return predict_batch(scene, grid, start, stop, cached_segmenter(checkpoint, device), window, scale, batch, readers)
+
+
+def in_order(client, fn, slices, max_in_flight, **submit_kw):
+    """Results of `fn(start, stop)` in grid order, at most `max_in_flight` slices out (as the flow does)."""
+    pending, todo = collections.deque(), iter(slices)
+    for s in todo:
+        pending.append(client.submit(fn, *s, pure=False, **submit_kw))
+        if len(pending) >= max_in_flight:
+            break
+    while pending:
+        batch = pending.popleft().result()
+        nxt = next(todo, None)
+        if nxt is not None:
+            pending.append(client.submit(fn, *nxt, pure=False, **submit_kw))
+        yield from batch.results
+
+
+def compare(a: Path, b: Path) -> dict:
+    """Building counts and the share of building area that differs between two GeoPackages."""
+    import geopandas as gpd
+
+    ga, gb = gpd.read_file(a, layer="buildings"), gpd.read_file(b, layer="buildings")
+    ua, ub = ga.union_all(), gb.union_all()
+    area = max(ua.area, ub.area, 1e-12)
+    return {"buildings_a": len(ga), "buildings_b": len(gb), "area_diff_share": ua.symmetric_difference(ub).area / area,
+            "identical": len(ga) == len(gb) and bool(ga.geometry.sort_values().reset_index(drop=True).geom_equals(
+                gb.geometry.sort_values().reset_index(drop=True)).all())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cpu", action="store_true", help="smoke test on a CPU LocalCluster")
+    ap.add_argument("--depth", type=int, default=50)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--tile", type=int, default=512)
+    ap.add_argument("--scene-side", type=int, default=8192)
+    ap.add_argument("--windows-per-task", type=int, default=128)
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args()
+    if args.cpu:
+        args.depth, args.batch, args.tile, args.scene_side, args.windows_per_task = 18, 2, 256, 1024, 8
+
+    from distributed import Client
+
+    from benchmarks import scenes
+    from benchmarks.gpu_bench import make_checkpoint
+    from fpn_geo.config import load_config
+    from fpn_geo.pipeline import batch_slices, load_segmenter, plan_grid, read_model_record, segment, write_scene
+    from fpn_geo.scene import open_scene
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="fpn-geo-gpu-dask-"))
+    work.mkdir(parents=True, exist_ok=True)
+    device = "cpu" if args.cpu else "cuda"
+    ckpt = work / f"random_r{args.depth}.safetensors"
+    if not ckpt.exists():
+        make_checkpoint(ckpt, args.depth)
+    scene = str(scenes.build_tiff(args.scene_side, args.scene_side, work))
+    cfg = load_config(window=args.tile, overlap=64 if args.tile >= 256 else 32, batch=args.batch, device=device)
+
+    seg = load_segmenter(ckpt, device)
+    seg.predictor(__import__("numpy").zeros((cfg.batch, 3, cfg.window, cfg.window), "uint8"), [None] * cfg.batch)  # warm
+    t0 = time.perf_counter()
+    ref = segment(scene, seg, work / "in_process.gpkg", cfg)
+    ref_s = time.perf_counter() - t0
+    emit(what="in-process", device=device, windows=ref.windows, buildings=ref.buildings, seconds=ref_s)
+
+    t0 = time.perf_counter()
+    if args.cpu:
+        from distributed import LocalCluster
+
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0",
+                               resources={"GPU": 1})
+    else:
+        from dask_cuda import LocalCUDACluster
+
+        cluster = LocalCUDACluster(host="127.0.0.1", dashboard_address=":0", resources={"GPU": 1})
+    with cluster, Client(cluster) as client:
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        gpus = sum(1 for w in workers if (w.get("resources") or {}).get("GPU", 0) >= 1)
+        start_s = time.perf_counter() - t0
+        emit(what="cluster", kind=type(cluster).__name__, workers=len(workers), gpu_workers=gpus, start_s=start_s,
+             visible_devices=client.run(lambda: __import__("os").environ.get("CUDA_VISIBLE_DEVICES")))
+        # Warm the worker's model cache and CUDA context outside the timed run, as a long-lived cluster has.
+        model = read_model_record(ckpt, device)
+        info = open_scene(scene, model.bands)
+        grid, scale = plan_grid(info, cfg, model.gsd_m)
+        fn = lambda start, stop: worker_predict(scene, grid, start, stop, str(ckpt), device, cfg.window, scale, cfg.batch, cfg.readers)  # noqa: E731
+        client.submit(fn, 0, min(cfg.batch, len(grid)), pure=False, resources={"GPU": 1}).result()
+        t1 = time.perf_counter()
+        slices = batch_slices(len(grid), args.windows_per_task, cfg.batch)
+        results = in_order(client, fn, slices, 2 * max(1, len(workers)), resources={"GPU": 1})
+        dist = write_scene(info, grid, scale, results, model, work / "dask.gpkg", cfg)
+        dist_s = time.perf_counter() - t1
+        emit(what="dask", windows=dist.windows, tasks=len(slices), buildings=dist.buildings, seconds=dist_s)
+    emit(what="compare", **compare(work / "in_process.gpkg", work / "dask.gpkg"), ratio_dask_to_in_process=dist_s / ref_s)
+
+
+if __name__ == "__main__":
+    main()
