@@ -89,9 +89,18 @@ def quicklook_task(scene: str, gpkg: str, png: str, bands: tuple[int, ...], titl
 
 
 def windows_per_task(n_windows: int, n_workers: int, model_batch: int) -> int:
-    """About TASKS_PER_WORKER slices per worker of MIN..MAX windows; on small scenes, still one slice per worker."""
-    per = min(MAX_WINDOWS_PER_TASK, max(MIN_WINDOWS_PER_TASK, math.ceil(n_windows / max(1, n_workers * TASKS_PER_WORKER))))
-    return max(model_batch, min(per, math.ceil(n_windows / max(1, n_workers))))
+    """Windows per predict-batch task: equal slices, as many per worker, so no worker idles on a short last one.
+
+    Up to TASKS_PER_WORKER slices per worker on big scenes; fewer on small ones, down to one per worker,
+    while slices would be under MIN_WINDOWS_PER_TASK (Prefect's per-submit cost); never over MAX.
+    """
+    workers = max(1, n_workers)
+    tasks = workers * TASKS_PER_WORKER
+    while tasks > workers and math.ceil(n_windows / tasks) < MIN_WINDOWS_PER_TASK:
+        tasks -= workers
+    tasks = max(tasks, math.ceil(math.ceil(n_windows / MAX_WINDOWS_PER_TASK) / workers) * workers)
+    per = math.ceil(max(1, n_windows) / tasks)
+    return math.ceil(per / model_batch) * model_batch
 
 
 def stream_in_order(submit, slices: list[tuple[int, int]], max_in_flight: int):

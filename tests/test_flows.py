@@ -85,6 +85,13 @@ def test_the_default_task_runner_is_an_embedded_cluster_and_an_address_connects(
     assert task_runner().address == "tcp://127.0.0.1:8786"
 
 
+def test_workers_start_without_the_malloc_setting_that_halves_torch_speed(cluster):
+    """flows.cluster drops the nanny's MALLOC_TRIM_THRESHOLD_ (2x slower CPU inference, benchmarks/flow_vs_cli.py)."""
+    with Client(cluster) as client:
+        seen = client.run(lambda: __import__("os").environ.get("MALLOC_TRIM_THRESHOLD_"))
+    assert len(seen) == 2 and set(seen.values()) == {None}
+
+
 def test_segment_scene_on_a_local_cluster_equals_the_library_path(prefect_api, cluster, checkpoint, tmp_path):
     scene = crop(tmp_path / "scene.tif", 200, 150, 600, 400)  # 2 x 3 windows
     expected = library_run(scene, checkpoint, tmp_path / "library.gpkg")

@@ -40,6 +40,9 @@ def test_slices_cover_the_grid_once_and_align_to_the_model_batch():
         assert all(s % batch == 0 for s, _ in slices)
         assert per <= 256 and (n < workers * 16 or per >= 16)
         assert len(slices) >= min(workers, -(-n // batch))  # every worker gets work when there is enough
+    # Equal slices, as many per worker: the Kampala mosaic's 35 windows on 2 workers are 18 + 17, not 16 + 16 + 3.
+    assert batch_slices(35, windows_per_task(35, 2, 1), 1) == [(0, 18), (18, 35)]
+    assert [b - a for a, b in batch_slices(1000, windows_per_task(1000, 2, 1), 1)] == [125] * 8
 
 
 class _Future:
