@@ -1,9 +1,11 @@
 """Orchestration overhead: the segment-scene flow on a Dask LocalCluster against the plain library/CLI path.
 
 Same scene, same checkpoint, same config. Prints one JSON record:
-- cli_s: `segment()` in this process (what `fpn-geo segment` runs, without interpreter start-up);
-- flow_cold_s: the flow with a fresh embedded LocalCluster (cluster start + worker imports + model loads);
-- flow_warm_s: the flow again on an already running cluster (workers imported, models cached);
+- cli_cold_s: the command `fpn-geo segment` as a new process (interpreter, imports, model load, run);
+- flow_cold_s: the command `python -m flows.segment scene --no-quicklook` as a new process against a running
+  Prefect server: its own new LocalCluster (worker start, imports, model loads), then the run;
+- cli_s: `segment()` in this process (the CLI's work without interpreter start-up);
+- flow_warm_s: the flow on an already running cluster (workers imported, models cached);
 - flow_warm_no_quicklook_s: the same without the quicklook picture, which the CLI does not draw;
 - task_runs: Prefect task runs per scene (plan-scene + predict-batch + quicklook);
 - submit_ms: per-submit cost of a no-op task through DaskTaskRunner (orchestration only).
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,25 +63,32 @@ def main() -> int:
         "cpu_threads_cli": torch.get_num_threads(),
     }
 
+    def timed(cmd: list[str], **env: str) -> float:
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return round(time.perf_counter() - t, 2)
+
+    bindir = Path(sys.executable).parent
+    record["cli_cold_s"] = timed([str(bindir / "fpn-geo"), "segment", args.scene, "--model", ckpt, "--out", str(tmp / "cli_cold.gpkg"), "-q"])
     t = time.perf_counter()
     summary = segment(args.scene, load_segmenter(ckpt, "auto"), tmp / "cli.gpkg", load_config())
     record["cli_s"] = round(time.perf_counter() - t, 2)
     record["windows"] = summary.windows
 
     with prefect_test_harness(server_startup_timeout=60):
-        t = time.perf_counter()
-        r = segment_scene.with_options(task_runner=task_runner(n_workers=args.workers))(
-            scene=args.scene, checkpoint=ckpt, out=str(tmp / "cold.gpkg"))
-        record["flow_cold_s"] = round(time.perf_counter() - t, 2)
-        record["task_runs"] = r["tasks"] + 2
+        workers = ["--dask-workers", str(args.workers)] if args.workers else []
+        record["flow_cold_s"] = timed(
+            [sys.executable, "-m", "flows.segment", *workers, "--no-quicklook", "scene", args.scene, "--checkpoint", ckpt,
+             "--out", str(tmp / "cold.gpkg")], PREFECT_API_URL=PREFECT_API_URL.value())
         shape = dict(task_runner(n_workers=args.workers).cluster_kwargs)  # the same workers as the cold run
         shape.update(dashboard_address=None, env={**shape.get("env", {}), "PREFECT_API_URL": PREFECT_API_URL.value()})
         with LocalCluster(**shape) as cluster:
             warm = segment_scene.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
             warm(scene=args.scene, checkpoint=ckpt, out=str(tmp / "warmup.gpkg"))  # imports + model load
             t = time.perf_counter()
-            warm(scene=args.scene, checkpoint=ckpt, out=str(tmp / "warm.gpkg"))
+            r = warm(scene=args.scene, checkpoint=ckpt, out=str(tmp / "warm.gpkg"))
             record["flow_warm_s"] = round(time.perf_counter() - t, 2)
+            record["task_runs"] = r["tasks"] + 2
             t = time.perf_counter()  # the quicklook is extra work the CLI does not do: time the flow without it too
             warm(scene=args.scene, checkpoint=ckpt, out=str(tmp / "warm_noql.gpkg"), quicklook=False)
             record["flow_warm_no_quicklook_s"] = round(time.perf_counter() - t, 2)
@@ -94,6 +105,7 @@ def main() -> int:
                 return (time.perf_counter() - t0) / n
 
             record["submit_ms"] = round(1000 * submits(args.submits), 1)
+    record["cold_overhead_pct"] = round(100 * (record["flow_cold_s"] / record["cli_cold_s"] - 1), 1)
     record["warm_overhead_pct"] = round(100 * (record["flow_warm_s"] / record["cli_s"] - 1), 1)
     record["warm_no_quicklook_overhead_pct"] = round(100 * (record["flow_warm_no_quicklook_s"] / record["cli_s"] - 1), 1)
     print(json.dumps(record, indent=1))

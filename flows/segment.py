@@ -22,6 +22,7 @@ import collections
 import json
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -77,8 +78,23 @@ def predict_batch_task(
     scene: str, grid: Grid, start: int, stop: int, checkpoint: str, cfg: SegmentConfig, scale: float
 ) -> BatchResult:
     """Windows [start, stop) of the grid, on a worker. A worker that dies mid-task: Dask reruns it elsewhere."""
+    use_worker_threads()
     segmenter = cached_segmenter(checkpoint, cfg.device, cfg.compile)
     return predict_batch(scene, grid, start, stop, segmenter, cfg.window, scale, cfg.batch, cfg.readers)
+
+
+def use_worker_threads() -> None:
+    """Run torch on the threads the cluster gave this worker (OMP_NUM_THREADS in its environment).
+
+    Torch reads OMP_NUM_THREADS once, when imported. A worker spawned from `python -m flows.segment` imports
+    torch while it starts, before Dask's nanny sets the worker's own environment, so it would keep the
+    nanny's pre-spawn value of 1 thread (measured: 0.9 s a window instead of 0.56 on 2 cores).
+    """
+    import torch
+
+    n = int(os.environ.get("OMP_NUM_THREADS") or 0)
+    if n > 0 and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 @task(name="quicklook", cache_policy=NO_CACHE)

@@ -22,7 +22,7 @@ from prefect.settings import PREFECT_API_URL
 from prefect.testing.utilities import prefect_test_harness
 from prefect_dask import DaskTaskRunner
 
-from flows.cluster import task_runner
+from flows.cluster import cpu_worker_shape, task_runner
 from flows.segment import segment_scene, segment_scenes
 from fpn_geo.config import load_config
 from fpn_geo.pipeline import load_segmenter, segment
@@ -80,6 +80,9 @@ def test_the_default_task_runner_is_an_embedded_cluster_and_an_address_connects(
     monkeypatch.delenv("FPN_GEO_DASK_ADDRESS", raising=False)
     local = task_runner(n_workers=2)
     assert local.address is None and local.cluster_kwargs["n_workers"] == 2 and local.cluster_kwargs["host"] == "127.0.0.1"
+    assert local.cluster_kwargs["threads_per_worker"] == 1  # one task at a time; torch gets the cores
+    assert local.cluster_kwargs["env"]["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    assert cpu_worker_shape(None, 2) == (1, 2) and cpu_worker_shape(None, 16) == (4, 4) and cpu_worker_shape(2, 2) == (2, 1)
     assert task_runner("tcp://127.0.0.1:8786").address == "tcp://127.0.0.1:8786"
     monkeypatch.setenv("FPN_GEO_DASK_ADDRESS", "tcp://127.0.0.1:8786")
     assert task_runner().address == "tcp://127.0.0.1:8786"

@@ -68,3 +68,20 @@ def test_stream_in_order_bounds_in_flight_work_and_keeps_grid_order():
         in_flight += 1 if kind == "submit" else -1
         peak = max(peak, in_flight)
     assert peak == 2
+
+
+def test_a_worker_runs_torch_on_the_threads_its_environment_gives(monkeypatch):
+    import torch
+
+    from flows.segment import use_worker_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        use_worker_threads()
+        assert torch.get_num_threads() == 3
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        use_worker_threads()  # nothing given: left alone
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
