@@ -59,7 +59,7 @@ def main() -> int:
         ckpt = str(make_checkpoint(tmp / "r18.safetensors"))
     shape = task_runner(n_workers=args.workers).cluster_kwargs
     record: dict = {
-        "scene": args.scene, "workers": shape["n_workers"], "worker_threads": shape["threads_per_worker"],
+        "scene": args.scene, "workers": shape["n_workers"], "worker_torch_threads": int(shape["env"]["OMP_NUM_THREADS"]),
         "cpu_threads_cli": torch.get_num_threads(),
     }
 

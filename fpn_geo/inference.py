@@ -55,6 +55,8 @@ class SegmenterPredictor:
         if self.cuda:
             model = model.to(memory_format=torch.channels_last)
         self.model = torch.compile(model) if compile else model
+        self.compiled = compile
+        self.batch_seen = 0  # largest batch so far: a compiled model gets every batch padded to it
         self.mean = torch.tensor(meta.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(meta.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.has_contact = "contact" in meta.classes
@@ -66,6 +68,11 @@ class SegmenterPredictor:
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray, windows: list[GridWindow]) -> np.ndarray:
+        n = len(images)
+        self.batch_seen = max(self.batch_seen, n)
+        if self.compiled and n < self.batch_seen:
+            # A new batch size makes torch.compile compile again (5 s on an H100 for the last, short batch).
+            images = np.concatenate([images, np.zeros((self.batch_seen - n, *images.shape[1:]), images.dtype)])
         x = torch.from_numpy(images if images.dtype == np.uint8 else images.astype(np.float32))
         if self.cuda:
             x = x.pin_memory().to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -77,7 +84,7 @@ class SegmenterPredictor:
         out = [1.0 - p[:, 0]]
         if self.has_contact:
             out.append(p[:, self.contact_index])
-        return (torch.stack(out, dim=1) * 255).round_().to(torch.uint8).cpu().numpy()
+        return (torch.stack(out, dim=1)[:n] * 255).round_().to(torch.uint8).cpu().numpy()
 
 
 def to_scene(probs: np.ndarray, data: WindowData) -> np.ndarray:

@@ -72,3 +72,23 @@ def test_a_pickle_is_never_loaded(tmp_path):
 def test_save_fills_the_weights_hash(tmp_path):
     meta = save_checkpoint(build_model(ModelMeta(depth=18)), ModelMeta(depth=18), tmp_path / "m.safetensors")
     assert json.loads(meta_path(tmp_path / "m.safetensors").read_text())["weights_sha256"] == meta.weights_sha256
+
+
+def test_a_short_last_batch_is_padded_for_a_compiled_model_and_gives_the_same_numbers():
+    """Padding (so torch.compile does not compile again) must not change a window's probabilities beyond the
+    1/255 that any change of batch size gives (convolutions block their sums by batch)."""
+    import numpy as np
+
+    from fpn_geo.inference import SegmenterPredictor
+
+    torch.manual_seed(0)
+    meta = ModelMeta(depth=18, fpn_channels=64, head_channels=32, bands=(1, 2, 3))
+    predictor = SegmenterPredictor(build_model(meta), meta, "cpu")
+    images = np.random.default_rng(0).integers(0, 256, (3, 3, 64, 64), dtype=np.uint8)
+    alone = predictor(images[:1], [None])
+    predictor.compiled = True  # the padding path, without paying for a real compile on CPU
+    predictor(images, [None] * 3)
+    padded = predictor(images[:1], [None])
+    assert padded.shape == alone.shape == (1, 2, 64, 64)
+    diff = np.abs(padded.astype(int) - alone.astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99
