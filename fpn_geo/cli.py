@@ -76,7 +76,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from fpn_geo.evaluate import evaluate
 
-    report = evaluate(args.pred, args.truth, args.raster, iou=args.iou, min_area_m2=args.min_area)
+    report = evaluate(args.pred, args.truth, args.raster, iou=args.iou, min_area_m2=args.min_area,
+                      pred_layer=args.pred_layer, truth_layer=args.truth_layer)
     text = json.dumps(report, indent=2)
     if args.out:
         out = Path(args.out)
@@ -131,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("pred", help="predicted buildings (GeoPackage or any vector file)")
     e.add_argument("--truth", required=True, help="truth building polygons (any vector file, any CRS)")
     e.add_argument("--out", help="write the JSON report here")
+    e.add_argument("--pred-layer", help="layer of PRED (default: the only one, else 'buildings', else the only polygon layer)")
+    e.add_argument("--truth-layer", help="layer of --truth (same default)")
     e.add_argument("--raster", help="a GeoTIFF whose grid is used for pixel IoU")
     e.add_argument("--iou", type=float, default=0.5, help="match threshold (SpaceNet: 0.5)")
     e.add_argument("--min-area", type=float, default=0.0, help="drop polygons under this many m² on both sides")

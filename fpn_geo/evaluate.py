@@ -155,6 +155,8 @@ def evaluate(
     raster_path: str | Path | None = None,
     iou: float = 0.5,
     min_area_m2: float = 0.0,
+    pred_layer: str | None = None,
+    truth_layer: str | None = None,
 ) -> dict[str, Any]:
     """Read prediction and truth files and return a JSON-able report.
 
@@ -163,8 +165,8 @@ def evaluate(
     go through ``read_labels``, so invalid polygons are repaired and
     multipolygons count as one building per part.
     """
-    truth = read_labels(truth_path)
-    pred = read_labels(pred_path, truth.crs)
+    truth = read_labels(truth_path, layer=truth_layer)
+    pred = read_labels(pred_path, truth.crs, layer=pred_layer)
     report: dict[str, Any] = {
         "pred": str(pred_path),
         "truth": str(truth_path),

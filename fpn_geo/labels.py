@@ -92,7 +92,36 @@ def repair_polygons(gdf: gpd.GeoDataFrame) -> tuple[gpd.GeoDataFrame, RepairRepo
     return out, report
 
 
-def read_labels(path: str | Path, crs: Any = None) -> gpd.GeoDataFrame:
+def choose_layer(path: Path, layer: str | None = None) -> str | None:
+    """The layer to read: the one asked for, the only one, ``buildings`` (our GeoPackages), or the only polygon layer.
+
+    GeoPackages often hold several tables (ours: buildings, provenance); guessing silently would score the wrong one.
+    """
+    import pyogrio
+
+    try:
+        layers = pyogrio.list_layers(path)
+    except Exception:
+        return layer  # not readable as a vector dataset: read_file below says why
+    names = [str(n) for n, _ in layers]
+    if layer is not None:
+        if layer not in names:
+            raise InputError(f"Label file {str(path)!r} has no layer {layer!r}; its layers are {', '.join(names)}.")
+        return layer
+    if len(names) <= 1:
+        return names[0] if names else None
+    if "buildings" in names:
+        return "buildings"
+    polygons = [str(n) for n, g in layers if g and "POLYGON" in str(g).upper()]
+    if len(polygons) == 1:
+        return polygons[0]
+    raise InputError(
+        f"Label file {str(path)!r} has {len(names)} layers ({', '.join(names)}); name the one with the buildings "
+        f"(fpn-geo evaluate --truth-layer / --pred-layer)."
+    )
+
+
+def read_labels(path: str | Path, crs: Any = None, layer: str | None = None) -> gpd.GeoDataFrame:
     """Read building polygons (GeoJSON, GPKG, Shapefile...) into the scene CRS ``crs``.
 
     Labels are reprojected because GIS files are usually in EPSG:4326 while
@@ -103,8 +132,9 @@ def read_labels(path: str | Path, crs: Any = None) -> gpd.GeoDataFrame:
     path = Path(path)
     if not path.exists():
         raise InputError(f"Label file {str(path)!r} does not exist; expected a vector file. Check the path.")
+    layer = choose_layer(path, layer)
     try:
-        gdf = gpd.read_file(path, engine="pyogrio")
+        gdf = gpd.read_file(path, engine="pyogrio", layer=layer)
     except Exception as exc:
         raise InputError(
             f"Cannot read labels from {str(path)!r} ({exc}); expected a GeoJSON, GeoPackage or "

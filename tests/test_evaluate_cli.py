@@ -51,3 +51,30 @@ def test_evaluate_flow_logic_without_a_server(tmp_path):
     assert json.loads(Path(path).read_text())["building"]["FN"] == 20
     assert train_segmenter.name == "train-segmenter"
     assert set(train_segmenter.parameters.properties) == {"config", "out_dir", "resume", "epochs"}
+
+
+def test_a_geopackage_with_several_layers_is_read_from_the_right_one(tmp_path, capsys):
+    """Our GeoPackages hold buildings and provenance; other files may hold roads beside buildings."""
+    import geopandas as gpd
+    import pyogrio
+    import pytest
+
+    from fpn_geo.errors import InputError
+    from fpn_geo.labels import read_labels
+
+    gt = gpd.read_file(FIXTURES / "gt.geojson")
+    roads = gpd.GeoDataFrame({"id": [1]}, geometry=gt.geometry.iloc[:1].boundary, crs=gt.crs)
+    ours = tmp_path / "ours.gpkg"
+    pyogrio.write_dataframe(roads, ours, layer="provenance_like")
+    pyogrio.write_dataframe(gt, ours, layer="buildings")
+    assert len(read_labels(ours)) == len(gt)  # 'buildings' is chosen, silently
+    other = tmp_path / "other.gpkg"
+    pyogrio.write_dataframe(roads, other, layer="roads")
+    pyogrio.write_dataframe(gt, other, layer="houses")
+    assert len(read_labels(other)) == len(gt)  # the only polygon layer
+    pyogrio.write_dataframe(gt, other, layer="sheds")
+    with pytest.raises(InputError, match="3 layers .*--truth-layer"):
+        read_labels(other)
+    assert main(["evaluate", str(FIXTURES / "pred.geojson"), "--truth", str(other), "--truth-layer", "houses"]) == 0
+    assert main(["evaluate", str(FIXTURES / "pred.geojson"), "--truth", str(other), "--truth-layer", "nope"]) == 2
+    assert "no layer 'nope'" in capsys.readouterr().err
