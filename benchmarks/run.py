@@ -83,7 +83,8 @@ def child_model_only(job: dict, out: Path) -> dict:
     import numpy as np
     import rasterio
 
-    from fpn_geo.inference import StageTimes, read_batches
+    from fpn_geo.inference import read_batches
+    from fpn_geo.timing import StageTimes
     from fpn_geo.pipeline import load_segmenter, plan_grid
     from fpn_geo.scene import open_scene
 
@@ -109,7 +110,7 @@ def child_vector(job: dict, out: Path) -> dict:
     """Ours: strip polygonize + to_buildings + GeoPackage appends, as pipeline.vectorize_to does."""
     from fpn_geo.config import load_config
     from fpn_geo.geopackage import GeoPackageWriter
-    from fpn_geo.inference import StageTimes
+    from fpn_geo.timing import StageTimes
     from fpn_geo.pipeline import choose_labeler, vectorize_to
     from fpn_geo.scene import open_scene
 

@@ -30,11 +30,18 @@ dask.config.update_defaults({"distributed": {"nanny": {"pre-spawn-environ": {"MA
 
 
 def cuda_gpus() -> int:
-    try:
-        import torch
-    except ImportError:
+    """CUDA GPUs for a LocalCUDACluster; 0 without dask-cuda, and asked of NVML, not torch (seconds to import)."""
+    if not importlib.util.find_spec("dask_cuda"):
         return 0
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:  # "" or "-1" hide every GPU
+        return len([d for d in visible.split(",") if d.strip() not in ("", "-1")])
+    try:
+        from dask_cuda.utils import get_gpu_count
+
+        return get_gpu_count()
+    except Exception:  # no driver, no NVML: no GPUs to use
+        return 0
 
 
 def task_runner(address: str | None = None, n_workers: int | None = None) -> DaskTaskRunner:
@@ -43,7 +50,7 @@ def task_runner(address: str | None = None, n_workers: int | None = None) -> Das
     if address:
         return DaskTaskRunner(address=address)
     local = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
-    if cuda_gpus() and importlib.util.find_spec("dask_cuda"):
+    if cuda_gpus():
         return DaskTaskRunner(cluster_class=local_cuda_cluster, cluster_kwargs={**local, "resources": {"GPU": 1}})
     n, threads = cpu_worker_shape(n_workers or int(os.environ.get(WORKERS_ENV) or 0) or None)
     # One task at a time per worker (threads_per_worker=1), each using `threads` cores through torch.

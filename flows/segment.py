@@ -39,7 +39,7 @@ from flows.cluster import current_client, describe_workers, gpu_annotation, task
 from flows.scenes import artifact_key, list_scenes, output_paths, scene_name
 from fpn_geo.config import SegmentConfig, load_config
 from fpn_geo.geopackage import is_up_to_date, merge_geopackages
-from fpn_geo.inference import StageTimes
+from fpn_geo.timing import StageTimes
 from fpn_geo.pipeline import (
     BatchResult, ModelRecord, RunSummary, batch_slices, cached_segmenter, plan_grid, predict_batch, read_model_record,
     scene_sha256, write_scene,

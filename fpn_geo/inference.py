@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from fpn_geo.model.checkpoint import ModelMeta
 from fpn_geo.reading import WindowData, read_window
+from fpn_geo.timing import StageTimes  # noqa: F401  (re-exported)
 from fpn_geo.tiling import GridWindow
 
 
@@ -96,18 +97,6 @@ def to_scene(probs: np.ndarray, data: WindowData) -> np.ndarray:
         t = torch.from_numpy(np.ascontiguousarray(p)).float()[None]
         p = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0].round().clamp(0, 255).byte().numpy()
     return np.where(data.valid, p, 0).astype(np.uint8)  # nodata never becomes building
-
-
-class StageTimes(dict):
-    """Seconds spent per stage, for the summary and the benchmarks."""
-
-    @contextlib.contextmanager
-    def time(self, stage: str):
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self[stage] = self.get(stage, 0.0) + time.perf_counter() - t0
 
 
 def _batches(items: Iterable, n: int) -> Iterator[list]:

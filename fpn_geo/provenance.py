@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import socket
@@ -11,10 +12,8 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
-import torch
-
 from fpn_geo import __version__
-from fpn_geo.model.checkpoint import ModelMeta
+from fpn_geo.model.meta import ModelMeta
 from fpn_geo.scene import SceneInfo, is_local
 
 
@@ -37,9 +36,20 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def torch_version() -> str | None:
+    """The installed torch's version, read from its package metadata: importing torch costs seconds."""
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def device_description(device: str) -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
     return f"{device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
@@ -63,7 +73,7 @@ def build_record(
         "software": "fpn-geo",
         "version": __version__,
         "git_commit": git_commit(),
-        "torch_version": torch.__version__,
+        "torch_version": torch_version(),
         "input_path": scene.path,
         "input_size_bytes": os.path.getsize(scene.path) if is_local(scene.path) else None,
         "input_sha256": scene_sha256,

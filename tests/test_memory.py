@@ -62,6 +62,7 @@ class FullSceneAllocator(SquarePredictor):
 
 
 def child(vrt: str, out: str, allocate_scene: bool) -> None:
+    import fpn_geo.inference  # noqa: F401  (torch and the rest of the run's libraries, loaded before the cap)
     from fpn_geo.config import load_config
     from fpn_geo.pipeline import Segmenter, segment
 

@@ -8,11 +8,9 @@ from torch import nn
 from fpn_geo.errors import ModelInputError
 from fpn_geo.model.backbone import ResNetBackbone
 from fpn_geo.model.fpn import FPN
-from fpn_geo.model.semantic_head import SemanticHead
-
 # Class 2 marks the thin band where two buildings touch, so vectorization can split them again.
-CLASSES_2 = ("background", "building")
-CLASSES_3 = ("background", "building", "contact")
+from fpn_geo.model.meta import CLASSES_2, CLASSES_3  # noqa: F401  (re-exported)
+from fpn_geo.model.semantic_head import SemanticHead
 
 
 class BuildingSegmenter(nn.Module):
