@@ -23,6 +23,7 @@ from pyproj import CRS
 from scipy import ndimage
 
 from fpn_geo.errors import ConfigError, InputError
+from fpn_geo.geopackage import BUILDINGS
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def repair_polygons(gdf: gpd.GeoDataFrame) -> tuple[gpd.GeoDataFrame, RepairRepo
 
 
 def choose_layer(path: Path, layer: str | None = None) -> str | None:
-    """The layer to read: the one asked for, the only one, ``buildings`` (our GeoPackages), or the only polygon layer.
+    """The layer to read: the one asked for, the only one, BUILDINGS (our GeoPackages), or the only polygon layer.
 
     GeoPackages often hold several tables (ours: buildings, provenance); guessing silently would score the wrong one.
     """
@@ -110,8 +111,8 @@ def choose_layer(path: Path, layer: str | None = None) -> str | None:
         return layer
     if len(names) <= 1:
         return names[0] if names else None
-    if "buildings" in names:
-        return "buildings"
+    if BUILDINGS in names:
+        return BUILDINGS
     polygons = [str(n) for n, g in layers if g and "POLYGON" in str(g).upper()]
     if len(polygons) == 1:
         return polygons[0]
