@@ -204,10 +204,14 @@ def predict_windows(
     batch: int = 4,
     times: StageTimes | None = None,
     on_batch: Callable[[int], None] | None = None,
-    readers: int = 1,
+    readers: int = 0,
 ) -> Iterator[tuple[GridWindow, np.ndarray | None, np.ndarray | None]]:
-    """Yield (window, probabilities (K, h, w) uint8, valid mask) for every window; (window, None, None) if all nodata."""
+    """Yield (window, probabilities (K, h, w) uint8, valid mask) for every window; (window, None, None) if all nodata.
+
+    readers: reader threads; 0 chooses by the predictor's device (`reader_threads`).
+    """
     times = times if times is not None else StageTimes()
+    readers = reader_threads(readers, getattr(predictor, "device", "cpu"))
     for group, data in prefetch(read_batches(path, windows, bands, model_size, scale, batch, times, readers)):
         probs = None
         if data:

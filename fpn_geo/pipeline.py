@@ -199,12 +199,11 @@ def predict_batch(
     readers: int = 0,
 ) -> BatchResult:
     """Predict windows [start, stop) of the grid, reading them from `scene_path` here (on the worker)."""
-    from fpn_geo.inference import predict_windows, reader_threads
+    from fpn_geo.inference import predict_windows
 
     t0 = time.perf_counter()
     times = StageTimes()
     windows = itertools.islice(iter(grid), start, stop)
-    readers = reader_threads(readers, segmenter.device)
     with rasterio.Env():
         results = [
             (w, p) for w, p, _ in predict_windows(
@@ -245,7 +244,7 @@ def segment(
     on_batch: Callable[[int], None] | None = None,
 ) -> RunSummary:
     """Run the whole path for one scene. Nothing appears at `out` unless the run succeeds."""
-    from fpn_geo.inference import predict_windows, reader_threads
+    from fpn_geo.inference import predict_windows
 
     t0 = time.perf_counter()
     started = utc_now()
@@ -256,7 +255,7 @@ def segment(
         on_start(len(grid))
     results = predict_windows(
         scene.path, grid, segmenter.bands, segmenter.predictor, cfg.window, scale, cfg.batch, times, on_batch,
-        readers=reader_threads(cfg.readers, segmenter.device),
+        readers=cfg.readers,
     )
     return write_scene(
         scene, grid, scale, ((w, p) for w, p, _ in results), segmenter.record, out, cfg, probability_out,
