@@ -1,7 +1,8 @@
 """A quicklook: the scene, read downsampled, with the found buildings outlined. For people who would rather look.
 
-Use it after a run to check at a glance that polygons sit on buildings; it reads at most `max_px` pixels a side,
-so it costs the same on any scene size.
+Use it after a run to check at a glance that polygons sit on buildings. It asks GDAL for at most `max_px` pixels
+a side, so memory is the same on any scene size; time grows slowly (1.7 s at 8192², 5.3 s at 16384² on 2 cores,
+for a tiled scene without overviews, where GDAL still decodes every block).
 """
 
 from __future__ import annotations
