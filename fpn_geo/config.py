@@ -30,6 +30,7 @@ class SegmentConfig(BaseModel):
     simplify_m: float = Field(0.2, ge=0, description="Douglas-Peucker tolerance in metres")
     separate_touching: bool = Field(True, description="split touching buildings with the contact class")
     strip_rows: int = Field(1024, gt=0, description="rows per vectorization strip")
+    vectorize_workers: int = Field(0, ge=0, description="processes vectorizing strips; 0 = auto: a core each on big scenes")
     match_gsd: bool = Field(True, description="resample windows to the checkpoint's GSD")
     probability: Literal["cog", "none"] = Field("cog", description="also write the probability COG")
     gdal_cache_mb: int = Field(128, gt=0, description="GDAL block cache; bounds raster I/O memory")

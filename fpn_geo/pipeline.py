@@ -27,7 +27,7 @@ from fpn_geo.scene import SceneInfo, is_local, open_scene
 from fpn_geo.stitch import Stitcher, describe_bands, probability_profile, write_cog, write_probability_style
 from fpn_geo.tiling import Grid, GridWindow, make_grid
 from fpn_geo.timing import StageTimes
-from fpn_geo.vectorize import Labeler, connected_components, local_metric_crs, polygonize, to_buildings
+from fpn_geo.vectorize import Labeler, connected_components, local_metric_crs, polygonize, to_buildings, vectorize_workers
 
 if TYPE_CHECKING:
     from fpn_geo.inference import Predictor
@@ -214,7 +214,8 @@ def predict_batch(
 
 def vectorize_to(prob_path: Path, scene: SceneInfo, cfg: SegmentConfig, labeler: Labeler, writer: GeoPackageWriter, times: StageTimes) -> None:
     utm = local_metric_crs(scene)
-    pieces_iter = polygonize(str(prob_path), cfg.threshold, cfg.strip_rows, labeler)
+    workers = vectorize_workers(cfg.vectorize_workers, scene.height, scene.width)
+    pieces_iter = polygonize(str(prob_path), cfg.threshold, cfg.strip_rows, labeler, workers)
     while True:
         with times.time("vectorize"):
             pieces = next(pieces_iter, None)

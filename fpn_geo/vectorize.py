@@ -6,7 +6,13 @@ edge is stitched back by joining the pieces that share a segment of that edge.
 
 from __future__ import annotations
 
+import atexit
+import collections
+import functools
+import multiprocessing
+import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import geopandas as gpd
@@ -31,6 +37,8 @@ Labeler = Callable[[np.ndarray, np.ndarray | None, float], np.ndarray]
 # pixel, so a 16k-wide scene gets 128-row strips and its memory stays that of a 2k-wide one.
 STRIP_PIXELS = 2048 * 1024
 MIN_STRIP_ROWS = 64
+# Below this many pixels vectorizing takes about a second or less, which starting processes would not repay.
+PROCESS_MIN_PIXELS = 16 * 2**20
 
 
 def connected_components(footprint: np.ndarray, contact: np.ndarray | None, threshold: float) -> np.ndarray:
@@ -135,23 +143,75 @@ def join_across_cut(open_pieces: list[Piece], new_pieces: list[Piece], cut_y: fl
     return finished, merged
 
 
+def vectorize_workers(workers: int, height: int, width: int) -> int:
+    """0 means auto: a process per core (up to 8) on rasters of PROCESS_MIN_PIXELS or more, else this process."""
+    if workers > 0:
+        return workers
+    return max(1, min(8, os.cpu_count() or 1)) if height * width >= PROCESS_MIN_PIXELS else 1
+
+
+@functools.lru_cache(maxsize=1)
+def _process_pool(workers: int) -> ProcessPoolExecutor:
+    """One pool per process, kept for its life: children start once, not once per scene.
+
+    Children fork from a server that has imported only what vectorizing needs (never from the caller, which
+    may hold torch's threads). Each still imports the caller's main module once, as multiprocessing does.
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["fpn_geo.vectorize", "fpn_geo.separate"])
+    else:
+        ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=ctx)
+    atexit.register(pool.shutdown, wait=False, cancel_futures=True)
+    return pool
+
+
+def _strips(src, strip_rows: int, threshold: float, labeler: Labeler, workers: int) -> Iterator[tuple[int, int, list[Piece]]]:
+    """(y0, y1, pieces) for every strip, in order. With workers > 1, strips are labelled and traced in that many
+    processes, at most one strip per process ahead of the caller, so memory stays a few strips."""
+    height, width = src.height, src.width
+
+    def read():
+        for y0 in range(0, height, strip_rows):
+            y1 = min(height, y0 + strip_rows)
+            win = Window(0, y0, width, y1 - y0)
+            yield y0, y1, src.read(1, window=win), src.read(2, window=win) if src.count > 1 else None
+
+    if workers <= 1:
+        for y0, y1, footprint, contact in read():
+            yield y0, y1, strip_pieces(footprint, contact, y0, threshold, labeler)
+        return
+    pool = _process_pool(workers)
+    pending: collections.deque = collections.deque()
+    try:
+        for y0, y1, footprint, contact in read():
+            pending.append((y0, y1, pool.submit(strip_pieces, footprint, contact, y0, threshold, labeler)))
+            if len(pending) > workers:
+                a, b, fut = pending.popleft()
+                yield a, b, fut.result()
+        while pending:
+            a, b, fut = pending.popleft()
+            yield a, b, fut.result()
+    finally:
+        for *_, fut in pending:
+            fut.cancel()
+
+
 def polygonize(
-    path: str, threshold: float = 0.5, strip_rows: int = 1024, labeler: Labeler = connected_components
+    path: str, threshold: float = 0.5, strip_rows: int = 1024, labeler: Labeler = connected_components,
+    workers: int = 1,
 ) -> Iterator[list[Piece]]:
     """Yield finished pieces (pixel coordinates) strip after strip; band 1 footprint, band 2 contact if present.
 
-    Strips are `strip_rows` high, or fewer on wide scenes (at most STRIP_PIXELS pixels a strip).
+    Strips are `strip_rows` high, or fewer on wide scenes (at most STRIP_PIXELS pixels a strip). With
+    workers > 1, strips are vectorized in that many processes and joined here in order: the same pieces.
     """
     with rasterio.open(path) as src:
         height, width = src.height, src.width
         strip_rows = min(strip_rows, max(MIN_STRIP_ROWS, STRIP_PIXELS // width))
         open_pieces: list[Piece] = []
-        for y0 in range(0, height, strip_rows):
-            y1 = min(height, y0 + strip_rows)
-            win = Window(0, y0, width, y1 - y0)
-            footprint = src.read(1, window=win)
-            contact = src.read(2, window=win) if src.count > 1 else None
-            pieces = strip_pieces(footprint, contact, y0, threshold, labeler)
+        for y0, y1, pieces in _strips(src, strip_rows, threshold, labeler, workers):
             finished, pieces = join_across_cut(open_pieces, pieces, y0)
             at_cut = (_bounds(pieces)[:, 3] == y1) & (y1 < height) if pieces else np.zeros(0, bool)
             open_pieces = [p for p, cut in zip(pieces, at_cut) if cut]
