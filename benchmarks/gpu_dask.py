@@ -12,7 +12,6 @@ Run through benchmarks/gpu.sh; `--cpu` smoke-tests it here on a LocalCluster (nu
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import sys
 import tempfile
@@ -32,21 +31,6 @@ def worker_predict(scene, grid, start, stop, checkpoint, device, window, scale, 
     from fpn_geo.pipeline import cached_segmenter, predict_batch
 
     return predict_batch(scene, grid, start, stop, cached_segmenter(checkpoint, device), window, scale, batch, readers)
-
-
-def in_order(client, fn, slices, max_in_flight, **submit_kw):
-    """Results of `fn(start, stop)` in grid order, at most `max_in_flight` slices out (as the flow does)."""
-    pending, todo = collections.deque(), iter(slices)
-    for s in todo:
-        pending.append(client.submit(fn, *s, pure=False, **submit_kw))
-        if len(pending) >= max_in_flight:
-            break
-    while pending:
-        batch = pending.popleft().result()
-        nxt = next(todo, None)
-        if nxt is not None:
-            pending.append(client.submit(fn, *nxt, pure=False, **submit_kw))
-        yield from batch.results
 
 
 def compare(a: Path, b: Path) -> dict:
@@ -81,6 +65,7 @@ def main() -> None:
     from fpn_geo.config import load_config
     from fpn_geo.pipeline import batch_slices, load_segmenter, plan_grid, read_model_record, segment, write_scene
     from fpn_geo.scene import open_scene
+    from fpn_geo.streaming import in_order
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fpn-geo-gpu-dask-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -122,7 +107,8 @@ def main() -> None:
         client.submit(fn, 0, min(cfg.batch, len(grid)), pure=False, resources={"GPU": 1}).result()
         t1 = time.perf_counter()
         slices = batch_slices(len(grid), args.windows_per_task, cfg.batch)
-        results = in_order(client, fn, slices, 2 * max(1, len(workers)), resources={"GPU": 1})
+        batches = in_order(lambda s: client.submit(fn, *s, pure=False, resources={"GPU": 1}), slices, 2 * max(1, len(workers)))
+        results = (r for batch in batches for r in batch.results)
         dist = write_scene(info, grid, scale, results, model, work / "dask.gpkg", cfg)
         dist_s = time.perf_counter() - t1
         emit(what="dask", windows=dist.windows, tasks=len(slices), buildings=dist.buildings, seconds=dist_s)

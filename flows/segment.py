@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import collections
 import json
 import logging
 import math
@@ -45,6 +44,7 @@ from fpn_geo.pipeline import (
     scene_sha256, write_scene,
 )
 from fpn_geo.provenance import utc_now
+from fpn_geo.streaming import in_order
 from fpn_geo.scene import SceneInfo, open_scene
 from fpn_geo.tiling import Grid
 
@@ -123,24 +123,9 @@ def stream_in_order(submit, slices: list[tuple[int, int]], max_in_flight: int):
     """Submit slices, at most `max_in_flight` not yet consumed, and yield their results in grid order.
 
     Grid order keeps the stitcher's float sums in the CLI's order (identical output) and its memory to a
-    few strips; the next slice is submitted before a result is handed on, so workers never wait on the writer.
+    few strips. If the writer fails, the slices still out are cancelled on the cluster.
     """
-    pending: collections.deque = collections.deque()
-    todo = iter(slices)
-    try:
-        for s in todo:
-            pending.append(submit(s))
-            if len(pending) >= max_in_flight:
-                break
-        while pending:
-            result = pending.popleft().result()
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append(submit(nxt))
-            yield result
-    finally:
-        for fut in pending:  # the writer failed: do not leave work running on the cluster
-            fut.wrapped_future.cancel()
+    return in_order(submit, slices, max_in_flight, cancel=lambda fut: fut.wrapped_future.cancel())
 
 
 class Progress:

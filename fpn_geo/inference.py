@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 import queue
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 
 from fpn_geo.model.checkpoint import ModelMeta
 from fpn_geo.reading import WindowData, read_window
+from fpn_geo.streaming import in_order
 from fpn_geo.timing import StageTimes  # noqa: F401  (re-exported)
 from fpn_geo.tiling import GridWindow
 
@@ -146,19 +146,9 @@ def read_batches(
             times["read"] = times.get("read", 0.0) + time.perf_counter() - t0
         return group, data
 
-    pending: collections.deque = collections.deque()
     try:
         with ThreadPoolExecutor(readers, thread_name_prefix="fpn-geo-read") as pool:
-            try:
-                for group in _batches(windows, batch):
-                    pending.append(pool.submit(read, group))
-                    if len(pending) >= 2 * readers:
-                        yield pending.popleft().result()
-                while pending:
-                    yield pending.popleft().result()
-            finally:
-                for fut in pending:
-                    fut.cancel()
+            yield from in_order(lambda group: pool.submit(read, group), _batches(windows, batch), 2 * readers)
     finally:
         for src in opened:
             src.close()

@@ -7,7 +7,6 @@ edge is stitched back by joining the pieces that share a segment of that edge.
 from __future__ import annotations
 
 import atexit
-import collections
 import functools
 import multiprocessing
 import os
@@ -26,6 +25,7 @@ from scipy import ndimage
 from shapely.strtree import STRtree
 
 from fpn_geo.scene import SceneInfo, local_utm
+from fpn_geo.streaming import in_order
 
 # Parts of one label smaller than this share of its largest part are dropped.
 MIN_PART_SHARE = 0.25
@@ -183,19 +183,11 @@ def _strips(src, strip_rows: int, threshold: float, labeler: Labeler, workers: i
             yield y0, y1, strip_pieces(footprint, contact, y0, threshold, labeler)
         return
     pool = _process_pool(workers)
-    pending: collections.deque = collections.deque()
-    try:
-        for y0, y1, footprint, contact in read():
-            pending.append((y0, y1, pool.submit(strip_pieces, footprint, contact, y0, threshold, labeler)))
-            if len(pending) > workers:
-                a, b, fut = pending.popleft()
-                yield a, b, fut.result()
-        while pending:
-            a, b, fut = pending.popleft()
-            yield a, b, fut.result()
-    finally:
-        for *_, fut in pending:
-            fut.cancel()
+    yield from in_order(lambda strip: pool.submit(_strip_job, *strip, threshold, labeler), read(), workers + 1)
+
+
+def _strip_job(y0: int, y1: int, footprint, contact, threshold: float, labeler: Labeler) -> tuple[int, int, list[Piece]]:
+    return y0, y1, strip_pieces(footprint, contact, y0, threshold, labeler)
 
 
 def polygonize(
