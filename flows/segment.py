@@ -86,9 +86,10 @@ def predict_batch_task(
 def use_worker_threads() -> None:
     """Run torch on the threads the cluster gave this worker (OMP_NUM_THREADS in its environment).
 
-    Torch reads OMP_NUM_THREADS once, when imported. A worker spawned from `python -m flows.segment` imports
-    torch while it starts, before Dask's nanny sets the worker's own environment, so it would keep the
-    nanny's pre-spawn value of 1 thread (measured: 0.9 s a window instead of 0.56 on 2 cores).
+    Torch reads OMP_NUM_THREADS once, when imported. A worker that imports torch while it starts (a preload, or
+    a main module that imports it, as flows.segment did before the flow side went torch-free) does so before
+    Dask's nanny sets the worker's own environment, and keeps the nanny's pre-spawn value of 1 thread
+    (measured: 0.9 s a window instead of 0.56 on 2 cores).
     """
     import torch
 

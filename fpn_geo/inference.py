@@ -126,11 +126,14 @@ def read_batches(
     With readers > 1, batches are read by that many threads, each with its own dataset handle (GDAL
     releases the GIL while it decodes), at most 2 per reader ahead of the consumer.
     """
+    def read_group(src, group: list[GridWindow]) -> list[WindowData]:
+        return [d for d in (read_window(src, w, bands, model_size, scale) for w in group) if d is not None]
+
     if readers <= 1:
         with rasterio.open(path) as src:
             for group in _batches(windows, batch):
                 with times.time("read"):
-                    data = [d for d in (read_window(src, w, bands, model_size, scale) for w in group) if d is not None]
+                    data = read_group(src, group)
                 yield group, data
         return
     local, lock, opened = threading.local(), threading.Lock(), []
@@ -141,7 +144,7 @@ def read_batches(
             with lock:
                 opened.append(local.src)
         t0 = time.perf_counter()
-        data = [d for d in (read_window(local.src, w, bands, model_size, scale) for w in group) if d is not None]
+        data = read_group(local.src, group)
         with lock:  # reader-seconds summed over threads
             times["read"] = times.get("read", 0.0) + time.perf_counter() - t0
         return group, data
