@@ -29,10 +29,11 @@ class SegmentConfig(BaseModel):
     min_area_m2: float = Field(4.0, ge=0, description="smallest building kept, in square metres")
     simplify_m: float = Field(0.2, ge=0, description="Douglas-Peucker tolerance in metres")
     separate_touching: bool = Field(True, description="split touching buildings with the contact class")
-    strip_rows: int = Field(1024, gt=0, description="rows per vectorization strip")
-    vectorize_workers: int = Field(0, ge=0, description="processes vectorizing strips; 0 = auto: a core each on big scenes")
+    block_windows: int = Field(8, gt=0, description="block side in windows: the unit of work a task owns end to end")
+    post_threads: int = Field(0, ge=0, description="threads post-processing blocks beside the model; 0 = auto: 1 on CPU, most cores on CUDA")
     match_gsd: bool = Field(True, description="resample windows to the checkpoint's GSD")
     probability: Literal["cog", "none"] = Field("cog", description="also write the probability COG")
+    probability_grid: Literal["model", "native"] = Field("model", description="the COG's grid: the model's GSD, or the scene's own")
     gdal_cache_mb: int = Field(128, gt=0, description="GDAL block cache; bounds raster I/O memory")
 
     @model_validator(mode="after")

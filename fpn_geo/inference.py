@@ -1,36 +1,36 @@
-"""Batched inference: windows in, per-window building probabilities (uint8) out, reading ahead of the model."""
+"""Batched inference: model-grid windows in, per-window building probabilities (0-255, on the model's device) out,
+reading ahead of the model."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
 import rasterio
 import torch
-import torch.nn.functional as F
 
 from fpn_geo.model.checkpoint import ModelMeta
 from fpn_geo.reading import WindowData, read_window
 from fpn_geo.streaming import in_order
-from fpn_geo.timing import StageTimes  # noqa: F401  (re-exported)
+from fpn_geo.timing import StageTimes
 from fpn_geo.tiling import GridWindow
 
 
 class Predictor(Protocol):
-    """Anything that turns a batch of windows into foreground probabilities.
+    """Anything that turns a batch of windows into foreground probabilities on a 0-255 scale.
 
-    Returns uint8 (N, K, M, M): channel 0 is P(building footprint) = 1 - P(background); channel 1,
-    where the model has a contact class, is P(contact). uint8 keeps results small across processes.
+    Returns (N, K, M, M), a numpy array or a tensor on the predictor's device: channel 0 is P(building
+    footprint) = 1 - P(background); channel 1, where the model has one, the separating class (contact or
+    separator). A tensor stays on its device: the block's blend runs there and only uint8 comes back.
     """
 
-    def __call__(self, images: np.ndarray, windows: list[GridWindow]) -> np.ndarray: ...
+    def __call__(self, images: np.ndarray, windows: list[GridWindow]) -> np.ndarray | torch.Tensor: ...
 
 
 def resolve_device(device: str) -> str:
@@ -85,18 +85,7 @@ class SegmenterPredictor:
         out = [1.0 - p[:, 0]]
         if self.has_contact:
             out.append(p[:, self.contact_index])
-        return (torch.stack(out, dim=1)[:n] * 255).round_().to(torch.uint8).cpu().numpy()
-
-
-def to_scene(probs: np.ndarray, data: WindowData) -> np.ndarray:
-    """Crop the padding off a window's prediction and bring it back to scene pixels."""
-    mh, mw = data.model_hw
-    p = probs[:, :mh, :mw]
-    h, w = data.valid.shape
-    if (mh, mw) != (h, w):
-        t = torch.from_numpy(np.ascontiguousarray(p)).float()[None]
-        p = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0].round().clamp(0, 255).byte().numpy()
-    return np.where(data.valid, p, 0).astype(np.uint8)  # nodata never becomes building
+        return torch.stack(out, dim=1)[:n] * 255
 
 
 def _batches(items: Iterable, n: int) -> Iterator[list]:
@@ -119,23 +108,13 @@ def reader_threads(readers: int, device: str) -> int:
 
 def read_batches(
     path: str, windows: Iterable[GridWindow], bands: tuple[int, ...], model_size: int, scale: float, batch: int,
-    times: StageTimes, readers: int = 1,
+    times: StageTimes, readers: int = 1, grid_hw: tuple[int, int] | None = None,
 ) -> Iterator[tuple[list[GridWindow], list[WindowData]]]:
     """Yield (windows asked, windows with data) per batch, in order; all-nodata windows are dropped here.
 
-    With readers > 1, batches are read by that many threads, each with its own dataset handle (GDAL
-    releases the GIL while it decodes), at most 2 per reader ahead of the consumer.
+    Batches are read by `readers` threads, each with its own dataset handle (GDAL releases the GIL while it
+    decodes), at most 2 per reader ahead of the consumer: the next windows are read while the model runs.
     """
-    def read_group(src, group: list[GridWindow]) -> list[WindowData]:
-        return [d for d in (read_window(src, w, bands, model_size, scale) for w in group) if d is not None]
-
-    if readers <= 1:
-        with rasterio.open(path) as src:
-            for group in _batches(windows, batch):
-                with times.time("read"):
-                    data = read_group(src, group)
-                yield group, data
-        return
     local, lock, opened = threading.local(), threading.Lock(), []
 
     def read(group: list[GridWindow]) -> tuple[list[GridWindow], list[WindowData]]:
@@ -144,47 +123,20 @@ def read_batches(
             with lock:
                 opened.append(local.src)
         t0 = time.perf_counter()
-        data = read_group(local.src, group)
+        data = [d for d in (read_window(local.src, w, bands, model_size, scale, grid_hw) for w in group) if d is not None]
         with lock:  # reader-seconds summed over threads
             times["read"] = times.get("read", 0.0) + time.perf_counter() - t0
         return group, data
 
     try:
-        with ThreadPoolExecutor(readers, thread_name_prefix="fpn-geo-read") as pool:
-            yield from in_order(lambda group: pool.submit(read, group), _batches(windows, batch), 2 * readers)
+        with ThreadPoolExecutor(max(1, readers), thread_name_prefix="fpn-geo-read") as pool:
+            yield from in_order(lambda group: pool.submit(read, group), _batches(windows, batch), 2 * max(1, readers))
     finally:
         for src in opened:
             src.close()
 
 
-def prefetch(it: Iterator, depth: int = 2) -> Iterator:
-    """Run an iterator in a thread `depth` items ahead: the next windows are read while the model runs."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def work() -> None:
-        try:
-            for item in it:
-                if stop.is_set():
-                    return
-                q.put(item)
-            q.put(done)
-        except BaseException as e:  # handed to the consumer, raised there
-            q.put(e)
-
-    thread = threading.Thread(target=work, daemon=True, name="fpn-geo-reader")
-    thread.start()
-    try:
-        while (item := q.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        with contextlib.suppress(queue.Empty):
-            while True:
-                q.get_nowait()
+WindowProbs = tuple[GridWindow, "np.ndarray | torch.Tensor | None"]  # (K, h, w) float 0-255 (a tensor on CUDA); None: no data
 
 
 def predict_windows(
@@ -196,22 +148,29 @@ def predict_windows(
     scale: float = 1.0,
     batch: int = 4,
     times: StageTimes | None = None,
-    on_batch: Callable[[int], None] | None = None,
     readers: int = 0,
-) -> Iterator[tuple[GridWindow, np.ndarray | None, np.ndarray | None]]:
-    """Yield (window, probabilities (K, h, w) uint8, valid mask) for every window; (window, None, None) if all nodata.
+    grid_hw: tuple[int, int] | None = None,
+) -> Iterator[WindowProbs]:
+    """Yield (window, probabilities of its in-grid part, 0 under nodata) for every window; (window, None) if all nodata.
 
     readers: reader threads; 0 chooses by the predictor's device (`reader_threads`).
     """
     times = times if times is not None else StageTimes()
-    readers = reader_threads(readers, getattr(predictor, "device", "cpu"))
-    for group, data in prefetch(read_batches(path, windows, bands, model_size, scale, batch, times, readers)):
-        probs = None
+    device = torch.device(getattr(predictor, "device", "cpu"))
+    readers = reader_threads(readers, str(device))
+    for group, data in read_batches(path, windows, bands, model_size, scale, batch, times, readers, grid_hw):
+        by_window: dict[GridWindow, np.ndarray | torch.Tensor] = {}
         if data:
             with times.time("model"):
                 probs = predictor(np.stack([d.image for d in data]), [d.window for d in data])
-        by_window = {d.window: (to_scene(p, d), d.valid) for d, p in zip(data, probs if probs is not None else [])}
+                if device.type == "cuda":
+                    probs = torch.as_tensor(probs).to(device, non_blocking=True).float()
+                    masks = [torch.from_numpy(d.valid).to(device, non_blocking=True) for d in data]
+                else:  # numpy on the CPU: see blend.BlockCanvas
+                    probs = probs.numpy() if isinstance(probs, torch.Tensor) else np.asarray(probs, np.float32)
+                    masks = [d.valid for d in data]
+                for d, p, valid in zip(data, probs, masks):
+                    mh, mw = d.model_hw
+                    by_window[d.window] = p[:, :mh, :mw] * valid  # nodata never becomes building
         for w in group:
-            yield (w, *by_window.get(w, (None, None)))
-        if on_batch:
-            on_batch(len(group))
+            yield w, by_window.get(w)

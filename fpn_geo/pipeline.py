@@ -1,84 +1,81 @@
-"""segment(): one scene in, a building GeoPackage (and probability COG) out. Reads top to bottom:
-open, tile, infer, stitch, vectorize, write. The CLI and the Prefect flows both call these steps."""
+"""One scene in, a building GeoPackage (and probability COG) out, in three steps that both callers share:
+
+1. `plan_scene`: check the scene and the checkpoint's metadata, lay the window grid on the model's grid (the
+   scene resampled to the model's GSD) and cut it into blocks. No pixels.
+2. `process_blocks`: per block, read its windows (halo included), predict, blend, threshold, separate
+   instances and trace polygons, on the model's grid, where the pixels are. A block returns its finished
+   buildings, its edge pieces and (optionally) its probabilities as a small compressed tile: polygons, not pixels.
+3. `SceneWriter`: join edge pieces across block edges, stream buildings into the GeoPackage, assemble the COG,
+   and write provenance, all atomically.
+
+`segment()` runs the three in this process (the CLI); the Prefect flows run step 2 on Dask workers.
+"""
 
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
+import math
 import os
+import pickle
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import geopandas as gpd
 import numpy as np
 import rasterio
 
 from fpn_geo.config import SegmentConfig
 from fpn_geo.errors import FpnGeoError, OutputError
 from fpn_geo.geopackage import GeoPackageWriter, temp_sibling
+from fpn_geo.georef import Georef
 from fpn_geo.hashing import sha256_file
 from fpn_geo.model.meta import ModelMeta, read_verified_meta
+from fpn_geo.probability import assemble_cog, encode_tile, write_probability_style, write_tile
 from fpn_geo.provenance import build_record, new_run_id, utc_now
 from fpn_geo.scene import SceneInfo, is_local, open_scene
-from fpn_geo.stitch import Stitcher, describe_bands, probability_profile, write_cog, write_probability_style
-from fpn_geo.tiling import Grid, GridWindow, make_grid
+from fpn_geo.streaming import in_order
+from fpn_geo.tiling import Block, BlockLayout, Grid, GridWindow, make_blocks, make_grid
 from fpn_geo.timing import StageTimes
-from fpn_geo.vectorize import Labeler, connected_components, local_metric_crs, polygonize, to_buildings, vectorize_workers
+from fpn_geo.vectorize import EdgeJoiner, Labeler, Piece, connected_components, split_at_edges, to_buildings, trace_pieces
 
 if TYPE_CHECKING:
+    import torch
+
     from fpn_geo.inference import Predictor
 
-# torch is imported only where a model runs (load_segmenter, segment, predict_batch): the flow side, which
-# plans and writes, starts about 4 s sooner without it.
+# torch is imported only where a model runs (load_segmenter, process_blocks): the flow side, which plans and
+# writes, starts about 4 s sooner without it.
 
 log = logging.getLogger("fpn_geo")
 
 
 @dataclass(frozen=True)
 class Segmenter:
-    """A predictor with what the pipeline must know about it."""
+    """A predictor and the checkpoint metadata that says how to feed it."""
 
     predictor: Predictor
-    bands: tuple[int, ...]
-    channels: int  # 1: footprint; 2: footprint + contact
-    gsd_m: float | None = None
-    meta: ModelMeta | None = None
+    meta: ModelMeta
     checkpoint_path: str | None = None
     device: str = "cpu"
 
-    @property
-    def record(self) -> "ModelRecord":
-        return ModelRecord(self.channels, self.bands, self.gsd_m, self.meta, self.checkpoint_path, self.device)
 
+def load_segmenter(checkpoint: str | Path, device: str = "auto", compile: bool = False) -> Segmenter:
+    from fpn_geo.inference import SegmenterPredictor, resolve_device
+    from fpn_geo.model.checkpoint import load_checkpoint
 
-@dataclass(frozen=True)
-class ModelRecord:
-    """What planning and writing need to know about a model, without its weights: small enough to send anywhere."""
-
-    channels: int
-    bands: tuple[int, ...]
-    gsd_m: float | None
-    meta: ModelMeta | None
-    checkpoint_path: str | None
-    device: str
-
-
-def read_model_record(checkpoint: str | Path, device: str = "auto") -> ModelRecord:
-    """The checkpoint's metadata with its weights' sha256 checked, without building the model.
-
-    Use on the side that plans and writes (a flow), where the model never runs.
-    """
-    meta = read_verified_meta(checkpoint)
-    channels = 2 if "contact" in meta.classes else 1
-    return ModelRecord(channels, meta.bands, meta.gsd_m, meta, str(checkpoint), device)
+    model, meta = load_checkpoint(checkpoint)
+    dev = resolve_device(device)
+    return Segmenter(SegmenterPredictor(model, meta, dev, compile), meta, str(checkpoint), dev)
 
 
 def cached_segmenter(checkpoint: str | Path, device: str = "auto", compile: bool = False) -> Segmenter:
-    """`load_segmenter`, once per process: a worker that runs many batches loads the model once.
+    """`load_segmenter`, once per process: a worker that runs many blocks loads the model once.
 
     Keyed by the checkpoint's real path, size and modification time, so a replaced file is reloaded.
     """
@@ -93,14 +90,214 @@ def _cached_segmenter(path: str, size: int, mtime_ns: int, device: str, compile:
     return load_segmenter(path, device, compile)
 
 
-def load_segmenter(checkpoint: str | Path, device: str = "auto", compile: bool = False) -> Segmenter:
-    from fpn_geo.inference import SegmenterPredictor, resolve_device
-    from fpn_geo.model.checkpoint import load_checkpoint
+# ---------------------------------------------------------------------------------------------------- 1. plan
 
-    model, meta = load_checkpoint(checkpoint)
-    dev = resolve_device(device)
-    predictor = SegmenterPredictor(model, meta, dev, compile)
-    return Segmenter(predictor, meta.bands, predictor.channels, meta.gsd_m, meta, str(checkpoint), dev)
+
+@dataclass(frozen=True)
+class ScenePlan:
+    """Everything a block needs besides the model and the pixels; small enough to send to any worker."""
+
+    scene: SceneInfo
+    meta: ModelMeta
+    cfg: SegmentConfig
+    scale: float  # model pixels per scene pixel
+    grid: Grid  # windows on the model's grid
+    blocks: BlockLayout
+    georef: Georef  # the model's grid on the ground
+    checkpoint_path: str | None = None
+
+    @property
+    def channels(self) -> int:
+        return meta_channels(self.meta)
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        return self.grid.height, self.grid.width
+
+
+def meta_channels(meta: ModelMeta) -> int:
+    """1: footprint only; 2: footprint and the class that separates buildings (contact or separator)."""
+    return 2 if any(c in meta.classes for c in ("contact", "separator")) else 1
+
+
+def model_scale(scene_gsd_m: float, model_gsd_m: float | None, match_gsd: bool = True) -> float:
+    """Model pixels per scene pixel; within 5% of 1 the scene is read as it is (no resampling)."""
+    if not (match_gsd and model_gsd_m):
+        return 1.0
+    scale = scene_gsd_m / model_gsd_m
+    return 1.0 if abs(scale - 1.0) < 0.05 else scale
+
+
+def plan_scene(scene_path: str, meta: ModelMeta, cfg: SegmentConfig, checkpoint_path: str | None = None) -> ScenePlan:
+    """Check the scene against the model and lay out the work; a bad input fails here, before any pixel is read."""
+    scene = open_scene(scene_path, meta.bands)
+    scale = model_scale(scene.gsd_m, meta.gsd_m, cfg.match_gsd)
+    height, width = (scene.height, scene.width) if scale == 1.0 else (
+        max(1, math.ceil(scene.height * scale - 1e-6)), max(1, math.ceil(scene.width * scale - 1e-6)))
+    grid = make_grid(height, width, cfg.window, cfg.overlap)
+    georef = scene.georef().scaled(scale, height, width)
+    return ScenePlan(scene, meta, cfg, scale, grid, make_blocks(grid, cfg.block_windows), georef, checkpoint_path)
+
+
+def plan_from_checkpoint(scene_path: str, checkpoint: str | Path, cfg: SegmentConfig) -> ScenePlan:
+    """`plan_scene` with the checkpoint's metadata, its weights' sha256 checked, without torch or the model."""
+    return plan_scene(scene_path, read_verified_meta(checkpoint), cfg, str(checkpoint))
+
+
+# ---------------------------------------------------------------------------------------------------- 2. blocks
+
+
+@dataclass
+class BlockResult:
+    """What a block sends back: polygons and small numbers, never raw pixels (the tile is compressed, optional)."""
+
+    block: Block
+    buildings: gpd.GeoDataFrame  # finished buildings, in the scene's CRS
+    edges: list[Piece]  # pieces cut by the block's edge, in model-grid pixels, to be joined with the neighbours'
+    tile: bytes | None  # the block's probabilities as a DEFLATE GeoTIFF, when a probability COG is wanted
+    windows_nodata: int  # windows of this block (by their origin) that held no data
+    windows_predicted: int  # windows the model ran on for this block, halo included
+    device: str
+    times: dict = field(default_factory=dict)
+
+
+def choose_labeler(channels: int, cfg: SegmentConfig) -> Labeler:
+    if channels > 1 and cfg.separate_touching:
+        from fpn_geo.separate import label_instances
+
+        return label_instances
+    return connected_components
+
+
+def _owns(block: Block, window: GridWindow) -> bool:
+    return block.y0 <= window.row_off < block.y1 and block.x0 <= window.col_off < block.x1
+
+
+class HaloCache:
+    """The parts of predicted windows that later blocks of the same run will need, so no window is predicted twice.
+
+    Holds only the crops that reach into blocks not yet blended (a window's overlap strip), and drops each
+    when used: about one row of blocks' edges.
+    """
+
+    def __init__(self, layout: BlockLayout, blocks: list[Block]) -> None:
+        self.layout = layout
+        self.todo = {(b.row, b.col) for b in blocks}
+        self.crops: dict[tuple, tuple | None] = {}
+
+    def take(self, window: GridWindow, block: Block):
+        return self.crops.pop((window.row, window.col, block.row, block.col), KeyError)
+
+    def keep(self, window: GridWindow, probs: torch.Tensor | None, block: Block) -> None:
+        from fpn_geo.blend import crop
+
+        for other in self.layout.blocks_of(window):
+            if other == block or (other.row, other.col) not in self.todo:
+                continue
+            part = crop(window, probs, other) if probs is not None else None
+            self.crops[(window.row, window.col, other.row, other.col)] = (_copy(part[0]), part[1]) if part else None
+
+    def done(self, block: Block) -> None:
+        self.todo.discard((block.row, block.col))
+
+
+def _copy(a):
+    """A crop that does not keep its whole window alive."""
+    return a.copy() if isinstance(a, np.ndarray) else a.clone()
+
+
+def blend_block(
+    plan: ScenePlan, block: Block, segmenter: Segmenter, cache: HaloCache, times: StageTimes,
+    on_windows: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, int, int]:
+    """The block's blended uint8 probabilities (K, h, w), its nodata window count and the windows predicted."""
+    from fpn_geo.blend import BlockCanvas, crop
+    from fpn_geo.inference import predict_windows
+
+    cfg = plan.cfg
+    windows = plan.blocks.windows(block)
+    cached = {w: cache.take(w, block) for w in windows}
+    todo = [w for w in windows if cached[w] is KeyError]
+    predicted = predict_windows(
+        plan.scene.path, todo, plan.meta.bands, segmenter.predictor, cfg.window, plan.scale, cfg.batch, times,
+        readers=cfg.readers, grid_hw=plan.grid_hw,
+    )
+    canvas = BlockCanvas(block, plan.channels, plan.grid.size, plan.grid.overlap, segmenter.device)
+    nodata = 0
+    for w in windows:
+        part = cached[w]
+        if part is KeyError:
+            w2, probs = next(predicted)
+            if w2 != w:
+                raise FpnGeoError(f"window {w2} came back where {w} was expected")
+            nodata += probs is None and _owns(block, w)
+            cache.keep(w, probs, block)
+            part = crop(w, probs, block) if probs is not None else None
+        if part is not None:
+            with times.time("blend"):
+                canvas.add(w, *part)
+    if on_windows:
+        on_windows(sum(_owns(block, w) for w in windows))
+    with times.time("blend"):
+        probs = canvas.finish()
+    cache.done(block)
+    return probs, nodata, len(todo)
+
+
+def finish_block(plan: ScenePlan, block: Block, probs: np.ndarray, labeler: Labeler, want_tile: bool) -> tuple:
+    """Threshold, separate, trace and georeference one blended block (CPU); what a block sends back."""
+    times = StageTimes()
+    cfg = plan.cfg
+    with times.time("label"):
+        labels = labeler(probs[0], probs[1] if plan.channels > 1 else None, cfg.threshold)
+    with times.time("trace"):
+        pieces = trace_pieces(labels, probs[0], block)
+    del labels
+    finished, edges = split_at_edges(pieces, block, plan.grid_hw)
+    with times.time("polygons"):
+        buildings = to_buildings(finished, plan.georef, cfg.simplify_m, cfg.min_area_m2)
+    tile = None
+    if want_tile:
+        with times.time("encode"):
+            tile = encode_tile(probs, block, plan.georef)
+    return buildings, edges, tile, times
+
+
+def process_blocks(
+    plan: ScenePlan, blocks: Iterable[Block], segmenter: Segmenter, on_windows: Callable[[int], None] | None = None
+) -> Iterator[BlockResult]:
+    """Run blocks end to end, in order. The model blends block k+1 while post-processing threads finish block k,
+    so on a GPU neither waits; a window shared by two of these blocks is predicted once."""
+    blocks = list(blocks)
+    cache = HaloCache(plan.blocks, blocks)
+    labeler = choose_labeler(plan.channels, plan.cfg)
+    want_tile = plan.cfg.probability == "cog"
+    threads = post_threads(plan.cfg.post_threads, segmenter.device)
+
+    def blended(block: Block):
+        times = StageTimes()
+        probs, nodata, predicted = blend_block(plan, block, segmenter, cache, times, on_windows)
+        return block, probs, nodata, predicted, times
+
+    def post(item) -> BlockResult:
+        block, probs, nodata, predicted, times = item
+        buildings, edges, tile, post_times = finish_block(plan, block, probs, labeler, want_tile)
+        for k, v in post_times.items():
+            times[k] = times.get(k, 0.0) + v
+        return BlockResult(block, buildings, edges, tile, nodata, predicted, segmenter.device, dict(times))
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="fpn-geo-post") as pool:
+        yield from in_order(lambda block: pool.submit(post, blended(block)), blocks, threads + 1)
+
+
+def post_threads(threads: int, device: str) -> int:
+    """0 means auto: one thread beside the model on CPU (the model needs the cores); on a GPU, most of the cores."""
+    if threads > 0:
+        return threads
+    return max(1, min(8, (os.cpu_count() or 1) - 2)) if str(device).startswith("cuda") else 1
+
+
+# ---------------------------------------------------------------------------------------------------- 3. write
 
 
 @dataclass
@@ -114,6 +311,8 @@ class RunSummary:
     seconds: float
     megapixels: float
     times: dict = field(default_factory=dict)
+    bytes_received: int = 0  # what the blocks sent back, pickled: what crosses the network in a flow
+    windows_predicted: int = 0
 
     @property
     def mpx_per_s(self) -> float:
@@ -126,106 +325,6 @@ class RunSummary:
         )
 
 
-def plan_grid(scene: SceneInfo, cfg: SegmentConfig, model_gsd_m: float | None) -> tuple[Grid, float]:
-    """The window grid in scene pixels and the scale (model px per scene px) that brings windows to the model's GSD."""
-    scale = 1.0
-    if cfg.match_gsd and model_gsd_m:
-        scale = scene.gsd_m / model_gsd_m
-        if abs(scale - 1.0) < 0.05:
-            scale = 1.0
-    if scale == 1.0:
-        return make_grid(scene.height, scene.width, cfg.window, cfg.overlap), 1.0
-    size = max(1, round(cfg.window / scale))
-    overlap = min(round(cfg.overlap / scale), size // 2 - 1)
-    return make_grid(scene.height, scene.width, size, overlap, align=1), scale
-
-
-def choose_labeler(channels: int, cfg: SegmentConfig) -> Labeler:
-    if channels > 1 and cfg.separate_touching:
-        from fpn_geo.separate import label_instances
-
-        return label_instances
-    return connected_components
-
-
-WindowResult = tuple[GridWindow, "np.ndarray | None"]  # probabilities (K, h, w) uint8, or None: all nodata
-
-
-def stitch_results(
-    scene: SceneInfo, grid: Grid, channels: int, results: Iterable[WindowResult], out_path: Path, times: StageTimes
-) -> int:
-    """Blend window predictions, in any order, into a probability GeoTIFF; returns how many windows held no data."""
-    skipped = 0
-    with rasterio.open(out_path, "w", **probability_profile(scene, channels)) as dst:
-        describe_bands(dst, channels)
-
-        def write(window, data):
-            with times.time("stitch"):
-                dst.write(data, window=window)
-
-        stitcher = Stitcher(grid, channels, write)
-        for window, probs in results:
-            skipped += probs is None
-            with times.time("stitch"):
-                stitcher.add(window, probs)
-    if not stitcher.finished:
-        raise FpnGeoError(f"stitching ended with {stitcher.next_strip} of {grid.rows} strips complete: windows are missing")
-    return skipped
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    """What a worker sends back for a slice of the grid: uint8 probabilities, never floats or pixels."""
-
-    start: int
-    results: list[WindowResult]
-    device: str
-    seconds: float
-    times: dict
-
-
-def batch_slices(n_windows: int, per_batch: int, model_batch: int) -> list[tuple[int, int]]:
-    """[start, stop) slices of the row-major grid, each a multiple of `model_batch` windows long.
-
-    Aligned to `model_batch`, every model call sees the same windows as in `segment()`, so a distributed
-    run gives the same numbers as the single-process one.
-    """
-    per = max(model_batch, per_batch // model_batch * model_batch)
-    return [(s, min(s + per, n_windows)) for s in range(0, n_windows, per)]
-
-
-def predict_batch(
-    scene_path: str, grid: Grid, start: int, stop: int, segmenter: Segmenter, model_size: int, scale: float, batch: int,
-    readers: int = 0,
-) -> BatchResult:
-    """Predict windows [start, stop) of the grid, reading them from `scene_path` here (on the worker)."""
-    from fpn_geo.inference import predict_windows
-
-    t0 = time.perf_counter()
-    times = StageTimes()
-    windows = itertools.islice(iter(grid), start, stop)
-    with rasterio.Env():
-        results = [
-            (w, p) for w, p, _ in predict_windows(
-                scene_path, windows, segmenter.bands, segmenter.predictor, model_size, scale, batch, times, readers=readers)
-        ]
-    return BatchResult(start, results, segmenter.device, time.perf_counter() - t0, dict(times))
-
-
-def vectorize_to(prob_path: Path, scene: SceneInfo, cfg: SegmentConfig, labeler: Labeler, writer: GeoPackageWriter, times: StageTimes) -> None:
-    utm = local_metric_crs(scene)
-    workers = vectorize_workers(cfg.vectorize_workers, scene.height, scene.width)
-    pieces_iter = polygonize(str(prob_path), cfg.threshold, cfg.strip_rows, labeler, workers)
-    while True:
-        with times.time("vectorize"):
-            pieces = next(pieces_iter, None)
-            if pieces is None:
-                break
-            gdf = to_buildings(pieces, scene, cfg.simplify_m, cfg.min_area_m2, utm)
-        with times.time("write"):
-            writer.append(gdf)
-
-
 def default_probability_path(out: Path) -> Path:
     return out.with_name(out.stem + ".probability.tif")
 
@@ -233,6 +332,109 @@ def default_probability_path(out: Path) -> Path:
 def scene_sha256(scene_path: str) -> str | None:
     """sha256 of a local scene's bytes; None for remote paths (/vsis3/, s3://...), which are not hashed."""
     return sha256_file(scene_path) if is_local(scene_path) and os.path.exists(scene_path) else None
+
+
+class SceneWriter:
+    """Takes block results in any order and writes them in block order, so every run gives the same file.
+
+    Holds the results that arrived early and the open edge pieces of one row of blocks; buildings go to the
+    GeoPackage as soon as they are complete. Nothing appears at `out` until `finish()` succeeds.
+    """
+
+    def __init__(self, plan: ScenePlan, out: str | Path, probability_out: str | Path | None = None) -> None:
+        self.plan = plan
+        self.out = Path(out)
+        self.prob_final = Path(probability_out) if probability_out else default_probability_path(self.out)
+        self.writer = GeoPackageWriter(self.out, plan.scene.crs)
+        self._scratch = tempfile.TemporaryDirectory(prefix="fpn-geo-", dir=_scratch_dir())
+        self.tiles: list[tuple[Block, Path]] = []
+        self.joiner = EdgeJoiner(plan.grid_hw)
+        self.pending: dict[tuple[int, int], BlockResult] = {}
+        self.next_row = 0
+        self.times = StageTimes()
+        self.nodata = 0
+        self.predicted = 0
+        self.bytes_received = 0
+        self.devices: set[str] = set()
+
+    def __enter__(self) -> SceneWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.writer.__exit__(None, None, None)
+        self._scratch.cleanup()
+
+    def add(self, result: BlockResult) -> None:
+        b = result.block
+        self.bytes_received += len(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+        self.pending[(b.row, b.col)] = result
+        layout = self.plan.blocks
+        while self.next_row < layout.rows and all((self.next_row, c) in self.pending for c in range(layout.cols)):
+            self._write_row([self.pending.pop((self.next_row, c)) for c in range(layout.cols)])
+            self.next_row += 1
+
+    def _write_row(self, row: list[BlockResult]) -> None:
+        cfg = self.plan.cfg
+        for r in row:
+            for k, v in r.times.items():
+                self.times[k] = self.times.get(k, 0.0) + v
+            self.nodata += r.windows_nodata
+            self.predicted += r.windows_predicted
+            self.devices.add(r.device)
+            with self.times.time("write"):
+                self.writer.append(r.buildings)
+                if r.tile is not None:
+                    self.tiles.append((r.block, write_tile(r.tile, Path(self._scratch.name), r.block)))
+        with self.times.time("join"):
+            done = self.joiner.add_row([p for r in row for p in r.edges], row[0].block.y1)
+            buildings = to_buildings(done, self.plan.georef, cfg.simplify_m, cfg.min_area_m2)
+        with self.times.time("write"):
+            self.writer.append(buildings)
+
+    def finish(self, t0: float, started: str, input_sha256: str | None = None) -> RunSummary:
+        plan, cfg = self.plan, self.plan.cfg
+        if self.next_row != plan.blocks.rows:
+            raise FpnGeoError(f"{self.next_row} of {plan.blocks.rows} rows of blocks arrived: blocks are missing")
+        with self.times.time("join"):
+            buildings = to_buildings(self.joiner.finish(), plan.georef, cfg.simplify_m, cfg.min_area_m2)
+        self.writer.append(buildings)
+        if self.nodata == len(plan.grid):
+            log.warning("scene %s holds no valid pixels (all nodata): writing an empty GeoPackage", plan.scene.path)
+        prob_tmp = None
+        try:
+            if cfg.probability == "cog":
+                with self.times.time("cog"):
+                    prob_tmp = temp_sibling(self.prob_final, ".tif")
+                    native = plan.scene.georef() if cfg.probability_grid == "native" and plan.scale != 1.0 else None
+                    assemble_cog(self.tiles, plan.georef, plan.channels, prob_tmp, native)
+            with self.times.time("hash"):
+                scene_sha = input_sha256 or scene_sha256(plan.scene.path)
+            seconds = time.perf_counter() - t0
+            g = plan.grid
+            record = build_record(
+                run_id=new_run_id(), started=started, finished=utc_now(), scene=plan.scene, scene_sha256=scene_sha,
+                checkpoint_path=plan.checkpoint_path, meta=plan.meta,
+                parameters={**cfg.model_dump(), "scale_to_model_gsd": plan.scale, "model_grid": [g.height, g.width],
+                            "blocks": [plan.blocks.rows, plan.blocks.cols]},
+                device=",".join(sorted(self.devices)) or "none",
+                results={"windows": len(g), "windows_nodata": self.nodata, "buildings": self.writer.count,
+                         "seconds": round(seconds, 3)},
+            )
+            if prob_tmp is not None:
+                os.replace(prob_tmp, self.prob_final)
+                write_probability_style(self.prob_final)
+            self.writer.commit(record)
+        finally:
+            if prob_tmp is not None and prob_tmp.exists():
+                prob_tmp.unlink()
+        return RunSummary(
+            record["run_id"], self.out, self.prob_final if cfg.probability == "cog" else None, len(plan.grid),
+            self.nodata, self.writer.count, time.perf_counter() - t0, plan.scene.megapixels, dict(self.times),
+            self.bytes_received, self.predicted,
+        )
 
 
 def segment(
@@ -244,89 +446,19 @@ def segment(
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> RunSummary:
-    """Run the whole path for one scene. Nothing appears at `out` unless the run succeeds."""
-    from fpn_geo.inference import predict_windows
-
-    t0 = time.perf_counter()
-    started = utc_now()
-    scene = open_scene(scene_path, segmenter.bands)
-    grid, scale = plan_grid(scene, cfg, segmenter.gsd_m)
-    times = StageTimes()
+    """Plan, process every block here, write. Nothing appears at `out` unless the run succeeds."""
+    t0, started = time.perf_counter(), utc_now()
+    plan = plan_scene(scene_path, segmenter.meta, cfg, segmenter.checkpoint_path)
     if on_start:
-        on_start(len(grid))
-    results = predict_windows(
-        scene.path, grid, segmenter.bands, segmenter.predictor, cfg.window, scale, cfg.batch, times, on_batch,
-        readers=cfg.readers,
-    )
-    return write_scene(
-        scene, grid, scale, ((w, p) for w, p, _ in results), segmenter.record, out, cfg, probability_out,
-        times=times, t0=t0, started=started,
-    )
+        on_start(len(plan.grid))
+    with SceneWriter(plan, out, probability_out) as writer:
+        for result in process_blocks(plan, plan.blocks, segmenter, on_batch):
+            writer.add(result)
+        return writer.finish(t0, started)
 
 
-def write_scene(
-    scene: SceneInfo,
-    grid: Grid,
-    scale: float,
-    results: Iterable[WindowResult],
-    model: ModelRecord,
-    out: str | Path,
-    cfg: SegmentConfig,
-    probability_out: str | Path | None = None,
-    *,
-    times: StageTimes | None = None,
-    t0: float | None = None,
-    started: str | None = None,
-    input_sha256: str | None = None,
-) -> RunSummary:
-    """Stitch window results (consumed as they come, any order), vectorize, and write the GeoPackage with provenance.
-
-    The output folder is checked before the first result is consumed, so a bad `out` fails before any work.
-    """
-    t0 = t0 if t0 is not None else time.perf_counter()
-    started = started or utc_now()
-    times = times if times is not None else StageTimes()
-    run_id = new_run_id()
-    out = Path(out)
-    prob_final = Path(probability_out) if probability_out else default_probability_path(out)
-    with GeoPackageWriter(out, scene.crs) as writer, rasterio.Env(GDAL_CACHEMAX=cfg.gdal_cache_mb * 1024 * 1024):
-        with tempfile.TemporaryDirectory(prefix="fpn-geo-", dir=_scratch_dir(out)) as scratch:
-            stitched = Path(scratch) / "probability.tif"
-            skipped = stitch_results(scene, grid, model.channels, results, stitched, times)
-            if skipped == len(grid):
-                log.warning("scene %s holds no valid pixels (all nodata): writing an empty GeoPackage", scene.path)
-            vectorize_to(stitched, scene, cfg, choose_labeler(model.channels, cfg), writer, times)
-            prob_tmp = None
-            if cfg.probability == "cog":
-                with times.time("write"):
-                    prob_tmp = temp_sibling(prob_final, ".tif")
-                    write_cog(str(stitched), str(prob_tmp))
-            with times.time("hash"):
-                scene_sha = input_sha256 or scene_sha256(scene.path)
-        seconds = time.perf_counter() - t0
-        record = build_record(
-            run_id=run_id, started=started, finished=utc_now(), scene=scene, scene_sha256=scene_sha,
-            checkpoint_path=model.checkpoint_path, meta=model.meta,
-            parameters={**cfg.model_dump(), "scale_to_model_gsd": scale, "window_scene_px": grid.size},
-            device=model.device,
-            results={"windows": len(grid), "windows_nodata": skipped, "buildings": writer.count, "seconds": round(seconds, 3)},
-        )
-        try:
-            if prob_tmp is not None:
-                os.replace(prob_tmp, prob_final)
-                write_probability_style(prob_final)
-            writer.commit(record)
-        finally:
-            if prob_tmp is not None and prob_tmp.exists():
-                prob_tmp.unlink()
-    return RunSummary(
-        run_id, out, prob_final if cfg.probability == "cog" else None, len(grid), skipped, writer.count,
-        time.perf_counter() - t0, scene.megapixels, dict(times),
-    )
-
-
-def _scratch_dir(out: Path) -> str | None:
-    """Scratch space for the uncompressed stitched raster: FPN_GEO_TMPDIR, else the system temp folder."""
+def _scratch_dir() -> str | None:
+    """Scratch space for the blocks' compressed tiles: FPN_GEO_TMPDIR, else the system temp folder."""
     d = os.environ.get("FPN_GEO_TMPDIR")
     if d and not os.path.isdir(d):
         raise OutputError(f"FPN_GEO_TMPDIR={d} is not a folder")

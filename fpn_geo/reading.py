@@ -11,21 +11,32 @@ from rasterio.errors import RasterioIOError
 
 from fpn_geo.errors import InputError
 from fpn_geo.tiling import GridWindow
+from rasterio.windows import Window
 
 
 @dataclass(frozen=True)
 class WindowData:
-    """A window ready for the model. `valid` is in scene pixels; `model_hw` is the real (unpadded) part of `image`."""
+    """A window ready for the model. `valid` covers its in-grid part; `model_hw` is that part's size in `image`."""
 
     window: GridWindow
     image: np.ndarray  # (bands, M, M) in the source dtype, M = model window side
-    valid: np.ndarray  # (h, w) bool: False under nodata, internal mask or alpha
+    valid: np.ndarray  # (h, w) bool on the model grid: False under nodata, internal mask or alpha
     model_hw: tuple[int, int]
 
 
-def model_extent(h: int, w: int, scale: float) -> tuple[int, int]:
-    """Size in model pixels of h x w scene pixels; scale = model pixels per scene pixel."""
-    return max(1, round(h * scale)), max(1, round(w * scale))
+def scene_window(window: GridWindow, grid_hw: tuple[int, int], scale: float, scene_hw: tuple[int, int]) -> tuple[Window, tuple[int, int]]:
+    """The scene pixels under a model-grid window (fractional when scale != 1) and the in-grid size of the window.
+
+    scale = model pixels per scene pixel. The model grid may run up to one model pixel past the scene's
+    edge (its size is rounded up); that sliver reads the scene's last pixels stretched.
+    """
+    clipped = window.clipped(*grid_hw)
+    mh, mw = int(clipped.height), int(clipped.width)
+    if scale == 1.0:
+        return clipped, (mh, mw)
+    h, w = scene_hw
+    r0, c0 = window.row_off / scale, window.col_off / scale
+    return Window(c0, r0, min(mw / scale, w - c0), min(mh / scale, h - r0)), (mh, mw)
 
 
 def read_window(
@@ -34,19 +45,19 @@ def read_window(
     bands: tuple[int, ...],
     model_size: int,
     scale: float = 1.0,
+    grid_hw: tuple[int, int] | None = None,
 ) -> WindowData | None:
-    """Read a window; None when every pixel is nodata, so the model never sees it."""
-    win = window.clipped(src.height, src.width)
-    h, w = int(win.height), int(win.width)
+    """Read a model-grid window (grid_hw: the grid's size; default the scene's); None when it is all nodata."""
+    grid_hw = grid_hw or (src.height, src.width)
+    win, (mh, mw) = scene_window(window, grid_hw, scale, (src.height, src.width))
     try:
-        valid = src.dataset_mask(window=win) > 0
+        valid = src.dataset_mask(window=win, out_shape=(mh, mw)) > 0
         if not valid.any():
             return None
-        mh, mw = model_extent(h, w, scale) if scale != 1.0 else (h, w)
         image = src.read(list(bands), window=win, out_shape=(len(bands), mh, mw), resampling=Resampling.bilinear)
     except RasterioIOError as e:
         raise InputError(f"cannot read window at row {window.row_off}, col {window.col_off} of {src.name}: {e}") from e
     if (mh, mw) != (model_size, model_size):
-        # Mirror, not zeros: the model sees plausible context at the scene edge; the stitcher crops it off.
+        # Mirror, not zeros: the model sees plausible context at the scene edge; the blend crops it off.
         image = np.pad(image, ((0, 0), (0, model_size - mh), (0, model_size - mw)), mode="symmetric")
     return WindowData(window, image, valid, (mh, mw))

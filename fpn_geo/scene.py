@@ -15,6 +15,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from fpn_geo.errors import InputError
+from fpn_geo.georef import Georef
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,10 @@ class SceneInfo:
     @property
     def megapixels(self) -> float:
         return self.width * self.height / 1e6
+
+    def georef(self) -> Georef:
+        utm = local_utm(self.affine, self.crs, self.width, self.height)
+        return Georef(tuple(self.transform[:6]), self.crs_wkt, self.height, self.width, self.gsd_m, int(utm.to_epsg()))
 
 
 def is_local(path: str) -> bool:

@@ -73,3 +73,79 @@ def make_grid(height: int, width: int, size: int = 512, overlap: int = 64, align
         raise ConfigError(f"scene size {height}x{width} is empty")
     stride = size - overlap
     return Grid(height, width, size, overlap, _count(height, size, stride), _count(width, size, stride))
+
+
+@dataclass(frozen=True)
+class Block:
+    """A task's share of the grid: it owns rows [y0, y1) and columns [x0, x1), in grid pixels.
+
+    The owned area starts where its first window starts, so the one window row (and column) before it, whose
+    overlap reaches in, is its halo: with it the blend inside the block equals the whole-scene blend.
+    """
+
+    row: int
+    col: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.y1 - self.y0, self.x1 - self.x0
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Blocks of `size` x `size` windows over a grid; use 4-16: bigger blocks mean fewer halo windows."""
+
+    grid: Grid
+    size: int
+    rows: int
+    cols: int
+
+    def __len__(self) -> int:
+        return self.rows * self.cols
+
+    def __iter__(self):
+        """Row-major: a block row completes before the next starts, so edge pieces can be joined and freed."""
+        for r in range(self.rows):
+            for c in range(self.cols):
+                yield self.block(r, c)
+
+    def _span(self, k: int, n_blocks: int, length: int) -> tuple[int, int]:
+        step = self.size * self.grid.stride
+        return k * step, (length if k == n_blocks - 1 else (k + 1) * step)
+
+    def block(self, row: int, col: int) -> Block:
+        y0, y1 = self._span(row, self.rows, self.grid.height)
+        x0, x1 = self._span(col, self.cols, self.grid.width)
+        return Block(row, col, y0, y1, x0, x1)
+
+    def _window_span(self, a: int, b: int, n_windows: int) -> range:
+        """Window indexes whose extent [i*stride, i*stride + size) reaches into [a, b)."""
+        s = self.grid.stride
+        first = max(0, -(-(a - self.grid.size + 1) // s))
+        return range(first, min(n_windows, -(-b // s)))
+
+    def windows(self, block: Block) -> list[GridWindow]:
+        """Every window that reaches into the block, halo included, row-major (the order their blend sums run in)."""
+        return [
+            self.grid.window(r, c)
+            for r in self._window_span(block.y0, block.y1, self.grid.rows)
+            for c in self._window_span(block.x0, block.x1, self.grid.cols)
+        ]
+
+    def blocks_of(self, window: GridWindow) -> list[Block]:
+        """The blocks a window reaches into (1 to 4)."""
+        step = self.size * self.grid.stride
+        y1, x1 = window.row_off + window.size, window.col_off + window.size
+        rows = range(min(window.row_off // step, self.rows - 1), min((y1 - 1) // step, self.rows - 1) + 1)
+        cols = range(min(window.col_off // step, self.cols - 1), min((x1 - 1) // step, self.cols - 1) + 1)
+        return [self.block(r, c) for r in rows for c in cols]
+
+
+def make_blocks(grid: Grid, size: int = 8) -> BlockLayout:
+    if size <= 0:
+        raise ConfigError(f"block size {size} must be a positive number of windows, e.g. 8")
+    return BlockLayout(grid, size, math.ceil(grid.rows / size), math.ceil(grid.cols / size))
