@@ -1,14 +1,16 @@
 """`segment-scene` and `segment-scenes`: the fpn_geo pipeline as Prefect flows on Dask workers.
 
-A scene's path, read top to bottom:
+A scene's path, read top to bottom; each task wraps one step of `fpn_geo.pipeline`:
 
-1. `plan-scene` (in the flow process): open and check the scene, read the checkpoint's metadata, lay the grid.
-2. `predict-batch` (on Dask workers, many): each task predicts a slice of tens to hundreds of windows, reading
-   them from the scene itself, with the model loaded once per worker process (`cached_segmenter`). It returns
-   uint8 probabilities only. At most `max_in_flight` slices are out at a time.
-3. The flow streams the results, in grid order, into the library's `write_scene`: stitch, vectorize, write the
-   GeoPackage with provenance. Grid order and slices aligned to the model batch make the output the same,
-   byte for byte in its polygons, as `fpn-geo segment` (the CLI) on the same scene and checkpoint.
+1. `plan-scene` (in the flow process, no torch): check the scene and the checkpoint's metadata, lay the window
+   grid on the model's grid and cut it into blocks (`pipeline.plan_from_checkpoint`).
+2. `process-block` (on Dask workers, one task per block): read the block's windows from the scene itself (halo
+   included), predict, blend, threshold, separate and vectorize there, with the model loaded once per worker
+   process (`pipeline.process_blocks`). A block sends back polygons and small stats (and a compressed probability
+   tile when a COG is wanted), never raw pixels. At most `max_in_flight` blocks are out at a time.
+3. The flow feeds the results, in block order, to `pipeline.SceneWriter`: it joins buildings cut by block edges
+   and writes the GeoPackage with provenance and the COG. Same blocks, same bytes: the output has the same
+   polygons as `fpn-geo segment` (the CLI) on the same scene and checkpoint.
 4. `quicklook` (in the flow process): a PNG of the scene with the polygons drawn; then a summary artifact.
 
 Run from the command line:  python -m flows.segment scene SCENE --checkpoint CKPT --out OUT.gpkg [--dask-address tcp://...]
@@ -20,7 +22,6 @@ import argparse
 import base64
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -38,49 +39,29 @@ from flows.cluster import current_client, describe_workers, gpu_annotation, task
 from flows.scenes import artifact_key, list_scenes, output_paths, scene_name
 from fpn_geo.config import SegmentConfig, load_config
 from fpn_geo.geopackage import is_up_to_date, merge_geopackages
-from fpn_geo.timing import StageTimes
-from fpn_geo.pipeline import (
-    BatchResult, ModelRecord, RunSummary, batch_slices, cached_segmenter, plan_grid, predict_batch, read_model_record,
-    scene_sha256, write_scene,
-)
+from fpn_geo.model.meta import read_verified_meta
+from fpn_geo.pipeline import BlockResult, RunSummary, SceneWriter, ScenePlan, plan_from_checkpoint, scene_sha256
 from fpn_geo.provenance import utc_now
 from fpn_geo.streaming import in_order
-from fpn_geo.scene import SceneInfo, open_scene
-from fpn_geo.tiling import Grid
+from fpn_geo.tiling import Block
 
-# Windows per predict-batch task when not given: enough tasks to keep every worker busy, each big enough
-# that Prefect's per-submit cost (tens of ms) stays small beside the work.
-MIN_WINDOWS_PER_TASK = 16
-MAX_WINDOWS_PER_TASK = 256
-TASKS_PER_WORKER = 4
 EMBED_QUICKLOOK_BYTES = 400_000
 
 
-@dataclass(frozen=True)
-class ScenePlan:
-    scene: SceneInfo
-    grid: Grid
-    scale: float
-    model: ModelRecord
-
-
 @task(name="plan-scene", cache_policy=NO_CACHE)
-def plan_scene(scene: str, checkpoint: str, cfg: SegmentConfig) -> ScenePlan:
+def plan_scene_task(scene: str, checkpoint: str, cfg: SegmentConfig) -> ScenePlan:
     """Check the scene and the checkpoint before any worker starts; a bad input fails here, with its reason."""
-    model = read_model_record(checkpoint, cfg.device)
-    info = open_scene(scene, model.bands)
-    grid, scale = plan_grid(info, cfg, model.gsd_m)
-    return ScenePlan(info, grid, scale, model)
+    return plan_from_checkpoint(scene, checkpoint, cfg)
 
 
-@task(name="predict-batch", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def predict_batch_task(
-    scene: str, grid: Grid, start: int, stop: int, checkpoint: str, cfg: SegmentConfig, scale: float
-) -> BatchResult:
-    """Windows [start, stop) of the grid, on a worker. A worker that dies mid-task: Dask reruns it elsewhere."""
+@task(name="process-block", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def process_block_task(plan: ScenePlan, block: Block, checkpoint: str) -> BlockResult:
+    """One block end to end, on a worker. A worker that dies mid-task: Dask reruns it elsewhere."""
+    from fpn_geo.pipeline import cached_segmenter, process_blocks
+
     use_worker_threads()
-    segmenter = cached_segmenter(checkpoint, cfg.device, cfg.compile)
-    return predict_batch(scene, grid, start, stop, segmenter, cfg.window, scale, cfg.batch, cfg.readers)
+    segmenter = cached_segmenter(checkpoint, plan.cfg.device, plan.cfg.compile)
+    return next(iter(process_blocks(plan, [block], segmenter)))
 
 
 def use_worker_threads() -> None:
@@ -105,37 +86,22 @@ def quicklook_task(scene: str, gpkg: str, png: str, bands: tuple[int, ...], titl
     return str(render_quicklook(scene, gpkg, png, bands, title=title))
 
 
-def windows_per_task(n_windows: int, n_workers: int, model_batch: int) -> int:
-    """Windows per predict-batch task: equal slices, as many per worker, so no worker idles on a short last one.
+def stream_in_order(submit, blocks: list[Block], max_in_flight: int):
+    """Submit blocks, at most `max_in_flight` not yet consumed, and yield their results in block order.
 
-    Up to TASKS_PER_WORKER slices per worker on big scenes; fewer on small ones, down to one per worker,
-    while slices would be under MIN_WINDOWS_PER_TASK (Prefect's per-submit cost); never over MAX.
+    Block order lets the writer free each row of blocks' edge pieces as soon as the row is joined. If the writer
+    fails, the blocks still out are cancelled on the cluster.
     """
-    workers = max(1, n_workers)
-    tasks = workers * TASKS_PER_WORKER
-    while tasks > workers and math.ceil(n_windows / tasks) < MIN_WINDOWS_PER_TASK:
-        tasks -= workers
-    tasks = max(tasks, math.ceil(math.ceil(n_windows / MAX_WINDOWS_PER_TASK) / workers) * workers)
-    per = math.ceil(max(1, n_windows) / tasks)
-    return math.ceil(per / model_batch) * model_batch
-
-
-def stream_in_order(submit, slices: list[tuple[int, int]], max_in_flight: int):
-    """Submit slices, at most `max_in_flight` not yet consumed, and yield their results in grid order.
-
-    Grid order keeps the stitcher's float sums in the CLI's order (identical output) and its memory to a
-    few strips. If the writer fails, the slices still out are cancelled on the cluster.
-    """
-    return in_order(submit, slices, max_in_flight, cancel=lambda fut: fut.wrapped_future.cancel())
+    return in_order(submit, blocks, max_in_flight, cancel=lambda fut: fut.wrapped_future.cancel())
 
 
 class Progress:
-    """A progress artifact, and a log line every tenth, as batches complete."""
+    """A progress artifact, and a log line every tenth, as blocks complete."""
 
     def __init__(self, key: str, total: int, logger) -> None:
         self.total, self.done, self.logger = total, 0, logger
         self.last_update, self.last_tenth = 0.0, 0
-        self.id = create_progress_artifact(progress=0.0, key=key, description=f"windows predicted of {total}")
+        self.id = create_progress_artifact(progress=0.0, key=key, description=f"blocks done of {total}")
 
     def add(self, n: int) -> None:
         self.done += n
@@ -145,7 +111,7 @@ class Progress:
             self.last_update = now
         tenth = 10 * self.done // max(1, self.total)
         if tenth > self.last_tenth:
-            self.logger.info("%d/%d windows predicted", self.done, self.total)
+            self.logger.info("%d/%d blocks done", self.done, self.total)
             self.last_tenth = tenth
 
 
@@ -153,7 +119,8 @@ def _summary_markdown(name: str, summary: RunSummary, tasks: int, workers: int, 
     rows = [
         ("scene", name), ("windows", summary.windows), ("windows without data", summary.windows_skipped),
         ("buildings", summary.buildings), ("seconds", f"{summary.seconds:.1f}"), ("Mpx/s", f"{summary.mpx_per_s:.2f}"),
-        ("predict-batch tasks", tasks), ("Dask workers", workers), ("output", f"`{summary.out}`"),
+        ("process-block tasks", tasks), ("Dask workers", workers), ("KB received from blocks", f"{summary.bytes_received / 1e3:.0f}"),
+        ("output", f"`{summary.out}`"),
     ]
     if summary.probability:
         rows.append(("probability COG", f"`{summary.probability}`"))
@@ -173,7 +140,6 @@ def segment_scene(
     out: str,
     config: str | None = None,
     overrides: dict[str, Any] | None = None,
-    windows_per_batch: int | None = None,
     max_in_flight: int | None = None,
     quicklook: bool = True,
 ) -> dict:
@@ -183,51 +149,45 @@ def segment_scene(
     checkpoint: NAME.safetensors with NAME.json beside it, readable by the workers at the same path.
     out: the GeoPackage to write (on the flow's side).
     config: YAML config (default configs/segment.yaml); overrides: its keys to change, e.g. {"batch": 32}.
-    windows_per_batch: windows per predict-batch task (default: about 4 tasks per worker, 16-256 windows).
-    max_in_flight: predict-batch tasks out at once (default 2 per worker); bounds the flow's memory.
+    max_in_flight: process-block tasks out at once (default 2 per worker); bounds the flow's memory.
     """
     logger = get_run_logger()
     t0, started = time.perf_counter(), utc_now()
     cfg = load_config(config, **(overrides or {}))
-    plan = plan_scene(scene, checkpoint, cfg)
+    plan = plan_scene_task(scene, checkpoint, cfg)
     n_workers, n_gpu = describe_workers(current_client())
-    per = windows_per_batch or windows_per_task(len(plan.grid), n_workers, cfg.batch)
-    slices = batch_slices(len(plan.grid), per, cfg.batch)
+    blocks = list(plan.blocks)
     limit = max_in_flight or 2 * max(1, n_workers)
-    device = "cuda" if n_gpu else ("cpu" if cfg.device == "auto" else cfg.device)
-    model = ModelRecord(**{**plan.model.__dict__, "device": device})
     name = scene_name(scene)
     logger.info(
-        "%s: %dx%d px, %d windows in %d predict-batch tasks of <=%d, %d Dask workers (%d with a GPU), <=%d in flight",
-        name, plan.scene.width, plan.scene.height, len(plan.grid), len(slices), per, n_workers, n_gpu, limit,
+        "%s: %dx%d px, model grid %dx%d, %d windows in %d blocks, %d Dask workers (%d with a GPU), <=%d in flight",
+        name, plan.scene.width, plan.scene.height, plan.grid.width, plan.grid.height, len(plan.grid), len(blocks),
+        n_workers, n_gpu, limit,
     )
-    progress = Progress(artifact_key("progress", name), len(plan.grid), logger)
+    progress = Progress(artifact_key("progress", name), len(blocks), logger)
 
-    def submit(s: tuple[int, int]):
+    def submit(block: Block):
         with gpu_annotation(n_gpu > 0):
-            return predict_batch_task.submit(scene, plan.grid, s[0], s[1], checkpoint, cfg, plan.scale)
+            return process_block_task.submit(plan, block, checkpoint)
 
-    def results():
-        for batch in stream_in_order(submit, slices, limit):
-            progress.add(len(batch.results))
-            yield from batch.results
-
-    summary = write_scene(
-        plan.scene, plan.grid, plan.scale, results(), model, out, cfg, times=StageTimes(), t0=t0, started=started,
-    )
+    with SceneWriter(plan, out) as writer:
+        for result in stream_in_order(submit, blocks, limit):
+            writer.add(result)
+            progress.add(1)
+        summary = writer.finish(t0, started)
     logger.info("%s: %s", name, summary.line())
     png = None
     if quicklook:
-        png = quicklook_task(scene, str(summary.out), str(Path(out).with_suffix(".quicklook.png")), model.bands,
+        png = quicklook_task(scene, str(summary.out), str(Path(out).with_suffix(".quicklook.png")), plan.meta.bands,
                              f"{name}: {summary.buildings} buildings")
     create_markdown_artifact(
-        _summary_markdown(name, summary, len(slices), n_workers, png), key=artifact_key("segment", name),
+        _summary_markdown(name, summary, len(blocks), n_workers, png), key=artifact_key("segment", name),
         description=f"fpn-geo segment-scene summary for {name}",
     )
     return {
         "scene": scene, "out": str(summary.out), "windows": summary.windows, "buildings": summary.buildings,
-        "seconds": round(summary.seconds, 3), "mpx_per_s": round(summary.mpx_per_s, 3), "tasks": len(slices),
-        "quicklook": png,
+        "seconds": round(summary.seconds, 3), "mpx_per_s": round(summary.mpx_per_s, 3), "tasks": len(blocks),
+        "bytes_received": summary.bytes_received, "windows_predicted": summary.windows_predicted, "quicklook": png,
     }
 
 
@@ -241,7 +201,6 @@ def segment_scenes(
     merged: str | None = None,
     merged_crs: str = "EPSG:4326",
     force: bool = False,
-    windows_per_batch: int | None = None,
     max_in_flight: int | None = None,
     quicklook: bool = True,
 ):
@@ -257,7 +216,7 @@ def segment_scenes(
     paths = list_scenes(scenes)
     outs = output_paths(paths, out_dir)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    ckpt_sha = read_model_record(checkpoint).meta.weights_sha256
+    ckpt_sha = read_verified_meta(checkpoint).weights_sha256
     # One cluster for all scenes: the child runs connect to this run's scheduler, and worker model caches stay warm.
     address = current_client().scheduler.address
     logger.info("%d scenes from %s; Dask scheduler %s", len(paths), scenes, address)
@@ -273,7 +232,7 @@ def segment_scenes(
         child = segment_scene.with_options(task_runner=DaskTaskRunner(address=address), flow_run_name=f"segment-scene-{name}")
         state = child(
             scene=path, checkpoint=checkpoint, out=str(out), config=config, overrides=overrides,
-            windows_per_batch=windows_per_batch, max_in_flight=max_in_flight, quicklook=quicklook, return_state=True,
+            max_in_flight=max_in_flight, quicklook=quicklook, return_state=True,
         )
         if state.is_completed():
             r = state.result()
@@ -305,7 +264,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dask-workers", type=int, help="workers of the local cluster")
     p.add_argument("--config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, YAML value")
-    p.add_argument("--windows-per-batch", type=int)
     p.add_argument("--max-in-flight", type=int)
     p.add_argument("--no-quicklook", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
@@ -323,8 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)} or None
-    common = dict(config=args.config, overrides=overrides, windows_per_batch=args.windows_per_batch,
-                  max_in_flight=args.max_in_flight, quicklook=not args.no_quicklook)
+    common = dict(config=args.config, overrides=overrides, max_in_flight=args.max_in_flight, quicklook=not args.no_quicklook)
     runner = task_runner(args.dask_address, args.dask_workers)
     if args.command == "scene":
         state = segment_scene.with_options(task_runner=runner)(

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import geopandas as gpd
 import numpy as np
-import rasterio
+import shapely
 
 from fpn_geo.config import SegmentConfig
 from fpn_geo.errors import FpnGeoError, OutputError
@@ -147,12 +147,28 @@ def plan_from_checkpoint(scene_path: str, checkpoint: str | Path, cfg: SegmentCo
 # ---------------------------------------------------------------------------------------------------- 2. blocks
 
 
+@dataclass(frozen=True)
+class Buildings:
+    """Finished buildings as plain arrays (WKB in the scene's CRS): a few bytes each when pickled, no CRS or frame."""
+
+    wkb: list[bytes]
+    score: np.ndarray  # float32
+    area_m2: np.ndarray  # float32
+
+    @classmethod
+    def from_frame(cls, gdf: gpd.GeoDataFrame) -> Buildings:
+        return cls(list(shapely.to_wkb(gdf.geometry.values)), gdf["score"].to_numpy(np.float32), gdf["area_m2"].to_numpy(np.float32))
+
+    def to_frame(self, crs) -> gpd.GeoDataFrame:
+        return gpd.GeoDataFrame({"score": self.score, "area_m2": self.area_m2}, geometry=shapely.from_wkb(self.wkb), crs=crs)
+
+
 @dataclass
 class BlockResult:
     """What a block sends back: polygons and small numbers, never raw pixels (the tile is compressed, optional)."""
 
     block: Block
-    buildings: gpd.GeoDataFrame  # finished buildings, in the scene's CRS
+    buildings: Buildings  # finished buildings, in the scene's CRS
     edges: list[Piece]  # pieces cut by the block's edge, in model-grid pixels, to be joined with the neighbours'
     tile: bytes | None  # the block's probabilities as a DEFLATE GeoTIFF, when a probability COG is wanted
     windows_nodata: int  # windows of this block (by their origin) that held no data
@@ -255,7 +271,7 @@ def finish_block(plan: ScenePlan, block: Block, probs: np.ndarray, labeler: Labe
     del labels
     finished, edges = split_at_edges(pieces, block, plan.grid_hw)
     with times.time("polygons"):
-        buildings = to_buildings(finished, plan.georef, cfg.simplify_m, cfg.min_area_m2)
+        buildings = Buildings.from_frame(to_buildings(finished, plan.georef, cfg.simplify_m, cfg.min_area_m2))
     tile = None
     if want_tile:
         with times.time("encode"):
@@ -385,7 +401,7 @@ class SceneWriter:
             self.predicted += r.windows_predicted
             self.devices.add(r.device)
             with self.times.time("write"):
-                self.writer.append(r.buildings)
+                self.writer.append(r.buildings.to_frame(self.plan.scene.crs))
                 if r.tile is not None:
                     self.tiles.append((r.block, write_tile(r.tile, Path(self._scratch.name), r.block)))
         with self.times.time("join"):

@@ -170,7 +170,8 @@ def to_buildings(pieces: list[Piece], georef: Georef, simplify_m: float, min_are
     """Grid-pixel pieces -> valid polygons in the grid's CRS, with score (mean probability) and true area_m2."""
     if not pieces:
         return gpd.GeoDataFrame({"score": np.zeros(0, np.float32), "area_m2": np.zeros(0, np.float32)}, geometry=[], crs=georef.crs)
-    geoms = np.array([p.geom for p in pieces], dtype=object)
+    # One vertex order whatever the pieces were joined from: Douglas-Peucker's result depends on where a ring starts.
+    geoms = shapely.normalize(shapely.simplify(np.array([p.geom for p in pieces], dtype=object), 0))
     if simplify_m > 0:
         geoms = shapely.simplify(geoms, simplify_m / georef.gsd_m, preserve_topology=True)
     a = georef.affine

@@ -64,13 +64,13 @@ def assert_same_buildings(a: Path, b: Path) -> None:
     assert all(x.equals_exact(y, 0.0) for x, y in zip(da.geometry, db.geometry))
 
 
-def library_run(scene: Path, checkpoint: Path, out: Path) -> Path:
+def library_run(scene: Path, checkpoint: Path, out: Path, **overrides) -> Path:
     """The CLI's path, with the workers' one torch thread: CPU convolutions split their sums by thread count,
     which moves a few probabilities by 1/255; with equal threads the outputs are identical."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        segment(str(scene), load_segmenter(checkpoint, "cpu"), out, load_config(**SMALL))
+        segment(str(scene), load_segmenter(checkpoint, "cpu"), out, load_config(**{**SMALL, **overrides}))
     finally:
         torch.set_num_threads(threads)
     return out
@@ -97,15 +97,16 @@ def test_workers_start_without_the_malloc_setting_that_halves_torch_speed(cluste
 
 def test_segment_scene_on_a_local_cluster_equals_the_library_path(prefect_api, cluster, checkpoint, tmp_path):
     scene = crop(tmp_path / "scene.tif", 200, 150, 600, 400)  # 2 x 3 windows
-    expected = library_run(scene, checkpoint, tmp_path / "library.gpkg")
+    expected = library_run(scene, checkpoint, tmp_path / "library.gpkg", block_windows=1)
     run = segment_scene.with_options(task_runner=DaskTaskRunner(address=cluster))
     state = run(
-        scene=str(scene), checkpoint=str(checkpoint), out=str(tmp_path / "flow.gpkg"), overrides=SMALL,
-        windows_per_batch=2, return_state=True,
+        scene=str(scene), checkpoint=str(checkpoint), out=str(tmp_path / "flow.gpkg"),
+        overrides={**SMALL, "block_windows": 1}, return_state=True,
     )
     assert state.is_completed(), state.message
     result = state.result()
-    assert result["tasks"] == 3 and result["windows"] == 6
+    assert result["tasks"] == 6 and result["windows"] == 6  # a block per window: every window edge is a block edge
+    assert 0 < result["bytes_received"] < 2 * 600 * 400 * 0.05  # polygons, not pixels (of a 2-band uint8 raster)
     assert_same_buildings(expected, tmp_path / "flow.gpkg")
     assert Path(result["quicklook"]).stat().st_size > 1000
     with get_client(sync_client=True) as client:
@@ -114,9 +115,9 @@ def test_segment_scene_on_a_local_cluster_equals_the_library_path(prefect_api, c
 
 
 def test_a_worker_killed_mid_run_changes_nothing(prefect_api, checkpoint, tmp_path):
-    """`dask scheduler` + two `dask worker`s from the command line; SIGKILL one while it holds a batch."""
-    scene = crop(tmp_path / "scene.tif", 100, 100, 900, 600)  # 3 x 4 windows, 6 tasks of 2
-    expected = library_run(scene, checkpoint, tmp_path / "library.gpkg")
+    """`dask scheduler` + two `dask worker`s from the command line; SIGKILL one while it holds a block."""
+    scene = crop(tmp_path / "scene.tif", 100, 100, 900, 600)  # 3 x 4 windows in 4 blocks of up to 2 x 2
+    expected = library_run(scene, checkpoint, tmp_path / "library.gpkg", block_windows=2)
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     env = env_for(prefect_api, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # as a Nanny sets for its worker
@@ -134,14 +135,14 @@ def test_a_worker_killed_mid_run_changes_nothing(prefect_api, checkpoint, tmp_pa
             killed = {}
 
             def kill_when_busy():
-                """Kill the first worker seen holding a batch for over a second (imports done, model running)."""
+                """Kill the first worker seen holding a block for over a second (imports done, model running)."""
                 def busy():
                     for addr, keys in monitor.processing().items():
                         if keys and addr in pids:
                             return addr
                     return None
 
-                addr = wait_for(busy, 120, "a worker taking a batch")
+                addr = wait_for(busy, 120, "a worker taking a block")
                 time.sleep(1.0)
                 if monitor.processing().get(addr):
                     os.kill(pids[addr], signal.SIGKILL)
@@ -151,15 +152,15 @@ def test_a_worker_killed_mid_run_changes_nothing(prefect_api, checkpoint, tmp_pa
             thread.start()
             run = segment_scene.with_options(task_runner=task_runner(address))
             state = run(
-                scene=str(scene), checkpoint=str(checkpoint), out=str(tmp_path / "flow.gpkg"), overrides=SMALL,
-                windows_per_batch=2, quicklook=False, return_state=True,
+                scene=str(scene), checkpoint=str(checkpoint), out=str(tmp_path / "flow.gpkg"),
+                overrides={**SMALL, "block_windows": 2}, quicklook=False, return_state=True,
             )
             thread.join(timeout=5)
-        assert killed, "no worker was killed while holding a batch: the run ended too soon to test anything"
+        assert killed, "no worker was killed while holding a block: the run ended too soon to test anything"
         victim = workers[pids[killed["addr"]]]
         assert victim.wait(timeout=10) == -signal.SIGKILL
         assert state.is_completed(), state.message
-        assert state.result()["tasks"] == 6
+        assert state.result()["tasks"] == 4
         assert_same_buildings(expected, tmp_path / "flow.gpkg")
     finally:
         stop(procs)

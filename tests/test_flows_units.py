@@ -5,9 +5,8 @@ from pathlib import Path
 import pytest
 
 from flows.scenes import artifact_key, list_scenes, output_paths
-from flows.segment import stream_in_order, windows_per_task
+from flows.segment import stream_in_order
 from fpn_geo.errors import InputError
-from fpn_geo.pipeline import batch_slices
 
 
 def test_scenes_from_a_folder_a_glob_a_manifest_and_a_list(tmp_path):
@@ -29,20 +28,6 @@ def test_two_scenes_with_one_stem_are_refused(tmp_path):
     with pytest.raises(InputError, match="would both write s.gpkg"):
         output_paths(["/a/s.tif", "/b/s.tif"], tmp_path)
     assert artifact_key("progress", "Scene_01.v2") == "progress-scene-01-v2"
-
-
-def test_slices_cover_the_grid_once_and_align_to_the_model_batch():
-    for n, workers, batch in [(12, 2, 4), (1000, 2, 4), (10_000, 8, 32), (3, 2, 4), (37, 3, 2)]:
-        per = windows_per_task(n, workers, batch)
-        slices = batch_slices(n, per, batch)
-        assert slices[0][0] == 0 and slices[-1][1] == n
-        assert all(a[1] == b[0] for a, b in zip(slices, slices[1:]))
-        assert all(s % batch == 0 for s, _ in slices)
-        assert per <= 256 and (n < workers * 16 or per >= 16)
-        assert len(slices) >= min(workers, -(-n // batch))  # every worker gets work when there is enough
-    # Equal slices, as many per worker: the Kampala mosaic's 35 windows on 2 workers are 18 + 17, not 16 + 16 + 3.
-    assert batch_slices(35, windows_per_task(35, 2, 1), 1) == [(0, 18), (18, 35)]
-    assert [b - a for a, b in batch_slices(1000, windows_per_task(1000, 2, 1), 1)] == [125] * 8
 
 
 class _Future:

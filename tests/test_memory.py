@@ -64,13 +64,14 @@ class FullSceneAllocator(SquarePredictor):
 def child(vrt: str, out: str, allocate_scene: bool) -> None:
     import fpn_geo.inference  # noqa: F401  (torch and the rest of the run's libraries, loaded before the cap)
     from fpn_geo.config import load_config
+    from fpn_geo.model.meta import ModelMeta
     from fpn_geo.pipeline import Segmenter, segment
 
     cfg = load_config(
         window=512, overlap=64, batch=8, probability="none", simplify_m=0.0, min_area_m2=1.0, gdal_cache_mb=32, device="cpu"
     )
     predictor = FullSceneAllocator() if allocate_scene else SquarePredictor()
-    seg = Segmenter(predictor, bands=(1, 2, 3), channels=2)
+    seg = Segmenter(predictor, ModelMeta(gsd_m=None))
     before = _vm_data_mb()
     limit = int((before + DATA_BUDGET_MB) * 2**20)
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
@@ -97,7 +98,7 @@ def test_16k_scene_runs_in_a_heap_far_below_one_full_scene_array(tmp_path):
     offsets = range(0, SIDE, 448)  # 512 px windows, 64 px overlap: 37 per side
     assert res["windows"] == len(offsets) ** 2
     inside = sum(o + 256 - 48 < SIDE for o in offsets)  # the last windows' squares may fall off the scene
-    assert res["buildings"] == inside**2  # one square per window, each whole though strips cut it
+    assert res["buildings"] == inside**2  # one square per window, each whole though blocks cut it
 
 
 def test_the_cap_catches_a_full_scene_array(tmp_path):

@@ -17,24 +17,59 @@ from fpn_geo.evaluate import building_f1
 from fpn_geo.hashing import sha256_file
 from fpn_geo.labels import read_labels
 from fpn_geo.oracle import OraclePredictor
-from fpn_geo.pipeline import Segmenter, segment
-from tests.conftest import KAMPALA, KAMPALA_LABELS
+from fpn_geo.model.meta import ModelMeta
+from fpn_geo.pipeline import Segmenter, load_segmenter, segment
+from tests.conftest import KAMPALA, KAMPALA_LABELS, KAMPALA_Z20, REPO
 
 
-@pytest.fixture(scope="module")
-def oracle_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("oracle") / "kampala.gpkg"
+def oracle_segment(out, block_windows: int):
     with rasterio.open(KAMPALA) as src:
         crs, transform, bounds = src.crs, src.transform, src.bounds
     truth = read_labels(KAMPALA_LABELS, crs)
     truth = truth.clip(shapely.box(*bounds))
     truth = truth[truth.area > 0]
-    seg = Segmenter(OraclePredictor(truth, transform), bands=(1, 2, 3), channels=2)
-    # 3072 = 448*6 + 384 and 2048 = 448*4 + 256: neither side divides evenly; strips cut buildings too.
+    seg = Segmenter(OraclePredictor(truth, transform), ModelMeta(gsd_m=None))  # the oracle answers on the scene's grid
+    # 3072 = 448*6 + 384 and 2048 = 448*4 + 256: neither side divides evenly. Blocks of 2x2 windows put block
+    # edges every 896 px in both directions, through buildings.
     # Rasterized OSM outlines leave 1-px speckles that no vectorizer can tell from buildings: 1 m² floor.
-    cfg = load_config(window=512, overlap=64, min_area_m2=1.0, simplify_m=0.0, strip_rows=300)
-    summary = segment(str(KAMPALA), seg, out, cfg)
+    cfg = load_config(window=512, overlap=64, min_area_m2=1.0, simplify_m=0.0, block_windows=block_windows)
+    return segment(str(KAMPALA), seg, out, cfg), truth
+
+
+@pytest.fixture(scope="module")
+def oracle_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("oracle") / "kampala.gpkg"
+    summary, truth = oracle_segment(out, block_windows=2)
     return summary, out, truth
+
+
+def agreement(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame, iou: float = 0.99) -> float:
+    """Share of a's buildings that have a building in b with IoU >= iou (and the counts must match)."""
+    tree = shapely.STRtree(b.geometry.values)
+    good = 0
+    for g in a.geometry:
+        hits = tree.query(g, predicate="intersects")
+        good += any(g.intersection(b.geometry.values[j]).area / g.union(b.geometry.values[j]).area >= iou for j in hits)
+    return good / max(1, len(a))
+
+
+def test_one_block_and_many_blocks_agree_building_for_building(oracle_run, tmp_path):
+    _, out, _ = oracle_run
+    whole, _ = oracle_segment(tmp_path / "whole.gpkg", block_windows=100)
+    a, b = gpd.read_file(out, layer="buildings"), gpd.read_file(tmp_path / "whole.gpkg", layer="buildings")
+    assert len(a) == len(b) and agreement(a, b) >= 0.995 and agreement(b, a) >= 0.995
+
+
+def test_the_bundled_model_gives_the_same_buildings_in_one_block_or_many(tmp_path):
+    seg = load_segmenter(REPO / "models" / "default.safetensors", "cpu")
+    runs = []
+    for bw in (1, 100):
+        cfg = load_config(window=256, overlap=32, probability="none", block_windows=bw)
+        runs.append(segment(str(KAMPALA_Z20), seg, tmp_path / f"b{bw}.gpkg", cfg))
+    assert runs[0].windows == runs[1].windows and runs[0].windows_predicted == runs[1].windows_predicted == runs[0].windows
+    a, b = (gpd.read_file(r.out, layer="buildings") for r in runs)
+    assert len(a) > 10 and abs(len(a) - len(b)) <= max(1, len(a) // 200)
+    assert agreement(a, b) >= 0.995 and agreement(b, a) >= 0.995
 
 
 def test_oracle_reproduces_the_labels(oracle_run):
@@ -71,7 +106,8 @@ def test_geopackage_crs_validity_bounds_and_provenance(oracle_run):
     assert style[0][0] == "buildings" and style[0][1] == 1 and "SimpleFill" in style[0][2]
 
 
-def test_probability_is_a_valid_cog_on_the_scene_grid(oracle_run):
+def test_probability_is_a_valid_cog_on_the_model_grid(oracle_run):
+    """The oracle's model grid is the scene's (no GSD to match), so the COG lies on the scene's grid."""
     summary, _, _ = oracle_run
     with rasterio.open(summary.probability) as prob, rasterio.open(KAMPALA) as src:
         assert prob.crs == src.crs and prob.transform == src.transform and prob.shape == src.shape

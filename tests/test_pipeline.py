@@ -1,5 +1,7 @@
 """The segment pipeline on real and synthetic scenes: nodata, GSD resampling, band counts, determinism."""
 
+import math
+
 import geopandas as gpd
 import numpy as np
 import pyogrio
@@ -9,7 +11,9 @@ import shapely
 from rasterio.transform import from_origin
 
 from fpn_geo.config import load_config
+from fpn_geo.model.meta import ModelMeta
 from fpn_geo.pipeline import Segmenter, load_segmenter, segment
+from fpn_geo.scene import open_scene
 from tests.conftest import KAMPALA_Z20, make_checkpoint, write_raster
 
 
@@ -25,12 +29,16 @@ class BrightPredictor:
         return np.where(images[:, :1] > self.level, 255, 0).astype(np.uint8)
 
 
+def footprint_only(predictor, gsd_m: float | None = None) -> Segmenter:
+    return Segmenter(predictor, ModelMeta(classes=("background", "building"), gsd_m=gsd_m))
+
+
 def test_nodata_is_never_building_and_empty_windows_are_skipped(tmp_path):
     data = np.full((3, 700, 900), 200, np.uint8)
     data[:, :, :600] = 0  # left two thirds: nodata
     scene = write_raster(tmp_path / "half.tif", data, nodata=0)
     pred = BrightPredictor(level=-1)  # says "building" everywhere it is asked
-    summary = segment(str(scene), Segmenter(pred, (1, 2, 3), 1), tmp_path / "o.gpkg", load_config(window=256, overlap=32))
+    summary = segment(str(scene), footprint_only(pred), tmp_path / "o.gpkg", load_config(window=256, overlap=32))
     assert summary.windows_skipped >= 4  # windows entirely in the nodata part never reach the model
     assert sum(s[0] for s in pred.seen) == summary.windows - summary.windows_skipped
     with rasterio.open(summary.probability) as prob:
@@ -51,27 +59,45 @@ def test_internal_mask_counts_as_nodata(tmp_path):
             mask = np.zeros((300, 300), np.uint8)
             mask[100:200, 100:200] = 255
             dst.write_mask(mask)
-    summary = segment(str(path), Segmenter(BrightPredictor(), (1, 2, 3), 1), tmp_path / "o.gpkg", load_config(window=128, overlap=32))
+    summary = segment(str(path), footprint_only(BrightPredictor()), tmp_path / "o.gpkg", load_config(window=128, overlap=32))
     with rasterio.open(summary.probability) as prob:
         p = prob.read(1)
     assert (p > 0).sum() == 100 * 100 and p[100:200, 100:200].min() == 255
 
 
-def test_windows_are_resampled_to_the_model_gsd_and_back(tmp_path):
+def _kampala_crop(tmp_path):
     with rasterio.open(KAMPALA_Z20) as src:  # 15 cm
         window = rasterio.windows.Window(0, 0, 700, 500)
         data, transform, crs = src.read(window=window), src.window_transform(window), src.crs
-    scene = write_raster(tmp_path / "k.tif", data, crs=crs, transform=transform)
+    return write_raster(tmp_path / "k.tif", data, crs=crs, transform=transform), data, transform
+
+
+def test_windows_are_resampled_to_the_model_gsd_and_the_cog_is_on_the_model_grid(tmp_path):
+    scene, data, transform = _kampala_crop(tmp_path)
     pred = BrightPredictor()
-    seg = Segmenter(pred, (1, 2, 3), 1, gsd_m=0.075)  # the model wants 7.5 cm: windows are upsampled 2x
+    seg = footprint_only(pred, gsd_m=0.075)  # the model wants 7.5 cm: the model grid is the scene upsampled 2x
     summary = segment(str(scene), seg, tmp_path / "o.gpkg", load_config(window=256, overlap=32))
     assert {s[-1] for s in pred.seen} == {256}  # the model always sees 256 model px, 32-aligned
+    scale = open_scene(str(scene)).gsd_m / 0.075  # about 2: 15 cm Mercator pixels are 14.9 cm on the ground
     with rasterio.open(summary.probability) as prob:
+        assert prob.shape == (math.ceil(500 * scale), math.ceil(700 * scale))
+        assert prob.transform.almost_equals(transform * rasterio.Affine.scale(1 / scale))
+        assert prob.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG" and prob.overviews(1)
+        p = prob.read(1, out_shape=(500, 700), resampling=rasterio.enums.Resampling.bilinear) > 127
+    agree = (p == (data[0] > 128)).mean()
+    assert agree > 0.95, agree  # only resampling blur at bright/dark edges may differ
+
+
+def test_the_native_option_puts_the_cog_on_the_scene_grid(tmp_path):
+    scene, data, transform = _kampala_crop(tmp_path)
+    cfg = load_config(window=256, overlap=32, probability_grid="native")
+    summary = segment(str(scene), footprint_only(BrightPredictor(), gsd_m=0.3), tmp_path / "o.gpkg", cfg)
+    with rasterio.open(summary.probability) as prob:  # the model grid is the scene downsampled 2x
         assert prob.transform == transform and prob.shape == (500, 700)
+        assert prob.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         p = prob.read(1) > 127
-    truth = data[0] > 128
-    agree = (p == truth).mean()
-    assert agree > 0.97, agree  # only resampling blur at bright/dark edges may differ
+    agree = (p == (data[0] > 128)).mean()
+    assert agree > 0.9, agree
 
 
 def test_uint16_single_band_scene_with_a_one_band_model(tmp_path):

@@ -1,41 +1,75 @@
+"""Vectorizing blocks: buildings cut by block edges come out whole, once, with their true area."""
+
+import geopandas as gpd
 import numpy as np
-import rasterio
+import pytest
 import shapely
-from rasterio.transform import from_origin
 
-from fpn_geo.separate import label_instances
-from fpn_geo.vectorize import connected_components, polygonize, vectorize_workers
-
-
-def _probability_raster(path, seed=0):
-    """Blobs of many sizes, many crossing strip cuts, and a contact line through some of them."""
-    rng = np.random.default_rng(seed)
-    fp = np.zeros((700, 300), np.uint8)
-    for _ in range(120):
-        y, x = rng.integers(0, 690), rng.integers(0, 290)
-        h, w = rng.integers(3, 90), rng.integers(3, 40)
-        fp[y:y + h, x:x + w] = rng.integers(140, 255)
-    contact = np.zeros_like(fp)
-    contact[:, 150] = 200
-    with rasterio.open(path, "w", driver="GTiff", width=300, height=700, count=2, dtype="uint8",
-                       crs="EPSG:32636", transform=from_origin(500000, 700, 1, 1)) as dst:
-        dst.write(np.stack([fp, contact]))
-    return path
+from fpn_geo.config import load_config
+from fpn_geo.model.meta import ModelMeta
+from fpn_geo.pipeline import Segmenter, segment
+from fpn_geo.tiling import Block
+from fpn_geo.vectorize import EdgeJoiner, Piece, connected_components, join_pieces, split_at_edges, trace_pieces
+from tests.conftest import write_raster
 
 
-def test_strips_vectorized_in_processes_give_the_same_pieces_in_the_same_order(tmp_path):
-    path = str(_probability_raster(tmp_path / "p.tif"))
-    for labeler in (connected_components, label_instances):
-        one = [p for batch in polygonize(path, 0.5, 64, labeler, workers=1) for p in batch]
-        many = [p for batch in polygonize(path, 0.5, 64, labeler, workers=2) for p in batch]
-        assert len(one) == len(many) > 20
-        assert all(shapely.equals_exact(a.geom, b.geom, 0) for a, b in zip(one, many))
-        assert [(a.psum, a.count) for a in one] == [(b.psum, b.count) for b in many]
-        # buildings cut by the 64-row strips were joined back across the cuts
-        assert max(shapely.bounds(p.geom)[3] - shapely.bounds(p.geom)[1] for p in one) > 64
+class Bright:
+    """Building wherever band 1 is bright."""
+
+    def __call__(self, images, windows):
+        return np.where(images[:, :1] > 128, 255, 0).astype(np.uint8)
 
 
-def test_processes_only_where_they_pay():
-    assert vectorize_workers(3, 100, 100) == 3
-    assert vectorize_workers(0, 1000, 1000) == 1
-    assert vectorize_workers(0, 8192, 8192) >= 1
+def shapes_scene(tmp_path, h=600, w=700):
+    data = np.zeros((3, h, w), np.uint8)
+    data[:, 50:250, 60:260] = 255  # a square across four blocks' corner (block edges every 96 px)
+    ring = np.zeros((h, w), bool)
+    ring[300:560, 300:640] = True
+    ring[360:500, 360:580] = False  # a courtyard building crossing many block edges, with a hole
+    data[:, ring] = 255
+    data[:, 20:40, 500:520] = 255  # a small building inside one block
+    return write_raster(tmp_path / "shapes.tif", data)  # 0.3 m pixels, UTM
+
+
+@pytest.mark.parametrize("block_windows", [1, 2, 100])
+def test_buildings_across_block_edges_come_out_whole_with_their_area(tmp_path, block_windows):
+    cfg = load_config(window=128, overlap=32, simplify_m=0.0, min_area_m2=1.0, probability="none", block_windows=block_windows)
+    seg = Segmenter(Bright(), ModelMeta(classes=("background", "building"), gsd_m=None))
+    summary = segment(str(shapes_scene(tmp_path)), seg, tmp_path / "o.gpkg", cfg)
+    got = gpd.read_file(tmp_path / "o.gpkg", layer="buildings").sort_values("area_m2").reset_index(drop=True)
+    assert len(got) == summary.buildings == 3
+    px = 0.3 * 0.3
+    assert got["area_m2"].tolist() == pytest.approx([400 * px, 200 * 200 * px, (260 * 340 - 140 * 220) * px], rel=1e-3)
+    assert len(got.geometry[2].interiors) == 1  # the courtyard survives the joins
+    assert all(g.is_valid for g in got.geometry)
+
+
+def test_pieces_of_one_block_never_join_but_pieces_across_an_edge_do():
+    a = Piece(shapely.box(0, 0, 10, 10), 10.0, 100.0, frozenset([(0, 0)]))
+    b = Piece(shapely.box(10, 0, 20, 10), 10.0, 100.0, frozenset([(0, 0)]))  # a neighbour split by the watershed
+    c = Piece(shapely.box(20, 0, 30, 10), 10.0, 100.0, frozenset([(0, 1)]))  # the next block
+    joined = join_pieces([a, b, c])
+    assert len(joined) == 2
+    assert sorted(p.geom.area for p in joined) == [100.0, 200.0]
+    assert sum(p.count for p in joined) == 300.0
+
+
+def test_edge_pieces_are_held_only_until_the_next_row_of_blocks():
+    labels = np.zeros((10, 10), np.int32)
+    labels[5:10, 2:4] = 1  # reaches the block's bottom edge
+    labels[1:3, 6:8] = 2  # inside
+    block = Block(0, 0, 0, 10, 0, 10)
+    pieces = trace_pieces(labels, np.full((10, 10), 255, np.uint8), block)
+    done, edges = split_at_edges(pieces, block, (20, 10))
+    assert [p.geom.area for p in done] == [4.0] and [p.geom.area for p in edges] == [10.0]
+    joiner = EdgeJoiner((20, 10))
+    assert joiner.add_row(edges, 10) == [] and len(joiner.open) == 1
+    below = trace_pieces(np.pad(np.ones((3, 2), np.int32), ((0, 7), (2, 6))), np.full((10, 10), 255, np.uint8), Block(1, 0, 10, 20, 0, 10))
+    finished = joiner.add_row(below, 20)
+    assert len(finished) == 1 and finished[0].geom.area == 16.0 and joiner.open == []
+
+
+def test_connected_components_is_4_connected():
+    fp = np.zeros((5, 5), np.uint8)
+    fp[1, 1] = fp[2, 2] = 255
+    assert connected_components(fp, None, 0.5).max() == 2
