@@ -53,18 +53,40 @@ class Scene:
         return self.width * self.height / 1e6
 
 
-def _mosaic_profile() -> dict:
+def coarse_mosaic(factor: int = 4, out_dir: Path = CACHE) -> Path:
+    """The mosaic averaged down `factor` times (7.5 cm -> 30 cm for 4): satellite-like scenes at the model's GSD."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{MOSAIC.stem}_x{factor}.tif"
+    if path.exists():
+        return path
     with rasterio.open(MOSAIC) as src:
+        h, w = src.height // factor, src.width // factor
+        data = src.read(out_shape=(src.count, h, w), resampling=rasterio.enums.Resampling.average)
+        profile = dict(driver="GTiff", width=w, height=h, count=src.count, dtype="uint8", crs=src.crs,
+                       transform=src.transform * rasterio.Affine.scale(factor), tiled=True, compress="deflate")
+    tmp = path.with_name(path.name + ".tmp")
+    with rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(data)
+    os.replace(tmp, path)
+    return path
+
+
+def _mosaic_profile(source: Path = MOSAIC) -> dict:
+    with rasterio.open(source) as src:
         return dict(width=src.width, height=src.height, count=src.count, crs=src.crs, transform=src.transform,
                     dtype=src.dtypes[0], block=src.block_shapes[0])
 
 
-def build_vrt(width: int, height: int | None = None, out_dir: Path = CACHE) -> Path:
-    """A VRT of width x height that tiles the mosaic on its own grid (cut at the right and bottom)."""
+def _name(source: Path) -> str:
+    return "kampala" if source == MOSAIC else source.stem
+
+
+def build_vrt(width: int, height: int | None = None, out_dir: Path = CACHE, source: Path = MOSAIC) -> Path:
+    """A VRT of width x height that tiles the mosaic (or `source`) on its own grid (cut at the right and bottom)."""
     height = height or width
-    m = _mosaic_profile()
+    m = _mosaic_profile(source)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"kampala_{width}x{height}.vrt"
+    path = out_dir / f"{_name(source)}_{width}x{height}.vrt"
     if path.exists():
         return path
     t = m["transform"]
@@ -76,7 +98,7 @@ def build_vrt(width: int, height: int | None = None, out_dir: Path = CACHE) -> P
             for x in range(0, width, m["width"]):
                 w, h = min(m["width"], width - x), min(m["height"], height - y)
                 sources.append(
-                    f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(str(MOSAIC))}</SourceFilename>'
+                    f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(str(source))}</SourceFilename>'
                     f"<SourceBand>{b}</SourceBand>"
                     f'<SourceProperties RasterXSize="{m["width"]}" RasterYSize="{m["height"]}" DataType="Byte" BlockXSize="{bx}" BlockYSize="{by}"/>'
                     f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/><DstRect xOff="{x}" yOff="{y}" xSize="{w}" ySize="{h}"/>'
@@ -94,8 +116,8 @@ def build_vrt(width: int, height: int | None = None, out_dir: Path = CACHE) -> P
     return path
 
 
-def _tiff_profile(width: int, height: int, nodata: int | None) -> dict:
-    m = _mosaic_profile()
+def _tiff_profile(width: int, height: int, nodata: int | None, source: Path = MOSAIC) -> dict:
+    m = _mosaic_profile(source)
     return dict(
         driver="GTiff", width=width, height=height, count=m["count"], dtype="uint8", crs=m["crs"], transform=m["transform"],
         nodata=nodata, tiled=True, blockxsize=512, blockysize=512, compress="deflate", predictor=2, interleave="pixel",
@@ -103,13 +125,14 @@ def _tiff_profile(width: int, height: int, nodata: int | None) -> dict:
     )
 
 
-def _write_tiff(path: Path, width: int, height: int, nodata: int | None, edit=None) -> Path:
+def _write_tiff(path: Path, width: int, height: int, nodata: int | None, edit=None, source: Path = MOSAIC) -> Path:
     """Copy the tiling VRT into a tiled compressed GeoTIFF, 512 rows at a time (flat memory)."""
     if path.exists():
         return path
-    vrt = build_vrt(width, height, path.parent)
+    vrt = build_vrt(width, height, path.parent, source)
     tmp = path.with_name(path.name + ".tmp")
-    with rasterio.Env(GDAL_CACHEMAX=256 * 1024 * 1024), rasterio.open(vrt) as src, rasterio.open(tmp, "w", **_tiff_profile(width, height, nodata)) as dst:
+    profile = _tiff_profile(width, height, nodata, source)
+    with rasterio.Env(GDAL_CACHEMAX=256 * 1024 * 1024), rasterio.open(vrt) as src, rasterio.open(tmp, "w", **profile) as dst:
         for y in range(0, height, 512):
             win = Window(0, y, width, min(512, height - y))
             data = src.read(window=win)
@@ -120,10 +143,10 @@ def _write_tiff(path: Path, width: int, height: int, nodata: int | None, edit=No
     return path
 
 
-def build_tiff(width: int, height: int | None = None, out_dir: Path = CACHE) -> Path:
+def build_tiff(width: int, height: int | None = None, out_dir: Path = CACHE, source: Path = MOSAIC) -> Path:
     height = height or width
     out_dir.mkdir(parents=True, exist_ok=True)
-    return _write_tiff(out_dir / f"kampala_{width}x{height}.tif", width, height, None)
+    return _write_tiff(out_dir / f"{_name(source)}_{width}x{height}.tif", width, height, None, source=source)
 
 
 def build_nodata_tiff(width: int, out_dir: Path = CACHE) -> Path:
@@ -164,9 +187,9 @@ def mosaic_labels(crs) -> gpd.GeoDataFrame:
     return truth[truth.area > 0].reset_index(drop=True)
 
 
-def scene_labels(path: str | Path) -> gpd.GeoDataFrame:
-    """The mosaic's labels repeated onto every copy of the mosaic in a scene, clipped to the scene."""
-    m = _mosaic_profile()
+def scene_labels(path: str | Path, source: Path = MOSAIC) -> gpd.GeoDataFrame:
+    """The mosaic's labels repeated onto every copy of the mosaic (or of `source`, a coarse copy) in a scene."""
+    m = _mosaic_profile(source)
     with rasterio.open(path) as src:
         crs, bounds, width, height = src.crs, src.bounds, src.width, src.height
     base = mosaic_labels(crs)

@@ -4,10 +4,10 @@ A scene's path, read top to bottom; each task wraps one step of `fpn_geo.pipelin
 
 1. `plan-scene` (in the flow process, no torch): check the scene and the checkpoint's metadata, lay the window
    grid on the model's grid and cut it into blocks (`pipeline.plan_from_checkpoint`).
-2. `process-block` (on Dask workers, one task per block): read the block's windows from the scene itself (halo
-   included), predict, blend, threshold, separate and vectorize there, with the model loaded once per worker
-   process (`pipeline.process_blocks`). A block sends back polygons and small stats (and a compressed probability
-   tile when a COG is wanted), never raw pixels. At most `max_in_flight` blocks are out at a time.
+2. `process-blocks` (on Dask workers, one task per square group of blocks): read each block's windows from the
+   scene itself (halo included), predict, blend, threshold, separate and vectorize there, with the model loaded
+   once per worker process (`pipeline.process_blocks`). A block sends back polygons and small stats (and a
+   compressed probability tile when a COG is wanted), never raw pixels. At most `max_in_flight` tasks are out.
 3. The flow feeds the results, in block order, to `pipeline.SceneWriter`: it joins buildings cut by block edges
    and writes the GeoPackage with provenance and the COG. Same blocks, same bytes: the output has the same
    polygons as `fpn-geo segment` (the CLI) on the same scene and checkpoint.
@@ -54,14 +54,14 @@ def plan_scene_task(scene: str, checkpoint: str, cfg: SegmentConfig) -> ScenePla
     return plan_from_checkpoint(scene, checkpoint, cfg)
 
 
-@task(name="process-block", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def process_block_task(plan: ScenePlan, block: Block, checkpoint: str) -> BlockResult:
-    """One block end to end, on a worker. A worker that dies mid-task: Dask reruns it elsewhere."""
+@task(name="process-blocks", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def process_blocks_task(plan: ScenePlan, blocks: list[Block], checkpoint: str) -> list[BlockResult]:
+    """A group of blocks end to end, on a worker. A worker that dies mid-task: Dask reruns it elsewhere."""
     from fpn_geo.pipeline import cached_segmenter, process_blocks
 
     use_worker_threads()
     segmenter = cached_segmenter(checkpoint, plan.cfg.device, plan.cfg.compile)
-    return next(iter(process_blocks(plan, [block], segmenter)))
+    return list(process_blocks(plan, blocks, segmenter))
 
 
 def use_worker_threads() -> None:
@@ -86,13 +86,13 @@ def quicklook_task(scene: str, gpkg: str, png: str, bands: tuple[int, ...], titl
     return str(render_quicklook(scene, gpkg, png, bands, title=title))
 
 
-def stream_in_order(submit, blocks: list[Block], max_in_flight: int):
-    """Submit blocks, at most `max_in_flight` not yet consumed, and yield their results in block order.
+def stream_in_order(submit, groups: list, max_in_flight: int):
+    """Submit groups of blocks, at most `max_in_flight` not yet consumed, and yield their results in order.
 
     Block order lets the writer free each row of blocks' edge pieces as soon as the row is joined. If the writer
     fails, the blocks still out are cancelled on the cluster.
     """
-    return in_order(submit, blocks, max_in_flight, cancel=lambda fut: fut.wrapped_future.cancel())
+    return in_order(submit, groups, max_in_flight, cancel=lambda fut: fut.wrapped_future.cancel())
 
 
 class Progress:
@@ -119,7 +119,7 @@ def _summary_markdown(name: str, summary: RunSummary, tasks: int, workers: int, 
     rows = [
         ("scene", name), ("windows", summary.windows), ("windows without data", summary.windows_skipped),
         ("buildings", summary.buildings), ("seconds", f"{summary.seconds:.1f}"), ("Mpx/s", f"{summary.mpx_per_s:.2f}"),
-        ("process-block tasks", tasks), ("Dask workers", workers), ("KB received from blocks", f"{summary.bytes_received / 1e3:.0f}"),
+        ("process-blocks tasks", tasks), ("Dask workers", workers), ("KB received from blocks", f"{summary.bytes_received / 1e3:.0f}"),
         ("output", f"`{summary.out}`"),
     ]
     if summary.probability:
@@ -142,6 +142,7 @@ def segment_scene(
     overrides: dict[str, Any] | None = None,
     max_in_flight: int | None = None,
     quicklook: bool = True,
+    blocks_per_task: int = 2,
 ) -> dict:
     """One scene to one GeoPackage (and probability COG), the same polygons as `fpn-geo segment`.
 
@@ -149,31 +150,34 @@ def segment_scene(
     checkpoint: NAME.safetensors with NAME.json beside it, readable by the workers at the same path.
     out: the GeoPackage to write (on the flow's side).
     config: YAML config (default configs/segment.yaml); overrides: its keys to change, e.g. {"batch": 32}.
-    max_in_flight: process-block tasks out at once (default 2 per worker); bounds the flow's memory.
+    max_in_flight: process-blocks tasks out at once (default 2 per worker); bounds the flow's memory.
+    blocks_per_task: a task runs a square of this many blocks a side (2: 8x8 windows with the default 4x4 blocks);
+      windows shared inside it are predicted once, so bigger groups mean fewer halo windows and fewer tasks.
     """
     logger = get_run_logger()
     t0, started = time.perf_counter(), utc_now()
     cfg = load_config(config, **(overrides or {}))
     plan = plan_scene_task(scene, checkpoint, cfg)
     n_workers, n_gpu = describe_workers(current_client())
-    blocks = list(plan.blocks)
+    groups = plan.blocks.groups(blocks_per_task)
     limit = max_in_flight or 2 * max(1, n_workers)
     name = scene_name(scene)
     logger.info(
-        "%s: %dx%d px, model grid %dx%d, %d windows in %d blocks, %d Dask workers (%d with a GPU), <=%d in flight",
-        name, plan.scene.width, plan.scene.height, plan.grid.width, plan.grid.height, len(plan.grid), len(blocks),
-        n_workers, n_gpu, limit,
+        "%s: %dx%d px, model grid %dx%d, %d windows in %d blocks, %d tasks, %d Dask workers (%d with a GPU), "
+        "<=%d in flight", name, plan.scene.width, plan.scene.height, plan.grid.width, plan.grid.height, len(plan.grid),
+        len(plan.blocks), len(groups), n_workers, n_gpu, limit,
     )
-    progress = Progress(artifact_key("progress", name), len(blocks), logger)
+    progress = Progress(artifact_key("progress", name), len(plan.blocks), logger)
 
-    def submit(block: Block):
+    def submit(group: list[Block]):
         with gpu_annotation(n_gpu > 0):
-            return process_block_task.submit(plan, block, checkpoint)
+            return process_blocks_task.submit(plan, group, checkpoint)
 
     with SceneWriter(plan, out) as writer:
-        for result in stream_in_order(submit, blocks, limit):
-            writer.add(result)
-            progress.add(1)
+        for results in stream_in_order(submit, groups, limit):
+            for result in results:
+                writer.add(result)
+            progress.add(len(results))
         summary = writer.finish(t0, started)
     logger.info("%s: %s", name, summary.line())
     png = None
@@ -181,12 +185,12 @@ def segment_scene(
         png = quicklook_task(scene, str(summary.out), str(Path(out).with_suffix(".quicklook.png")), plan.meta.bands,
                              f"{name}: {summary.buildings} buildings")
     create_markdown_artifact(
-        _summary_markdown(name, summary, len(blocks), n_workers, png), key=artifact_key("segment", name),
+        _summary_markdown(name, summary, len(groups), n_workers, png), key=artifact_key("segment", name),
         description=f"fpn-geo segment-scene summary for {name}",
     )
     return {
         "scene": scene, "out": str(summary.out), "windows": summary.windows, "buildings": summary.buildings,
-        "seconds": round(summary.seconds, 3), "mpx_per_s": round(summary.mpx_per_s, 3), "tasks": len(blocks),
+        "seconds": round(summary.seconds, 3), "mpx_per_s": round(summary.mpx_per_s, 3), "tasks": len(groups),
         "bytes_received": summary.bytes_received, "windows_predicted": summary.windows_predicted, "quicklook": png,
     }
 
@@ -203,6 +207,7 @@ def segment_scenes(
     force: bool = False,
     max_in_flight: int | None = None,
     quicklook: bool = True,
+    blocks_per_task: int = 2,
 ):
     """Many scenes, one GeoPackage each (out_dir/<stem>.gpkg), each as its own `segment-scene` flow run.
 
@@ -232,7 +237,7 @@ def segment_scenes(
         child = segment_scene.with_options(task_runner=DaskTaskRunner(address=address), flow_run_name=f"segment-scene-{name}")
         state = child(
             scene=path, checkpoint=checkpoint, out=str(out), config=config, overrides=overrides,
-            max_in_flight=max_in_flight, quicklook=quicklook, return_state=True,
+            max_in_flight=max_in_flight, quicklook=quicklook, blocks_per_task=blocks_per_task, return_state=True,
         )
         if state.is_completed():
             r = state.result()
@@ -265,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, YAML value")
     p.add_argument("--max-in-flight", type=int)
+    p.add_argument("--blocks-per-task", type=int, default=2, help="a task runs a square of this many blocks a side")
     p.add_argument("--no-quicklook", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
     one = sub.add_parser("scene")
@@ -281,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)} or None
-    common = dict(config=args.config, overrides=overrides, max_in_flight=args.max_in_flight, quicklook=not args.no_quicklook)
+    common = dict(config=args.config, overrides=overrides, max_in_flight=args.max_in_flight, quicklook=not args.no_quicklook,
+                  blocks_per_task=args.blocks_per_task)
     runner = task_runner(args.dask_address, args.dask_workers)
     if args.command == "scene":
         state = segment_scene.with_options(task_runner=runner)(

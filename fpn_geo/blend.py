@@ -12,17 +12,37 @@ import functools
 import numpy as np
 import torch
 
-from fpn_geo.tiling import Block, GridWindow
+from fpn_geo.tiling import Block, Grid, GridWindow
 
 
-def blend_weights(size: int, overlap: int, floor: float = 1e-3) -> np.ndarray:
-    """1 in the middle, a sin² ramp down over `overlap` px at each side; never 0, so lone pixels keep their value."""
-    ramp = np.ones(size, dtype=np.float32)
+def ramp(size: int, overlap: int) -> np.ndarray:
+    """1 in the middle, a sin² ramp down over `overlap` px at each end; never 0 (the ends are half a pixel in)."""
+    r = np.ones(size, dtype=np.float32)
     if overlap > 0:
         t = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
-        ramp[:overlap] = np.sin(np.pi / 2 * t) ** 2
-        ramp[-overlap:] = ramp[:overlap][::-1]
-    return np.maximum(np.outer(ramp, ramp), floor)
+        r[:overlap] = np.sin(np.pi / 2 * t) ** 2
+        r[-overlap:] = r[:overlap][::-1]
+    return r
+
+
+def blend_weights(size: int, overlap: int) -> np.ndarray:
+    """A window's weights: the outer product of two ramps. Separable, so the weight sums are too (`BlockCanvas`)."""
+    r = ramp(size, overlap)
+    return np.outer(r, r)
+
+
+def weight_sums(start: int, stop: int, grid: Grid, n_windows: int) -> np.ndarray:
+    """Sum over the `n_windows` windows along one axis of their ramps, at each of positions [start, stop)."""
+    r = ramp(grid.size, grid.overlap)
+    out = np.zeros(stop - start, np.float32)
+    for i in range(max(0, (start - grid.size) // grid.stride), n_windows):
+        a = i * grid.stride
+        if a >= stop:
+            break
+        lo, hi = max(a, start), min(a + grid.size, stop)
+        if lo < hi:
+            out[lo - start : hi - start] += r[lo - a : hi - a]
+    return out
 
 
 @functools.lru_cache(maxsize=8)
@@ -53,19 +73,23 @@ class BlockCanvas:
     the CPU cost milliseconds each in thread hand-offs, numpy's a tenth of that).
     """
 
-    def __init__(self, block: Block, channels: int, size: int, overlap: int, device: str | torch.device = "cpu") -> None:
+    def __init__(self, block: Block, channels: int, grid: Grid, device: str | torch.device = "cpu") -> None:
         self.block = block
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         h, w = block.shape
+        # Every window of the grid counts in the weight sums, also one that held no data (it adds 0): so the sums
+        # depend on geometry alone and factor into a row and a column vector instead of an (h, w) array.
+        wy = weight_sums(block.y0, block.y1, grid, grid.rows)
+        wx = weight_sums(block.x0, block.x1, grid, grid.cols)
         if self.cuda:
             self.sums = torch.zeros((channels, h, w), dtype=torch.float32, device=self.device)
-            self.wsum = torch.zeros((h, w), dtype=torch.float32, device=self.device)
-            self.weights = _weights_on(size, overlap, str(self.device))
+            self.weights = _weights_on(grid.size, grid.overlap, str(self.device))
+            self.wy, self.wx = torch.from_numpy(wy).to(self.device), torch.from_numpy(wx).to(self.device)
         else:
             self.sums = np.zeros((channels, h, w), np.float32)
-            self.wsum = np.zeros((h, w), np.float32)
-            self.weights = blend_weights(size, overlap)
+            self.weights = blend_weights(grid.size, grid.overlap)
+            self.wy, self.wx = wy, wx
 
     def add(self, window: GridWindow, piece: Probs, at: tuple[slice, slice, slice, slice]) -> None:
         """Add `piece`, the part of a window's prediction that lies in this block (see `crop`)."""
@@ -74,19 +98,20 @@ class BlockCanvas:
         if self.cuda:
             piece = torch.as_tensor(piece).to(self.device, torch.float32)
         self.sums[:, br, bc] += piece * weights
-        self.wsum[br, bc] += weights
 
     def finish(self) -> np.ndarray:
-        """round(sums / weights) as uint8; every pixel of a block is under at least one window with data, or 0."""
+        """round(sums / weights) as uint8, in place: no block-sized temporaries."""
         if self.cuda:
-            probs = (self.sums / self.wsum.clamp_min(1e-12)).round_().clamp_(0, 255).to(torch.uint8)
-            return probs.cpu().numpy()
-        out = np.zeros(self.sums.shape, np.uint8)
-        for x in range(0, out.shape[2], 2048):  # a few columns at a time: no block-sized float temporaries
-            s, w = self.sums[:, :, x : x + 2048], self.wsum[:, x : x + 2048]
-            q = np.divide(s, w, out=np.zeros_like(s), where=w > 0)
-            np.rint(q, out=q)
-            out[:, :, x : x + 2048] = q
+            self.sums /= self.wy[:, None] * self.wx[None, :]
+            return self.sums.round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+        out = np.empty(self.sums.shape, np.uint8)
+        inv_x = 1.0 / self.wx
+        for y in range(0, out.shape[1], 256):  # a band of rows at a time
+            s = self.sums[:, y : y + 256]
+            s *= (1.0 / self.wy[y : y + 256])[:, None] * inv_x[None, :]
+            np.rint(s, out=s)
+            np.clip(s, 0, 255, out=s)
+            out[:, y : y + 256] = s
         return out
 
 

@@ -29,7 +29,7 @@ class SegmentConfig(BaseModel):
     min_area_m2: float = Field(4.0, ge=0, description="smallest building kept, in square metres")
     simplify_m: float = Field(0.2, ge=0, description="Douglas-Peucker tolerance in metres")
     separate_touching: bool = Field(True, description="split touching buildings with the contact class")
-    block_windows: int = Field(8, gt=0, description="block side in windows: the unit of work a task owns end to end")
+    block_windows: int = Field(4, gt=0, description="block side in windows: the unit that is blended and vectorized at once; bounds memory")
     post_threads: int = Field(0, ge=0, description="threads post-processing blocks beside the model; 0 = auto: 1 on CPU, most cores on CUDA")
     match_gsd: bool = Field(True, description="resample windows to the checkpoint's GSD")
     probability: Literal["cog", "none"] = Field("cog", description="also write the probability COG")

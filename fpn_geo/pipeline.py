@@ -238,7 +238,7 @@ def blend_block(
         plan.scene.path, todo, plan.meta.bands, segmenter.predictor, cfg.window, plan.scale, cfg.batch, times,
         readers=cfg.readers, grid_hw=plan.grid_hw,
     )
-    canvas = BlockCanvas(block, plan.channels, plan.grid.size, plan.grid.overlap, segmenter.device)
+    canvas = BlockCanvas(block, plan.channels, plan.grid, segmenter.device)
     nodata = 0
     for w in windows:
         part = cached[w]

@@ -145,7 +145,20 @@ class BlockLayout:
         return [self.block(r, c) for r in rows for c in cols]
 
 
-def make_blocks(grid: Grid, size: int = 8) -> BlockLayout:
+    def groups(self, side: int) -> list[list[Block]]:
+        """Square groups of side x side blocks, each row-major, in row-major order: one task's share of a scene.
+
+        A group runs its blocks one after the other (memory of one block) and predicts a window its blocks share
+        once, so only the group's edges cost halo windows.
+        """
+        return [
+            [self.block(r, c) for r in range(r0, min(r0 + side, self.rows)) for c in range(c0, min(c0 + side, self.cols))]
+            for r0 in range(0, self.rows, side)
+            for c0 in range(0, self.cols, side)
+        ]
+
+
+def make_blocks(grid: Grid, size: int = 4) -> BlockLayout:
     if size <= 0:
         raise ConfigError(f"block size {size} must be a positive number of windows, e.g. 8")
     return BlockLayout(grid, size, math.ceil(grid.rows / size), math.ceil(grid.cols / size))

@@ -101,7 +101,7 @@ def test_segment_scene_on_a_local_cluster_equals_the_library_path(prefect_api, c
     run = segment_scene.with_options(task_runner=DaskTaskRunner(address=cluster))
     state = run(
         scene=str(scene), checkpoint=str(checkpoint), out=str(tmp_path / "flow.gpkg"),
-        overrides={**SMALL, "block_windows": 1}, return_state=True,
+        overrides={**SMALL, "block_windows": 1}, blocks_per_task=1, return_state=True,
     )
     assert state.is_completed(), state.message
     result = state.result()
@@ -153,7 +153,7 @@ def test_a_worker_killed_mid_run_changes_nothing(prefect_api, checkpoint, tmp_pa
             run = segment_scene.with_options(task_runner=task_runner(address))
             state = run(
                 scene=str(scene), checkpoint=str(checkpoint), out=str(tmp_path / "flow.gpkg"),
-                overrides={**SMALL, "block_windows": 2}, quicklook=False, return_state=True,
+                overrides={**SMALL, "block_windows": 2}, blocks_per_task=1, quicklook=False, return_state=True,
             )
             thread.join(timeout=5)
         assert killed, "no worker was killed while holding a block: the run ended too soon to test anything"

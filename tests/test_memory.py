@@ -22,9 +22,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SIDE = 16384
-# Measured peak above imports at 16384 wide: ~265 MB (stitch bands ~100, GDAL cache 32, vectorize strips,
-# reader thread, GeoPackage). At 2048 wide it is ~140 MB. A full-scene uint8 array (256 MB) on top
-# of the pipeline's own need breaks the cap too; a float32 one (1024 MB) breaks it alone, 3x over.
+# The default 4x4-window blocks (1792² px on the model's grid) fit under this cap at any scene size: a block's
+# float sums (26 MB) and labels, the next block being blended meanwhile, GDAL cache 32, reader threads and their
+# malloc arenas. Blocks of 8x8 windows need 550-800 MB here. A full-scene float32 array (1024 MB) breaks the cap alone.
 DATA_BUDGET_MB = 330
 
 

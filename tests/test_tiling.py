@@ -27,3 +27,19 @@ def test_grid_is_row_major_and_does_not_overshoot_by_a_whole_window():
 def test_bad_window_or_overlap_is_refused_with_the_value(size, overlap):
     with pytest.raises(ConfigError, match=str(size) if size % 32 else str(overlap)):
         make_grid(1000, 1000, size, overlap)
+
+
+def test_blocks_cover_the_grid_once_and_their_windows_are_the_ones_that_reach_in():
+    from fpn_geo.tiling import make_blocks
+
+    grid = make_grid(2048, 3072, 512, 64)
+    for size in (1, 2, 3, 8):
+        layout = make_blocks(grid, size)
+        covered = np.zeros((grid.height, grid.width), np.int32)
+        for b in layout:
+            covered[b.y0 : b.y1, b.x0 : b.x1] += 1
+            reach = [w for w in grid if w.row_off < b.y1 and w.row_off + w.size > b.y0 and w.col_off < b.x1 and w.col_off + w.size > b.x0]
+            assert layout.windows(b) == reach
+        assert (covered == 1).all()
+        groups = layout.groups(2)
+        assert sorted((b.row, b.col) for g in groups for b in g) == sorted((b.row, b.col) for b in layout)

@@ -19,7 +19,8 @@ from fpn_geo.scene import SceneInfo
 from fpn_geo.separate import label_instances
 from fpn_geo.train.dataset import ChipDataset, Source
 from fpn_geo.train.samplers import Block, ChipQuery
-from fpn_geo.vectorize import connected_components, local_metric_crs, strip_pieces, to_buildings
+from fpn_geo.tiling import Block as GridBlock
+from fpn_geo.vectorize import connected_components, to_buildings, trace_pieces
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,9 @@ def vectorize_block(pred: BlockPrediction, threshold: float, separate: bool, sim
     """Polygons in the source CRS with ``area_m2``, as the pipeline writes them (one strip: the block is small)."""
     labeler = label_instances if separate and pred.contact is not None else connected_components
     info = block_scene(pred.source, pred.block)
-    pieces = strip_pieces(pred.footprint, pred.contact, 0, threshold, labeler)
-    return to_buildings(pieces, info, simplify_m, min_area_m2, utm if utm is not None else local_metric_crs(info))
+    labels = labeler(pred.footprint, pred.contact, threshold)
+    pieces = trace_pieces(labels, pred.footprint, GridBlock(0, 0, 0, info.height, 0, info.width))
+    return to_buildings(pieces, info.georef(), simplify_m, min_area_m2)
 
 
 def block_truth(source: Source, block: Block, min_area_m2: float = 0.0, utm=None) -> gpd.GeoDataFrame:
@@ -90,7 +92,7 @@ def block_truth(source: Source, block: Block, min_area_m2: float = 0.0, utm=None
     clipped = source.truth.clip(box)
     clipped = clipped[clipped.geom_type.isin(["Polygon", "MultiPolygon"])].explode(index_parts=False).reset_index(drop=True)
     if min_area_m2 > 0 and len(clipped):
-        area = clipped.geometry.to_crs(utm if utm is not None else local_metric_crs(info)).area
+        area = clipped.geometry.to_crs(utm if utm is not None else info.georef().utm).area
         clipped = clipped[area.to_numpy() >= min_area_m2].reset_index(drop=True)
     return clipped
 
@@ -104,7 +106,7 @@ def score_block(pred: BlockPrediction, threshold: float = 0.5, simplify_m: float
     out: dict[str, float] = {"pixel_iou": pixel_iou(pred.footprint >= round(threshold * 255), truth_fp)}
     if pred.source.truth is None:
         return out
-    utm = local_metric_crs(block_scene(pred.source, pred.block))  # one pyproj lookup per block, not per call
+    utm = block_scene(pred.source, pred.block).georef().utm  # one pyproj lookup per block, not per call
     truth = block_truth(pred.source, pred.block, min_area_m2, utm)
     for separate, key in ((True, "sep"), (False, "nosep")):
         polys = vectorize_block(pred, threshold, separate, simplify_m, min_area_m2, utm)  # area filter applied here

@@ -1,0 +1,196 @@
+"""The block pipeline's numbers (issue 9), each a ratio measured in this one run on the same input:
+
+    python benchmarks/blocks.py              # all rows, ~15 minutes on 2 cores
+    python benchmarks/blocks.py --rows e2e   # some rows: e2e post rss flow
+
+- e2e: `segment` end to end (probability COG included) against model-only (the same windows in the same batches,
+  read beforehand, only the predictor timed), bundled model, on the 7.5 cm Kampala mosaic and on an 8192² scene at
+  0.30 m (the mosaic averaged 4x and tiled).
+- post: post-processing throughput per stage with the oracle "model" (rasterized truth), one post thread, in
+  model-grid megapixels per second, 8192² at 0.30 m.
+- rss: peak RSS of `segment` (bundled model) on 2048² and 8192² Kampala-derived 7.5 cm scenes, each in its own process.
+- flow: the flow's worker path on a Dask LocalCluster of 1 and of 2 single-thread workers, oracle model, 8192² at
+  0.30 m, no probability COG: blocks processed on the workers, results joined and written here. Also the bytes the
+  writer received against the size of the uint8 probability raster it no longer receives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks import scenes  # noqa: E402
+
+MODEL = REPO / "models" / "default.safetensors"
+
+
+def _cfg(**kw):
+    from fpn_geo.config import load_config
+
+    return load_config(device="cpu", **kw)
+
+
+def _oracle_segmenter(scene_path: str, source: str):
+    import rasterio
+
+    from fpn_geo.model.meta import ModelMeta
+    from fpn_geo.oracle import OraclePredictor
+    from fpn_geo.pipeline import Segmenter
+
+    with rasterio.open(scene_path) as src:
+        transform = src.transform
+    return Segmenter(OraclePredictor(scenes.scene_labels(scene_path, Path(source)), transform), ModelMeta(gsd_m=None))
+
+
+# ---------------------------------------------------------------- children (one measurement each, own process)
+
+
+def child_e2e(job: dict, out: Path) -> dict:
+    from fpn_geo.pipeline import load_segmenter, segment
+
+    if job.get("oracle"):
+        seg = _oracle_segmenter(job["scene"], job["source"])
+    else:
+        seg = load_segmenter(job["checkpoint"], "cpu")
+    t0 = time.perf_counter()
+    s = segment(job["scene"], seg, out / "o.gpkg", _cfg(**job.get("cfg", {})))
+    return {"seconds": time.perf_counter() - t0, "times": s.times, "windows": s.windows, "predicted": s.windows_predicted,
+            "buildings": s.buildings, "bytes": s.bytes_received}
+
+
+def child_model_only(job: dict, out: Path) -> dict:
+    import numpy as np
+
+    from fpn_geo.inference import read_batches
+    from fpn_geo.pipeline import load_segmenter, plan_scene
+    from fpn_geo.timing import StageTimes
+
+    seg = load_segmenter(job["checkpoint"], "cpu")
+    cfg = _cfg(**job.get("cfg", {}))
+    plan = plan_scene(job["scene"], seg.meta, cfg)
+    model, n, t0 = 0.0, 0, time.perf_counter()
+    batches = read_batches(plan.scene.path, plan.grid, seg.meta.bands, cfg.window, plan.scale, cfg.batch, StageTimes(),
+                           grid_hw=plan.grid_hw)
+    for _, data in batches:
+        if data:
+            images, wins = np.stack([d.image for d in data]), [d.window for d in data]
+            t = time.perf_counter()
+            seg.predictor(images, wins)
+            model += time.perf_counter() - t
+            n += len(data)
+    return {"seconds": model, "read_and_model": time.perf_counter() - t0, "windows": n,
+            "grid_mpx": plan.grid.height * plan.grid.width / 1e6}
+
+
+def child_flow(job: dict, out: Path) -> dict:
+    """The flow's data path without Prefect: plan here, process_blocks on Dask workers, SceneWriter here."""
+    from distributed import Client, LocalCluster
+
+    from fpn_geo.pipeline import SceneWriter, plan_scene, process_blocks
+
+    seg = _oracle_segmenter(job["scene"], job["source"])
+    cfg = _cfg(probability="none", **job.get("cfg", {}))
+    plan = plan_scene(job["scene"], seg.meta, cfg)
+
+    def work(block):
+        import benchmarks.blocks as b
+
+        if not hasattr(b, "_seg"):
+            b._seg = b._oracle_segmenter(job["scene"], job["source"])
+        return next(iter(process_blocks(plan, [block], b._seg)))
+
+    with LocalCluster(n_workers=job["workers"], threads_per_worker=1, processes=True, dashboard_address=None,
+                      host="127.0.0.1", env={"PYTHONPATH": str(REPO)}) as cluster, Client(cluster) as client:
+        client.run(lambda: __import__("benchmarks.blocks"))
+        warm = [client.submit(work, b, pure=False, workers=[w]) for b, w in zip(list(plan.blocks)[:1] * job["workers"], client.scheduler_info()["workers"])]
+        client.gather(warm)  # oracle built on every worker before the clock starts
+        t0 = time.perf_counter()
+        futures = [client.submit(work, b, pure=False) for b in plan.blocks]
+        with SceneWriter(plan, out / "o.gpkg") as writer:
+            for f in futures:  # block order, as the flow consumes them
+                writer.add(f.result())
+            s = writer.finish(t0, "bench")
+    g = plan.grid
+    return {"seconds": time.perf_counter() - t0, "buildings": s.buildings, "bytes": s.bytes_received,
+            "raster_bytes": plan.channels * g.height * g.width, "blocks": len(plan.blocks), "times": s.times}
+
+
+CHILDREN = {"e2e": child_e2e, "model-only": child_model_only, "flow": child_flow}
+
+
+def measure(job: dict) -> dict:
+    """One job in a fresh interpreter; its peak RSS from os.wait4."""
+    p = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(job)], stdout=subprocess.PIPE, cwd=REPO)
+    out = p.stdout.read().decode()
+    _, status, ru = os.wait4(p.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{job} failed")
+    res = json.loads(out.strip().splitlines()[-1])
+    res["peak_rss_mb"] = ru.ru_maxrss / 1024
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", nargs="+", default=["e2e", "post", "rss", "flow"], choices=["e2e", "post", "rss", "flow"])
+    ap.add_argument("--side", type=int, default=8192, help="side of the 0.30 m scene")
+    ap.add_argument("--json")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        job = json.loads(args.child)
+        with tempfile.TemporaryDirectory(prefix="fpn-geo-bench-") as d:
+            print(json.dumps(CHILDREN[job.pop("kind")](job, Path(d))))
+        return
+
+    coarse = scenes.coarse_mosaic(4)
+    big = scenes.build_tiff(args.side, source=coarse)
+    print(f"# {os.cpu_count()} CPUs; 0.30 m scene {big} ({args.side}²); model {MODEL.name}", flush=True)
+    results = {}
+    if "e2e" in args.rows:
+        for label, scene in (("Kampala 7.5 cm 3072x2048", scenes.MOSAIC), (f"{args.side}² at 0.30 m", big)):
+            e2e = measure({"kind": "e2e", "scene": str(scene), "checkpoint": str(MODEL)})
+            only = measure({"kind": "model-only", "scene": str(scene), "checkpoint": str(MODEL)})
+            results[f"e2e {label}"] = {"e2e": e2e, "model_only": only}
+            stages = " ".join(f"{k} {v:.1f}" for k, v in e2e["times"].items())
+            print(f"e2e {label}: {e2e['seconds']:.1f} s ({e2e['windows']} windows, {e2e['predicted']} predicted, "
+                  f"{e2e['buildings']} buildings) / model-only {only['seconds']:.1f} s = {e2e['seconds'] / only['seconds']:.3f}; "
+                  f"/ read+model {only['read_and_model']:.1f} s = {e2e['seconds'] / only['read_and_model']:.3f}  [{stages}]", flush=True)
+    if "post" in args.rows:
+        r = measure({"kind": "e2e", "scene": str(big), "source": str(coarse), "oracle": True, "cfg": {"post_threads": 1}})
+        results["post"] = r
+        mpx = args.side * args.side / 1e6
+        per = ", ".join(f"{k} {mpx / v:.0f}" for k, v in r["times"].items() if k not in ("model", "read", "hash") and v > 0)
+        print(f"post-processing, oracle, {args.side}² at 0.30 m, 1 post thread, model-grid Mpx/s per stage: {per}; "
+              f"{r['buildings']} buildings, {r['seconds']:.1f} s end to end", flush=True)
+    if "rss" in args.rows:
+        rss = {}
+        for side in (2048, 8192):
+            rss[side] = measure({"kind": "e2e", "scene": str(scenes.build_tiff(side)), "checkpoint": str(MODEL)})
+        results["rss"] = rss
+        print(f"peak RSS, bundled model, 7.5 cm: 2048² {rss[2048]['peak_rss_mb']:.0f} MB, 8192² {rss[8192]['peak_rss_mb']:.0f} MB, "
+              f"ratio {rss[8192]['peak_rss_mb'] / rss[2048]['peak_rss_mb']:.3f}", flush=True)
+    if "flow" in args.rows:
+        flow = {w: measure({"kind": "flow", "scene": str(big), "source": str(coarse), "workers": w}) for w in (1, 2)}
+        results["flow"] = flow
+        f2 = flow[2]
+        print(f"flow path, oracle, {args.side}² at 0.30 m, {f2['blocks']} blocks: 1 worker {flow[1]['seconds']:.1f} s, "
+              f"2 workers {f2['seconds']:.1f} s, speed-up {flow[1]['seconds'] / f2['seconds']:.2f}; same buildings "
+              f"{flow[1]['buildings'] == f2['buildings']} ({f2['buildings']}); bytes received {f2['bytes'] / 1e6:.2f} MB = "
+              f"{f2['bytes'] / f2['raster_bytes']:.4f} of the 2-band uint8 probability raster "
+              f"({2 * f2['bytes'] / f2['raster_bytes']:.4f} of one band)", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
