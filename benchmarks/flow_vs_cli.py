@@ -9,7 +9,7 @@ Same scene, same checkpoint, same config. Prints one JSON record:
 - cli_s: `segment()` in this process (the CLI's work without interpreter start-up);
 - flow_warm_s: the flow on an already running cluster (workers imported, models cached);
 - flow_warm_no_quicklook_s: the same without the quicklook picture, which the CLI does not draw;
-- task_runs: Prefect task runs per scene (plan-scene + predict-batch + quicklook);
+- task_runs: Prefect task runs per scene (plan-scene + process-blocks + quicklook);
 - submit_ms: per-submit cost of a no-op task through DaskTaskRunner (orchestration only).
 
     python benchmarks/flow_vs_cli.py [--scene data/kampala_oam/mosaic_z20_6x4_1536x1024.tif] [--workers N]
@@ -56,9 +56,9 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="fpn-geo-bench-"))
     ckpt = args.checkpoint
     if not ckpt:
-        from tests.conftest import make_checkpoint
+        from benchmarks.gpu_bench import make_checkpoint
 
-        ckpt = str(make_checkpoint(tmp / "r18.safetensors"))
+        ckpt = str(make_checkpoint(tmp / "r18.safetensors", 18))
     shape = task_runner(n_workers=args.workers).cluster_kwargs
     record: dict = {
         "scene": args.scene, "workers": shape["n_workers"], "worker_torch_threads": int(shape["env"]["OMP_NUM_THREADS"]),

@@ -1,12 +1,15 @@
-"""GPU throughput: the ResNet-50 FPN model alone (eager vs torch.compile), then `segment` end to end.
+"""GPU throughput: the segmenter alone (eager vs torch.compile), then `segment` end to end on the same device.
 
 Run through benchmarks/gpu.sh on a CUDA machine; `--cpu` smoke-tests the same code here with tiny
 sizes (its numbers mean nothing). Prints one JSON line per measurement and a summary table.
 
+The model: `--checkpoint` (the bundled model), else random weights in the bundled model's architecture (its
+NAME.json: depth, FPN and head widths, classes, GSD), else a ResNet-`--depth` FPN.
 Model-only: uint8 tiles already on the device (as the pipeline sends them), normalized there,
 channels_last, bf16 autocast, batch `--batch`; tiles/s over `--iters` timed batches after warm-up.
-End to end: `segment` on a scene built from the bundled Kampala mosaic (`--scene-side`), same
-model and batch; the ratio to model-only says how well the input pipeline feeds the GPU.
+End to end: `segment` on a `--scene-side`² scene at 0.30 m built from the bundled Kampala mosaic (averaged 4x,
+tiled), same model and batch, with and without the probability COG; the ratio to model-only says how well
+everything around the model keeps up with it.
 """
 
 from __future__ import annotations
@@ -27,13 +30,20 @@ def emit(**kw) -> dict:
     return kw
 
 
-def make_checkpoint(path: Path, depth: int) -> Path:
+def make_checkpoint(path: Path, depth: int, like: Path | None = None) -> Path:
+    """Random weights: in the architecture of checkpoint metadata `like` (NAME.json) if given, else ResNet-`depth`."""
+    import dataclasses
+
     import torch
 
     from fpn_geo.model import ModelMeta, build_model, save_checkpoint
+    from fpn_geo.model.meta import read_meta
 
     torch.manual_seed(0)
-    meta = ModelMeta(depth=depth, bands=(1, 2, 3))
+    if like is not None and like.with_suffix(".json").is_file():
+        meta = dataclasses.replace(read_meta(like), weights_sha256="", extra={})
+    else:
+        meta = ModelMeta(depth=depth, bands=(1, 2, 3))
     save_checkpoint(build_model(meta), meta, path)
     return path
 
@@ -76,7 +86,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--scene-side", type=int, default=16384)
+    ap.add_argument("--scene-side", type=int, default=8192)
+    ap.add_argument("--checkpoint", help="the model to time (default: random weights shaped like models/default)")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
@@ -96,7 +107,13 @@ def main() -> None:
     device = "cuda" if cuda else "cpu"
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fpn-geo-gpu-"))
     work.mkdir(parents=True, exist_ok=True)
-    ckpt = make_checkpoint(work / f"random_r{args.depth}.safetensors", args.depth)
+    bundled = REPO / "models" / "default.safetensors"
+    if args.checkpoint:
+        ckpt, label = Path(args.checkpoint), Path(args.checkpoint).name
+    else:
+        ckpt = make_checkpoint(work / "random.safetensors", args.depth, bundled)
+        label = "random weights, " + ("bundled architecture" if bundled.with_suffix(".json").is_file() else f"R{args.depth}")
+    emit(what="model", checkpoint=str(ckpt), label=label)
     emit(what="device", device=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__)
     if cuda:
         torch.backends.cudnn.benchmark = True
@@ -120,7 +137,7 @@ def main() -> None:
     del model
 
     t0 = time.perf_counter()
-    scene = scenes.build_tiff(args.scene_side, args.scene_side, work)
+    scene = scenes.build_tiff(args.scene_side, args.scene_side, work, source=scenes.coarse_mosaic(4, work))
     emit(what="scene", path=str(scene), side=args.scene_side, build_s=time.perf_counter() - t0)
     use_compile = "compiled" in results
     seg = load_segmenter(ckpt, device, compile=use_compile)
@@ -128,15 +145,20 @@ def main() -> None:
     if use_compile:  # compile outside the timed run: one batch on the pipeline's own predictor
         import numpy as np
 
-        seg.predictor(np.zeros((args.batch, 3, args.tile, args.tile), np.uint8), [None] * args.batch)
-    s = segment(str(scene), seg, work / "out.gpkg", cfg)
-    tiles_per_s = s.windows / s.seconds
+        seg.predictor(np.zeros((args.batch, len(seg.meta.bands), args.tile, args.tile), np.uint8), [None] * args.batch)
     best = max(results.values())
-    shares = {k: round(v / sum(s.times.values()), 3) for k, v in s.times.items()}
-    emit(what="end-to-end", windows=s.windows, seconds=s.seconds, mpx_per_s=s.mpx_per_s, tiles_per_s=tiles_per_s,
-         share_of_model_only=tiles_per_s / best, stage_seconds=s.times, stage_shares=shares, compiled=use_compile)
-    print(f"\nmodel-only eager {results['eager']:.0f} tiles/s" + (f", compiled {results['compiled']:.0f} tiles/s" if use_compile else ""))
-    print(f"end-to-end {tiles_per_s:.0f} tiles/s = {100 * tiles_per_s / best:.0f}% of model-only; {s.mpx_per_s:.1f} Mpx/s; stages {shares}")
+    lines = []
+    for probability in ("none", "cog"):
+        s = segment(str(scene), seg, work / f"out_{probability}.gpkg", cfg.model_copy(update={"probability": probability}))
+        tiles_per_s = s.windows / s.seconds
+        emit(what="end-to-end", probability=probability, windows=s.windows, predicted=s.windows_predicted,
+             buildings=s.buildings, seconds=s.seconds, mpx_per_s=s.mpx_per_s, tiles_per_s=tiles_per_s,
+             share_of_model_only=tiles_per_s / best, stage_seconds=s.times, compiled=use_compile)
+        stages = " ".join(f"{k} {v:.2f}" for k, v in s.times.items())
+        lines.append(f"end-to-end ({probability} COG) {tiles_per_s:.0f} tiles/s = {tiles_per_s / best:.3f} of model-only; "
+                     f"{s.seconds:.1f} s, {s.buildings} buildings; stage seconds (summed over threads) {stages}")
+    print(f"\n{label}: model-only eager {results['eager']:.0f} tiles/s" + (f", compiled {results['compiled']:.0f} tiles/s" if use_compile else ""))
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

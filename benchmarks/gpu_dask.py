@@ -1,8 +1,8 @@
-"""The flows' worker path on a GPU: `predict_batch` on a `dask_cuda.LocalCUDACluster`, against `segment` in-process.
+"""The flows' worker path on a GPU: `process_blocks` on a `dask_cuda.LocalCUDACluster`, against `segment` in-process.
 
-The Prefect flow (`flows/segment.py`) does exactly this under its tasks: plan on the client, `predict_batch`
-slices on workers that advertise GPU=1 and load the model once per process (`cached_segmenter`), results
-streamed in grid order into `write_scene`. This script runs that path without Prefect (the GPU machine has
+The Prefect flow (`flows/segment.py`) does exactly this under its tasks: plan on the client, groups of blocks
+on workers that advertise GPU=1 and load the model once per process (`cached_segmenter`), block results
+streamed in order into `SceneWriter`. This script runs that path without Prefect (the GPU machine has
 no Prefect), so what it checks is the Dask-CUDA part: one worker per GPU, the GPU resource, CUDA inside a
 worker process, and the same buildings as the single-process run on the same device.
 
@@ -27,10 +27,10 @@ def emit(**kw) -> dict:
     return kw
 
 
-def worker_predict(scene, grid, start, stop, checkpoint, device, window, scale, batch, readers):
-    from fpn_geo.pipeline import cached_segmenter, predict_batch
+def worker_blocks(plan, blocks, checkpoint, device):
+    from fpn_geo.pipeline import cached_segmenter, process_blocks
 
-    return predict_batch(scene, grid, start, stop, cached_segmenter(checkpoint, device), window, scale, batch, readers)
+    return list(process_blocks(plan, blocks, cached_segmenter(checkpoint, device)))
 
 
 def compare(a: Path, b: Path) -> dict:
@@ -52,28 +52,27 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--scene-side", type=int, default=8192)
-    ap.add_argument("--windows-per-task", type=int, default=128)
+    ap.add_argument("--blocks-per-task", type=int, default=2)
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     if args.cpu:
-        args.depth, args.batch, args.tile, args.scene_side, args.windows_per_task = 18, 2, 256, 1024, 8
+        args.depth, args.batch, args.tile, args.scene_side = 18, 2, 256, 1024
 
     from distributed import Client
 
     from benchmarks import scenes
     from benchmarks.gpu_bench import make_checkpoint
     from fpn_geo.config import load_config
-    from fpn_geo.pipeline import batch_slices, load_segmenter, plan_grid, read_model_record, segment, write_scene
-    from fpn_geo.scene import open_scene
+    from fpn_geo.pipeline import SceneWriter, load_segmenter, plan_from_checkpoint, segment
     from fpn_geo.streaming import in_order
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fpn-geo-gpu-dask-"))
     work.mkdir(parents=True, exist_ok=True)
     device = "cpu" if args.cpu else "cuda"
-    ckpt = work / f"random_r{args.depth}.safetensors"
+    ckpt = work / "random.safetensors"
     if not ckpt.exists():
-        make_checkpoint(ckpt, args.depth)
-    scene = str(scenes.build_tiff(args.scene_side, args.scene_side, work))
+        make_checkpoint(ckpt, args.depth, REPO / "models" / "default.safetensors")
+    scene = str(scenes.build_tiff(args.scene_side, args.scene_side, work, source=scenes.coarse_mosaic(4, work)))
     cfg = load_config(window=args.tile, overlap=64 if args.tile >= 256 else 32, batch=args.batch, device=device)
 
     seg = load_segmenter(ckpt, device)
@@ -100,18 +99,19 @@ def main() -> None:
         emit(what="cluster", kind=type(cluster).__name__, workers=len(workers), gpu_workers=gpus, start_s=start_s,
              visible_devices=client.run(lambda: __import__("os").environ.get("CUDA_VISIBLE_DEVICES")))
         # Warm the worker's model cache and CUDA context outside the timed run, as a long-lived cluster has.
-        model = read_model_record(ckpt, device)
-        info = open_scene(scene, model.bands)
-        grid, scale = plan_grid(info, cfg, model.gsd_m)
-        fn = lambda start, stop: worker_predict(scene, grid, start, stop, str(ckpt), device, cfg.window, scale, cfg.batch, cfg.readers)  # noqa: E731
-        client.submit(fn, 0, min(cfg.batch, len(grid)), pure=False, resources={"GPU": 1}).result()
+        plan = plan_from_checkpoint(scene, ckpt, cfg)
+        groups = plan.blocks.groups(args.blocks_per_task)
+        client.submit(worker_blocks, plan, groups[0][:1], str(ckpt), device, pure=False, resources={"GPU": 1}).result()
         t1 = time.perf_counter()
-        slices = batch_slices(len(grid), args.windows_per_task, cfg.batch)
-        batches = in_order(lambda s: client.submit(fn, *s, pure=False, resources={"GPU": 1}), slices, 2 * max(1, len(workers)))
-        results = (r for batch in batches for r in batch.results)
-        dist = write_scene(info, grid, scale, results, model, work / "dask.gpkg", cfg)
+        submit = lambda g: client.submit(worker_blocks, plan, g, str(ckpt), device, pure=False, resources={"GPU": 1})  # noqa: E731
+        with SceneWriter(plan, work / "dask.gpkg") as writer:
+            for results in in_order(submit, groups, 2 * max(1, len(workers))):
+                for r in results:
+                    writer.add(r)
+            dist = writer.finish(t1, "bench")
         dist_s = time.perf_counter() - t1
-        emit(what="dask", windows=dist.windows, tasks=len(slices), buildings=dist.buildings, seconds=dist_s)
+        emit(what="dask", windows=dist.windows, predicted=dist.windows_predicted, tasks=len(groups), buildings=dist.buildings,
+             seconds=dist_s, bytes_received=dist.bytes_received)
     emit(what="compare", **compare(work / "in_process.gpkg", work / "dask.gpkg"), ratio_dask_to_in_process=dist_s / ref_s)
 
 

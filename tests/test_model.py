@@ -85,10 +85,10 @@ def test_a_short_last_batch_is_padded_for_a_compiled_model_and_gives_the_same_nu
     meta = ModelMeta(depth=18, fpn_channels=64, head_channels=32, bands=(1, 2, 3))
     predictor = SegmenterPredictor(build_model(meta), meta, "cpu")
     images = np.random.default_rng(0).integers(0, 256, (3, 3, 64, 64), dtype=np.uint8)
-    alone = predictor(images[:1], [None])
+    alone = predictor(images[:1], [None]).numpy()  # probabilities on a 0-255 scale, floats
     predictor.compiled = True  # the padding path, without paying for a real compile on CPU
     predictor(images, [None] * 3)
-    padded = predictor(images[:1], [None])
+    padded = predictor(images[:1], [None]).numpy()
     assert padded.shape == alone.shape == (1, 2, 64, 64)
-    diff = np.abs(padded.astype(int) - alone.astype(int))
-    assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+    diff = np.abs(padded - alone)
+    assert diff.max() <= 1 and (diff < 0.5).mean() > 0.99
