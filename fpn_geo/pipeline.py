@@ -24,6 +24,7 @@ from fpn_geo.hashing import sha256_file
 from fpn_geo.model.meta import ModelMeta, read_verified_meta
 from fpn_geo.provenance import build_record, new_run_id, utc_now
 from fpn_geo.scene import SceneInfo, is_local, open_scene
+from fpn_geo.separate import separator_index
 from fpn_geo.stitch import Stitcher, describe_bands, probability_profile, write_cog, write_probability_style
 from fpn_geo.tiling import Grid, GridWindow, make_grid
 from fpn_geo.timing import StageTimes
@@ -73,7 +74,7 @@ def read_model_record(checkpoint: str | Path, device: str = "auto") -> ModelReco
     Use on the side that plans and writes (a flow), where the model never runs.
     """
     meta = read_verified_meta(checkpoint)
-    channels = 2 if "contact" in meta.classes else 1
+    channels = 2 if separator_index(meta.classes) is not None else 1
     return ModelRecord(channels, meta.bands, meta.gsd_m, meta, str(checkpoint), device)
 
 

@@ -77,3 +77,58 @@ def test_bad_inputs_are_clear_errors():
         label_instances(fp, np.zeros((3, 4), np.uint8))
     with pytest.raises(ConfigError, match="threshold=0"):
         label_instances(fp, threshold=0)
+
+
+def _separator_channels(geoms, transform, shape, gap_px=2):
+    """Perfect output of a separator model: footprint = 1 - P(background), channel 1 = P(separator)."""
+    from fpn_geo.labels import SEPARATOR, separator_target
+
+    instances = rasterize_instances(geoms, transform, shape)
+    target = separator_target(instances, gap_px)
+    footprint = np.where(target > 0, 255, 0).astype(np.uint8)
+    separator = np.where(target == SEPARATOR, 255, 0).astype(np.uint8)
+    return instances, target, footprint, separator
+
+
+def test_separator_target_is_inner_border_plus_gap():
+    from fpn_geo.labels import INTERIOR, SEPARATOR, separator_target
+
+    inst = np.zeros((12, 20), np.int32)
+    inst[2:10, 2:8] = 1
+    inst[2:10, 10:18] = 2  # a 2-px gap (cols 8, 9)
+    t = separator_target(inst, gap_px=2)
+    assert (t[2, 2:8] == SEPARATOR).all() and (t[2:10, 2] == SEPARATOR).all()  # inner border
+    assert (t[3:9, 3:7] == INTERIOR).all()
+    assert (t[4:8, 8:10] == SEPARATOR).all()  # background between the two buildings
+    assert t[0, 0] == 0 and t[5, 19] == 0  # background next to one building only stays background
+
+
+@pytest.mark.parametrize("gap", [0, 1, 2])
+def test_separator_model_splits_touching_and_close_squares(gap):
+    transform = from_origin(0, 40, 1, 1)
+    geoms = [box(5, 10, 15, 20), box(15 + gap, 10, 25 + gap, 20)]
+    instances, _, footprint, separator = _separator_channels(geoms, transform, (40, 40))
+    labels = label_instances(footprint, separator)
+    assert labels.max() == 2
+    for truth_id in (1, 2):
+        assert len(np.unique(labels[instances == truth_id])) == 1
+    assert label_instances(footprint, None).max() == 1  # without the separator they merge
+
+
+def test_separator_index_accepts_old_contact_name():
+    from fpn_geo.separate import separator_index
+
+    assert separator_index(("background", "building", "separator")) == 2
+    assert separator_index(("background", "building", "contact")) == 2
+    assert separator_index(("background", "building")) is None
+
+
+def test_kampala_buildings_come_apart_with_separator():
+    with rasterio.open(KAMPALA_TIF) as src:
+        transform, shape, crs = src.transform, src.shape, src.crs
+    labels = read_labels(KAMPALA_LABELS, crs)
+    instances, _, footprint, separator = _separator_channels(labels, transform, shape)
+    n_truth = len(np.unique(instances)) - 1
+    split = label_instances(footprint, separator).max()
+    # 3 OSM outlines overlap others and are drawn over (later wins), leaving pieces without a core
+    assert n_truth - 3 <= split <= n_truth
