@@ -25,7 +25,7 @@ else
   PY=${PYTHON:-python3}
   [ -f "$CACHE" ] || { echo "no $CACHE: build it where rasterio is (python -m fpn_geo.train.cache ...) and carry it"; exit 2; }
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-  # 5.9 min for both models (start-up, cache decode and checkpoint writes included), then ~30 s for the CUDA test
-  timeout 400 "$PY" -m fpn_geo.train.gpu --cache "$CACHE" --out-dir "$DEST" --gsd 0.3 0.15 --deadline-minutes "${MINUTES:-5.9}"
-  timeout 50 "$PY" -m pytest -q --noconftest -p no:cacheprovider tests/test_train_gpu.py -k cuda || echo "CUDA test failed: $?"
+  # 5.7 min for both models (start-up, cache decode and checkpoint writes included), then ~30 s for the CUDA test
+  timeout 380 "$PY" -m fpn_geo.train.gpu --cache "$CACHE" --out-dir "$DEST" --gsd 0.3 0.15 --deadline-minutes "${MINUTES:-5.7}"
+  timeout 45 "$PY" -m pytest -q --noconftest -p no:cacheprovider tests/test_train_gpu.py -k cuda || echo "CUDA test failed: $?"
 fi
