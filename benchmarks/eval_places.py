@@ -21,6 +21,25 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+def regularized(row: dict, block, rect_iou: float, min_area: float) -> dict:
+    """Score the row's polygons after ``fpn_geo.regularize`` (in the block's UTM zone), as ``evaluate`` scores any file."""
+    import geopandas as gpd
+
+    from fpn_geo.evaluate import evaluate
+    from fpn_geo.regularize import regularize, vertex_count
+
+    pred = gpd.read_file(row["gpkg"], layer="buildings")
+    utm = pred.estimate_utm_crs() if len(pred) else None
+    reg = pred.copy()
+    if len(pred):
+        reg = reg.set_geometry(gpd.GeoSeries(regularize(pred.geometry.to_crs(utm).values, rect_iou), crs=utm).to_crs(pred.crs).values)
+    out = Path(row["gpkg"]).with_name(Path(row["gpkg"]).stem + "_reg.gpkg")
+    reg.to_file(out, layer="buildings", driver="GPKG")
+    rep = evaluate(out, block.truth, block.image, iou=0.5, min_area_m2=min_area)
+    return {"f1_reg": rep["building"]["f1"], "tp_reg": rep["building"]["TP"], "fp_reg": rep["building"]["FP"], "fn_reg": rep["building"]["FN"],
+            "vertices": vertex_count(pred.geometry.values), "vertices_reg": vertex_count(reg.geometry.values)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
@@ -32,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--work", default=str(REPO / "runs" / "holdout"))
     p.add_argument("--json", help="write every row and the summary here")
+    p.add_argument("--regularize", type=float, metavar="RECT_IOU", help="also score right-angled outlines (fpn_geo.regularize, e.g. 0.85)")
     a = p.parse_args(argv)
 
     import torch
@@ -51,9 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         for b in blocks:
             for sep in modes:
                 r = score_block(seg, b, Path(a.work) / Path(a.checkpoint).stem, t, sep, a.min_area, a.simplify)
+                if a.regularize:
+                    r.update(regularized(r, b, a.regularize, a.min_area))
                 rows.append(r)
                 print(f"{b.place:12s} t={t:.2f} {'sep  ' if sep else 'nosep'} F1 {r['f1']:.3f} (P {r['precision']:.2f} R {r['recall']:.2f}, "
                       f"TP {r['tp']} FP {r['fp']} FN {r['fn']})  pixel IoU {r['pixel_iou']:.3f}", flush=True)
+                if a.regularize:
+                    print(f"{'':12s} right-angled outlines: F1 {r['f1_reg']:.3f}, vertices {r['vertices']} -> {r['vertices_reg']}", flush=True)
     summary = {}
     for t in a.thresholds:
         for sep in modes:

@@ -141,3 +141,22 @@ def test_kampala_buildings_come_apart_with_separator():
     assert shared(merged) > 15
     # 3 OSM outlines overlap others and are drawn over (later wins), leaving pieces without a core
     assert shared(split) <= 6
+
+
+def test_regularize_squares_nearly_rectangular_outlines_only():
+    import shapely
+    from shapely.affinity import rotate
+    from shapely.geometry import Polygon
+
+    from fpn_geo.regularize import regularize, vertex_count
+
+    # a rotated 10 x 6 rectangle traced with stair steps (a raster outline) and an L-shape
+    stairs = rotate(box(0, 0, 10, 6), 30, origin=(0, 0)).buffer(0.3, join_style="mitre").simplify(0.05)
+    jagged = Polygon([(0, 0), (10, 0), (10, 6.2), (5, 6.2), (5, 5.8), (0, 5.8)])
+    ell = Polygon([(0, 0), (10, 0), (10, 4), (4, 4), (4, 10), (0, 10)])
+    out = regularize([jagged, ell, stairs, None])
+    assert shapely.get_num_coordinates(out[0]) == 5 and abs(out[0].area - jagged.area) / jagged.area < 0.05
+    assert out[1].equals(ell)  # not nearly rectangular: kept
+    assert shapely.get_num_coordinates(out[2]) == 5
+    assert out[3] is None
+    assert vertex_count(out[:3]) < vertex_count([jagged, ell, stairs])
