@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     from fpn_geo.train.validate import export_blocks
 
     cfg = load_train_config(a.config)
-    print(f"{'place':12s} " + "  ".join(f"{g:.2f} m sep / nosep" for g in a.gsds))
+    from fpn_geo.regularize import regularize, vertex_count
+
+    print(f"{'place':12s} " + "  ".join(f"{g:.2f} m sep / nosep / sep+right-angled (vertices)" for g in a.gsds))
     for b in export_blocks(cfg, a.work):
         with rasterio.open(b.image) as src:
             native = pixel_size_m(src.transform, CRS.from_user_input(src.crs), src.width, src.height)
@@ -56,14 +58,19 @@ def main(argv: list[str] | None = None) -> int:
             target = separator_target(rasterize_instances(truth, t, (h, w)), cfg.contact_px)
             fp = np.where(target > 0, 255, 0).astype(np.uint8)
             sep = np.where(target == SEPARATOR, 255, 0).astype(np.uint8)
-            scores = []
+            scores, verts = [], []
             for contact in (sep, None):
                 labels = label_instances(fp, contact, 0.5)
                 polys = [shapely.geometry.shape(s) for s, v in rasterio.features.shapes(labels, mask=labels > 0, transform=t, connectivity=4)]
                 pred = gpd.GeoDataFrame(geometry=polys, crs=crs)
                 scores.append(building_f1(pred, truth, iou=0.5, min_area_m2=4.0)["f1"])
-            cells.append(f"{scores[0]:.3f} / {scores[1]:.3f}")
-        print(f"{b.place:12s} " + "  ".join(f"{c:>18s}" for c in cells), flush=True)
+                if contact is not None:
+                    utm = pred.estimate_utm_crs()
+                    reg = gpd.GeoDataFrame(geometry=regularize(pred.geometry.to_crs(utm).values), crs=utm).to_crs(crs)
+                    f1_reg = building_f1(reg, truth, iou=0.5, min_area_m2=4.0)["f1"]
+                    verts = [vertex_count(pred.geometry.values), vertex_count(reg.geometry.values)]
+            cells.append(f"{scores[0]:.3f} / {scores[1]:.3f} / {f1_reg:.3f} ({verts[0]} -> {verts[1]})")
+        print(f"{b.place:12s} " + "  ".join(f"{c:>40s}" for c in cells), flush=True)
     return 0
 
 
