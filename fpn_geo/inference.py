@@ -17,6 +17,7 @@ import torch
 
 from fpn_geo.model.checkpoint import ModelMeta
 from fpn_geo.reading import WindowData, read_window
+from fpn_geo.separate import separator_index
 from fpn_geo.streaming import in_order
 from fpn_geo.timing import StageTimes
 from fpn_geo.tiling import GridWindow
@@ -60,8 +61,9 @@ class SegmenterPredictor:
         self.batch_seen = 0  # largest batch so far: a compiled model gets every batch padded to it
         self.mean = torch.tensor(meta.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(meta.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.has_contact = "contact" in meta.classes
-        self.contact_index = meta.classes.index("contact") if self.has_contact else -1
+        sep = separator_index(meta.classes)  # "separator", or "contact" in older checkpoints
+        self.has_contact = sep is not None
+        self.contact_index = sep if sep is not None else -1
 
     @property
     def channels(self) -> int:

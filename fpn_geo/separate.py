@@ -1,8 +1,11 @@
 """Instance labelling: turn footprint (and contact) probabilities into one id per building.
 
-The vectorizer calls ``label_instances``; without a contact map it is plain
-connected components, with one it cuts blobs of touching buildings apart along
-the contact band with a marker-based watershed.
+The vectorizer calls ``label_instances``; without a separator map it is plain
+connected components. With one (channel 1 of the prediction: P(separator), the class
+that marks every building's 1-px inner border and the background between close buildings;
+old checkpoints call it "contact") it floods P(interior) = footprint - separator with a
+watershed seeded from the interior cores, inside the footprint (P(interior) + P(separator)
+above the threshold), so touching and nearly touching buildings come apart.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from skimage.segmentation import watershed
 
 from fpn_geo.errors import ConfigError, InputError
 
+SEPARATOR_NAMES = ("separator", "contact")
+"""Class names of the separator channel; "contact" is what older checkpoints call it."""
+_MIN_CORE_PX = 4  # cores smaller than this are noise, not buildings: they would split a roof
 _MANY_BLOBS = 300  # above this many blobs to split, one whole-image watershed is faster
 _FOUR = ndimage.generate_binary_structure(2, 1)  # 4-connectivity: diagonal touches do not merge
 
@@ -32,6 +38,14 @@ def _threshold_u8(threshold: float) -> float:
     if not 0.0 < float(threshold) <= 1.0:
         raise ConfigError(f"threshold={threshold!r}; expected a probability in (0, 1]. Pass e.g. threshold=0.5.")
     return float(threshold) * 255.0
+
+
+def separator_index(classes) -> int | None:
+    """Index of the separator class ("separator", or "contact" in older checkpoints) in ``classes``; None if absent."""
+    for name in SEPARATOR_NAMES:
+        if name in classes:
+            return list(classes).index(name)
+    return None
 
 
 def connected_components(mask: np.ndarray) -> np.ndarray:
@@ -69,11 +83,13 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
 
 
 def label_instances(footprint: np.ndarray, contact: np.ndarray | None = None, threshold: float = 0.5) -> np.ndarray:
-    """One int32 id per building (0 background) from uint8 footprint/contact probabilities.
+    """One int32 id per building (0 background) from uint8 footprint and separator probabilities.
 
-    Use the contact map when the model predicts one: blobs whose buildings touch
-    are flooded from their contact-free cores and split along the contact band.
-    Without it, touching buildings stay one component.
+    ``footprint`` is 1 - P(background), ``contact`` is P(separator) (the name is the pipeline's, kept for
+    older checkpoints). Buildings are the footprint above ``threshold``; inside each blob a watershed of
+    P(interior) = footprint - separator, seeded from the cores where P(interior) is above ``threshold``,
+    splits buildings that touch or nearly touch. A blob with no core keeps one id. Without ``contact``,
+    touching buildings stay one component.
     """
     _check_probability("footprint", footprint)
     t = _threshold_u8(threshold)
@@ -89,7 +105,15 @@ def label_instances(footprint: np.ndarray, contact: np.ndarray | None = None, th
     blobs, n_blobs = ndimage.label(fg, structure=_FOUR, output=np.int32)
     if n_blobs == 0:
         return blobs
-    seeds, per_blob = _markers(fg & (contact < t), blobs, n_blobs)
+    interior = np.clip(footprint.astype(np.int16) - contact.astype(np.int16), 0, 255).astype(np.uint8)
+    core = fg & (interior >= t)
+    if core.any():  # drop specks of core: a few noisy pixels must not split a roof
+        cores, n_cores = ndimage.label(core, structure=_FOUR, output=np.int32)
+        small = np.bincount(cores.ravel(), minlength=n_cores + 1) < _MIN_CORE_PX
+        small[0] = False
+        core &= ~small[cores]
+    seeds, per_blob = _markers(core, blobs, n_blobs)
+    elevation = 255 - interior  # flood from the most certain interior outwards
     blob_id = np.zeros(n_blobs + 1, dtype=np.int32)  # blobs with <= 1 seed keep one id
     blob_id[blobs[seeds > 0]] = seeds[seeds > 0]
     blob_id[per_blob > 1] = 0
@@ -97,13 +121,13 @@ def label_instances(footprint: np.ndarray, contact: np.ndarray | None = None, th
     split = np.flatnonzero(per_blob > 1)
     if len(split) > _MANY_BLOBS:  # one global flood beats thousands of small calls
         in_split = (per_blob > 1)[blobs]
-        flooded = watershed(contact, markers=np.where(in_split, seeds, 0), mask=in_split, connectivity=1)
+        flooded = watershed(elevation, markers=np.where(in_split, seeds, 0), mask=in_split, connectivity=1)
         labels[in_split] = flooded[in_split]
         return _relabel(labels)
     boxes = ndimage.find_objects(blobs)
     for i in split:
         box = boxes[i - 1]
         in_blob = blobs[box] == i
-        flooded = watershed(contact[box], markers=np.where(in_blob, seeds[box], 0), mask=in_blob, connectivity=1)
+        flooded = watershed(elevation[box], markers=np.where(in_blob, seeds[box], 0), mask=in_blob, connectivity=1)
         labels[box][in_blob] = flooded[in_blob]
     return _relabel(labels)

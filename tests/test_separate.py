@@ -77,3 +77,86 @@ def test_bad_inputs_are_clear_errors():
         label_instances(fp, np.zeros((3, 4), np.uint8))
     with pytest.raises(ConfigError, match="threshold=0"):
         label_instances(fp, threshold=0)
+
+
+def _separator_channels(geoms, transform, shape, gap_px=2):
+    """Perfect output of a separator model: footprint = 1 - P(background), channel 1 = P(separator)."""
+    from fpn_geo.labels import SEPARATOR, separator_target
+
+    instances = rasterize_instances(geoms, transform, shape)
+    target = separator_target(instances, gap_px)
+    footprint = np.where(target > 0, 255, 0).astype(np.uint8)
+    separator = np.where(target == SEPARATOR, 255, 0).astype(np.uint8)
+    return instances, target, footprint, separator
+
+
+def test_separator_target_is_inner_border_plus_gap():
+    from fpn_geo.labels import INTERIOR, SEPARATOR, separator_target
+
+    inst = np.zeros((12, 20), np.int32)
+    inst[2:10, 2:8] = 1
+    inst[2:10, 10:18] = 2  # a 2-px gap (cols 8, 9)
+    t = separator_target(inst, gap_px=2)
+    assert (t[2, 2:8] == SEPARATOR).all() and (t[2:10, 2] == SEPARATOR).all()  # inner border
+    assert (t[3:9, 3:7] == INTERIOR).all()
+    assert (t[4:8, 8:10] == SEPARATOR).all()  # background between the two buildings
+    assert t[0, 0] == 0 and t[5, 19] == 0  # background next to one building only stays background
+
+
+@pytest.mark.parametrize("gap", [0, 1, 2])
+def test_separator_model_splits_touching_and_close_squares(gap):
+    transform = from_origin(0, 40, 1, 1)
+    geoms = [box(5, 10, 15, 20), box(15 + gap, 10, 25 + gap, 20)]
+    instances, _, footprint, separator = _separator_channels(geoms, transform, (40, 40))
+    labels = label_instances(footprint, separator)
+    assert labels.max() == 2
+    for truth_id in (1, 2):
+        assert len(np.unique(labels[instances == truth_id])) == 1
+    assert label_instances(footprint, None).max() == 1  # without the separator they merge
+
+
+def test_separator_index_accepts_old_contact_name():
+    from fpn_geo.separate import separator_index
+
+    assert separator_index(("background", "building", "separator")) == 2
+    assert separator_index(("background", "building", "contact")) == 2
+    assert separator_index(("background", "building")) is None
+
+
+def test_kampala_buildings_come_apart_with_separator():
+    with rasterio.open(KAMPALA_TIF) as src:
+        transform, shape, crs = src.transform, src.shape, src.crs
+    labels = read_labels(KAMPALA_LABELS, crs)
+    instances, _, footprint, separator = _separator_channels(labels, transform, shape)
+    split = label_instances(footprint, separator)
+    merged = label_instances(footprint)
+    fg = instances > 0
+
+    def shared(labels):
+        """Truth buildings whose pixels share a label with another building."""
+        pairs = np.unique(np.stack([instances[fg], labels[fg]]), axis=1)
+        per_label = np.bincount(pairs[1])
+        return len(np.unique(pairs[0][per_label[pairs[1]] > 1]))
+
+    assert shared(merged) > 15
+    # 3 OSM outlines overlap others and are drawn over (later wins), leaving pieces without a core
+    assert shared(split) <= 6
+
+
+def test_regularize_squares_nearly_rectangular_outlines_only():
+    import shapely
+    from shapely.affinity import rotate
+    from shapely.geometry import Polygon
+
+    from fpn_geo.regularize import regularize, vertex_count
+
+    # a rotated 10 x 6 rectangle traced with stair steps (a raster outline) and an L-shape
+    stairs = rotate(box(0, 0, 10, 6), 30, origin=(0, 0)).buffer(0.3, join_style="mitre").simplify(0.05)
+    jagged = Polygon([(0, 0), (10, 0), (10, 6.2), (5, 6.2), (5, 5.8), (0, 5.8)])
+    ell = Polygon([(0, 0), (10, 0), (10, 4), (4, 4), (4, 10), (0, 10)])
+    out = regularize([jagged, ell, stairs, None])
+    assert shapely.get_num_coordinates(out[0]) == 5 and abs(out[0].area - jagged.area) / jagged.area < 0.05
+    assert out[1].equals(ell)  # not nearly rectangular: kept
+    assert shapely.get_num_coordinates(out[2]) == 5
+    assert out[3] is None
+    assert vertex_count(out[:3]) < vertex_count([jagged, ell, stairs])

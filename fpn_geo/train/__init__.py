@@ -3,11 +3,28 @@
 Modules by role, read in the order the data flows:
 ``config`` (validated YAML), ``dataset`` (sources at the model GSD, chips as sample dicts),
 ``samplers`` (where to read: random for training, a grid for validation), ``augment``,
-``losses``, ``validate`` (predict the held-out block, vectorize, score) and ``loop`` (the epochs,
-checkpoints, resume, metrics CSV and curve).
+``losses``, ``validate`` (the held-out blocks through the production path) and ``loop`` (the epochs,
+checkpoints, resume, metrics CSV and curve). The GPU path: ``cache`` (every source decoded once per
+model GSD into one compressed file, here, with rasterio) and ``gpu`` (a torch-only trainer on that cache).
+
+Names are resolved on first use, so ``fpn_geo.train.gpu`` imports without pydantic, yaml or rasterio.
 """
 
-from fpn_geo.train.config import SourceConfig, TrainConfig, load_train_config
-from fpn_geo.train.loop import TrainResult, train
+from __future__ import annotations
 
-__all__ = ["SourceConfig", "TrainConfig", "TrainResult", "load_train_config", "train"]
+import importlib
+
+_WHERE = {
+    "SourceConfig": "fpn_geo.train.config",
+    "TrainConfig": "fpn_geo.train.config",
+    "load_train_config": "fpn_geo.train.config",
+    "TrainResult": "fpn_geo.train.loop",
+    "train": "fpn_geo.train.loop",
+}
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,6 +25,7 @@ class SourceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
+    place: str | None = Field(None, description="place this source belongs to (held-out scores are per place); default: name")
     image: str = Field(description="GeoTIFF path or glob, relative to the repository root or absolute")
     labels: str | None = Field(None, description="vector labels (GeoJSON, GPKG, Shapefile), any CRS")
     mask: str | None = Field(None, description="building mask raster (0/1 or 0/255) on the image grid")
@@ -75,7 +76,15 @@ class TrainConfig(BaseModel):
     depth: Literal[18, 34, 50, 101] = 18
     fpn_channels: int = Field(128, gt=0)
     head_channels: int = Field(128, gt=0)
-    contact_px: int = Field(2, ge=0, description="half-width of the contact band, model pixels")
+    contact_px: int = Field(2, ge=0, description="half-width of the contact band / separator gap, model pixels")
+    target: Literal["separator", "contact"] = Field(
+        "separator", description="separator: background/interior/separator (1-px inner border + gaps); contact: the old contact band"
+    )
+    cache_gsds: tuple[float, ...] = Field((0.15, 0.3), min_length=1, description="model GSDs the training cache holds")
+    colour_aug: float = Field(0.25, ge=0, lt=1, description="colour augmentation strength (GPU trainer)")
+    blur_p: float = Field(0.3, ge=0, le=1, description="share of batches blurred (GPU trainer)")
+    scale_aug: tuple[float, float] = Field((0.7, 1.4), description="chip zoom range (GPU trainer); (1, 1) turns it off")
+    holdout_margin_m: float = Field(4.0, ge=0, description="margin blanked around each held-out block in the cache")
     chip: int = Field(256, gt=0, description="training chip side, model pixels; a multiple of 32")
     val_chip: int = Field(256, gt=0, description="validation grid window side; a multiple of 32")
     val_overlap: int = Field(64, ge=0, description="overlap between validation windows")

@@ -20,9 +20,9 @@ from pyproj import CRS
 from rasterio.enums import Resampling
 
 from fpn_geo.errors import InputError
-from fpn_geo.labels import BUILDING, CONTACT, contact_from_instances, read_label_mask, read_labels, rasterize_instances
+from fpn_geo.labels import BUILDING, CONTACT, contact_from_instances, read_label_mask, read_labels, rasterize_instances, separator_target
 from fpn_geo.scene import pixel_size_m
-from fpn_geo.train.samplers import Block, ChipQuery
+from fpn_geo.train.samplers import Block, ChipQuery, fraction_block
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class Source:
     name: str
     path: str
     image: np.ndarray  # (bands, H, W), source dtype
-    target: np.ndarray  # (H, W) uint8: 0 background, 1 building, 2 contact, 255 ignore
+    target: np.ndarray  # (H, W) uint8: 0 background, 1 building (interior), 2 contact or separator, 255 ignore
     footprint: np.ndarray  # (H, W) bool: truth building pixels (for pixel IoU)
     transform: Affine  # of the resampled grid, in the source CRS
     crs_wkt: str
@@ -59,15 +59,10 @@ class Source:
 
 
 def block_pixels(fractions: tuple[float, float, float, float] | None, height: int, width: int) -> Block | None:
-    """A fractional (left, top, right, bottom) block in pixels, snapped to multiples of 32 where the image allows."""
+    """A fractional (left, top, right, bottom) block in pixels, rounded outwards (``samplers.fraction_block``)."""
     if fractions is None:
         return None
-    l, t, r, b = fractions
-
-    def snap(f: float, n: int) -> int:
-        return n if f >= 1 else min(n, int(round(f * n / 32)) * 32)
-
-    block = Block(snap(t, height), snap(l, width), snap(b, height), snap(r, width))
+    block = fraction_block(fractions, height, width)
     if block.height <= 0 or block.width <= 0:
         raise InputError(f"val_block {list(fractions)} covers no pixels of a {height}x{width} grid; make it larger")
     return block
@@ -83,6 +78,7 @@ def load_source(
     contact_px: int = 2,
     weight: float = 1.0,
     val_block: tuple[float, float, float, float] | None = None,
+    target_kind: str = "contact",
 ) -> Source:
     """Read a scene at ``gsd_m`` (bilinear, in its own CRS, as the pipeline does) and rasterize its labels."""
     with rasterio.open(image_path) as src:
@@ -113,8 +109,11 @@ def load_source(
         cols = np.minimum(((np.arange(w) + 0.5) * src_shape[1] / w).astype(int), src_shape[1] - 1)
         mask = mask[rows][:, cols]  # nearest neighbour at pixel centres
         instances, _ = ndimage.label(mask > 0)  # touching buildings merged in a mask stay one instance
-    target = (instances > 0).astype(np.uint8) * BUILDING
-    target[contact_from_instances(instances.astype(np.int32), contact_px)] = CONTACT
+    if target_kind == "separator":
+        target = separator_target(instances.astype(np.int32), contact_px)
+    else:
+        target = (instances > 0).astype(np.uint8) * BUILDING
+        target[contact_from_instances(instances.astype(np.int32), contact_px)] = CONTACT
     target[~valid] = IGNORE
     gsd = pixel_size_m(transform, CRS.from_user_input(crs), w, h)
     log.info("source %s: %s -> %dx%d px at %.3f m", name, Path(image_path).name, h, w, gsd)

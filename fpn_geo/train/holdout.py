@@ -19,11 +19,15 @@ import shapely
 from fpn_geo.errors import ConfigError, FpnGeoError
 from fpn_geo.labels import read_labels
 from fpn_geo.train.config import REPO, TrainConfig, load_train_config
-from fpn_geo.train.dataset import load_source
+from fpn_geo.train.samplers import fraction_block
 
 
 def export_holdout(cfg: TrainConfig, source: str, out_dir: str | Path, root: Path = REPO) -> tuple[Path, Path]:
-    """Write ``SOURCE_holdout.tif`` (scene pixels of the block) and ``SOURCE_holdout_labels.gpkg``; returns both paths."""
+    """Write ``SOURCE_holdout.tif`` (scene pixels of the block) and ``SOURCE_holdout_labels.gpkg``; returns both paths.
+
+    The block is ``val_block``'s fractions of the scene's own pixel grid, rounded outwards: the training cache
+    blanks the same fractions (plus a margin) on every model grid, so no training chip sees these pixels.
+    """
     matches = [s for s in cfg.sources if s.name == source]
     if not matches or matches[0].val_block is None:
         have = [s.name for s in cfg.sources if s.val_block]
@@ -32,20 +36,21 @@ def export_holdout(cfg: TrainConfig, source: str, out_dir: str | Path, root: Pat
     pairs = sc.pairs(root)
     if len(pairs) != 1 or pairs[0][2] != "labels":
         raise ConfigError(f"source {source!r} must be one image with vector labels to export its block")
-    image, labels, kind = pairs[0]
-    s = load_source(sc.name, image, labels, kind, cfg.gsd_m, cfg.bands, cfg.contact_px, sc.weight, sc.val_block)
-    b = s.val_block
-    (x0, y0), (x1, y1) = s.transform * (b.col0, b.row0), s.transform * (b.col1, b.row1)
+    image, labels, _kind = pairs[0]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tif, gpkg = out_dir / f"{source}_holdout.tif", out_dir / f"{source}_holdout_labels.gpkg"
     with rasterio.open(image) as src:
-        win = rasterio.windows.from_bounds(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1), src.transform)
-        win = win.round_offsets().round_lengths().intersection(rasterio.windows.Window(0, 0, src.width, src.height))
-        profile = {**src.profile, "width": int(win.width), "height": int(win.height), "transform": src.window_transform(win)}
-        profile.update(driver="GTiff", tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+        b = fraction_block(sc.val_block, src.height, src.width)
+        win = rasterio.windows.Window(b.col0, b.row0, b.width, b.height)
+        profile = {**src.profile, "width": b.width, "height": b.height, "transform": src.window_transform(win)}
+        profile.update(driver="GTiff", tiled=True, blockxsize=256, blockysize=256, compress="deflate", photometric="RGB" if src.count == 3 else "MINISBLACK")
+        profile.pop("jpeg_quality", None)
         with rasterio.open(tif, "w", **profile) as dst:
             dst.write(src.read(window=win))
+            mask = src.dataset_mask(window=win)
+            if (mask == 0).any():
+                dst.write_mask(mask)
         bounds = rasterio.windows.bounds(win, src.transform)
         crs = src.crs
     truth = read_labels(labels, crs).clip(shapely.box(*bounds))

@@ -30,9 +30,11 @@ from fpn_geo.train.config import REPO, TrainConfig
 from fpn_geo.train.dataset import ChipDataset, Source, collate, load_source, normalization_stats
 from fpn_geo.train.history import append_row, plot_curve, truncate_after
 from fpn_geo.train.losses import CEDiceLoss
-from fpn_geo.train.samplers import Extent, GridChipSampler, RandomChipSampler
+from fpn_geo.train.samplers import Extent, RandomChipSampler
 from fpn_geo.train.state import load_train_state, save_train_state
-from fpn_geo.train.validate import validate
+from fpn_geo.train.validate import export_blocks, segmenter_from_model, validate_places
+
+CLASSES_SEPARATOR = ("background", "building", "separator")
 
 log = logging.getLogger("fpn_geo.train")
 
@@ -56,7 +58,7 @@ def load_sources(cfg: TrainConfig, root: Path = REPO) -> list[Source]:
         for k, (img, lab, kind) in enumerate(pairs):
             name = sc.name if len(pairs) == 1 else f"{sc.name}/{img.stem}"
             # a glob's weight is the group's: each member gets its share
-            sources.append(load_source(name, img, lab, kind, cfg.gsd_m, cfg.bands, cfg.contact_px, sc.weight / len(pairs), sc.val_block))
+            sources.append(load_source(name, img, lab, kind, cfg.gsd_m, cfg.bands, cfg.contact_px, sc.weight / len(pairs), sc.val_block, cfg.target))
     return sources
 
 
@@ -76,19 +78,23 @@ def lr_at(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
 
 
 def score_of(metrics: dict[str, float]) -> float:
-    """What 'best' means: held-out F1 with separation, else pixel IoU when no block has polygons."""
-    return metrics.get("val_f1_sep", metrics["val_pixel_iou"])
+    """What 'best' means: the mean over places of held-out F1 with separation (each place counts the same)."""
+    return metrics.get("val_mean_place_f1_sep", metrics.get("val_f1_sep", metrics["val_pixel_iou"]))
+
+
+def classes_of(cfg: TrainConfig) -> tuple[str, ...]:
+    return CLASSES_SEPARATOR if cfg.target == "separator" else CLASSES_3
 
 
 def _meta(cfg: TrainConfig, mean, std, extra: dict) -> ModelMeta:
     return ModelMeta(
-        depth=cfg.depth, bands=tuple(cfg.bands), mean=tuple(mean), std=tuple(std), classes=CLASSES_3, gsd_m=cfg.gsd_m,
+        depth=cfg.depth, bands=tuple(cfg.bands), mean=tuple(mean), std=tuple(std), classes=classes_of(cfg), gsd_m=cfg.gsd_m,
         fpn_channels=cfg.fpn_channels, head_channels=cfg.head_channels, extra=extra,
     )
 
 
 def _check_same_arch(meta: ModelMeta, cfg: TrainConfig, path: str) -> None:
-    want = (cfg.depth, tuple(cfg.bands), cfg.fpn_channels, cfg.head_channels, CLASSES_3)
+    want = (cfg.depth, tuple(cfg.bands), cfg.fpn_channels, cfg.head_channels, classes_of(cfg))
     got = (meta.depth, tuple(meta.bands), meta.fpn_channels, meta.head_channels, tuple(meta.classes))
     if want != got:
         raise ConfigError(f"checkpoint {path} is {meta.architecture} bands {list(meta.bands)}; the config asks for {want[:4]}; match depth/bands/channels")
@@ -137,8 +143,7 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None = 
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
     extents = [Extent(*s.shape, s.val_block, s.weight) for s in sources]
-    val_queries = list(GridChipSampler(extents, cfg.val_chip, cfg.val_overlap))
-    val_set = ChipDataset(sources, mean, std)
+    blocks = export_blocks(cfg, out / "holdout", root)  # cut once; validated through pipeline.segment every epoch
     loss_fn = CEDiceLoss(cfg.class_weights, cfg.dice_weight).to(device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     record = {"data": [{"name": s.name, "path": _rel(s.path, root), "shape": list(s.shape), "gsd_m": round(s.gsd_m, 4), "val_block_px": dataclasses.astuple(s.val_block) if s.val_block else None} for s in sources]}
@@ -174,12 +179,15 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None = 
         train_s = time.perf_counter() - t0
         n_steps = max(1, math.ceil(len(queries) / cfg.batch))
         t1 = time.perf_counter()
-        val = validate(model, val_set, val_queries, device, cfg.threshold, cfg.simplify_m, cfg.min_area_m2)
+        segmenter = segmenter_from_model(model, _meta(cfg, mean, std, {}), str(device))
+        val = validate_places(segmenter, blocks, out / "holdout" / "val", cfg.threshold, cfg.min_area_m2, cfg.simplify_m, device=str(device))
+        val_rows = val.pop("rows")
         row = {
             "epoch": epoch, "step": step, "lr": lr, "train_loss": sums["loss"] / n_steps, "train_ce": sums["ce"] / n_steps,
             "train_dice": sums["dice"] / n_steps, "chips": len(queries), "chips_per_s": len(queries) / train_s,
             "train_seconds": train_s, "val_seconds": time.perf_counter() - t1, **val,
         }
+        row_places = {f"{r['place']}_{'sep' if r['separate'] else 'nosep'}": round(r["f1"], 4) for r in val_rows}
         history.append(row)
         append_row(metrics_csv, row)
         log.info(
@@ -187,7 +195,7 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None = 
             epoch, cfg.epochs, step, row["train_loss"], row["chips_per_s"], val["val_pixel_iou"], val.get("val_f1_sep", float("nan")), val.get("val_f1_nosep", float("nan")),
         )
         elapsed = elapsed_before + time.perf_counter() - t_run
-        extra = {"training": {**record, "config": cfg.model_dump(mode="json"), "epoch": epoch, "step": step, "elapsed_s": round(elapsed, 1), "metrics": _jsonable(row), "device": str(device), "threads": cfg.threads}}
+        extra = {"training": {**record, "config": cfg.model_dump(mode="json"), "epoch": epoch, "step": step, "elapsed_s": round(elapsed, 1), "metrics": _jsonable(row), "held_out_f1": row_places, "device": str(device), "threads": cfg.threads}}
         score = score_of(val)
         meta = _meta(cfg, mean, std, extra)
         if score > best_score:

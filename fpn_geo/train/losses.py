@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fpn_geo.train.dataset import IGNORE
+IGNORE = 255
+"""Target value with no loss (outside the image, padding, held-out blocks); the same as ``dataset.IGNORE``."""
 
 
 def soft_dice(logits: torch.Tensor, target: torch.Tensor, classes: tuple[int, ...], ignore: int = IGNORE, eps: float = 1.0) -> torch.Tensor:
@@ -31,6 +32,11 @@ class CEDiceLoss(nn.Module):
         self.register_buffer("weight", torch.tensor(class_weights, dtype=torch.float32))
         self.dice_weight, self.ignore = dice_weight, ignore
         self.dice_classes = tuple(range(1, len(class_weights)))
+
+    def ce_dice(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The total alone, without reading values back to the host (no device sync: the GPU trainer's path)."""
+        ce = F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore)
+        return ce + self.dice_weight * soft_dice(logits, target, self.dice_classes, self.ignore) if self.dice_weight else ce
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         ce = F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore)

@@ -41,6 +41,21 @@ class Block:
         )
 
 
+def fraction_block(fractions: tuple[float, float, float, float], height: int, width: int, margin: int = 0) -> Block:
+    """A held-out block given as (left, top, right, bottom) fractions, in pixels of a ``height`` x ``width`` grid.
+
+    Rounded outwards (a pixel partly inside counts as inside) and grown by ``margin`` pixels, clipped to the grid.
+    Use the same fractions on every grid of a scene (native, 0.15 m, 0.30 m): the blocks cover the same ground.
+    """
+    import math
+
+    l, t, r, b = fractions
+    return Block(
+        max(0, math.floor(t * height) - margin), max(0, math.floor(l * width) - margin),
+        min(height, math.ceil(b * height) + margin), min(width, math.ceil(r * width) + margin),
+    )
+
+
 @dataclass(frozen=True)
 class ChipQuery:
     """A square chip of side ``size`` at (row, col) of source ``source``; may run past the edge (padded)."""

@@ -1,0 +1,78 @@
+"""Join checkpoint parts written by the GPU trainer (``fpn_geo.train.gpu``) and check every sha256.
+
+Checks each part against SHA256SUMS, joins NAME.safetensors.partNN in order, checks the joined file
+against the sha256 in train_gpu.json (which is also the metadata's weights_sha256), writes NAME.json
+beside it, and loads it once with ``load_checkpoint``. Exit 1 on any mismatch; nothing is left half-written.
+
+    python benchmarks/join_parts.py --from /work/.device/.../out --out models/gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(1 << 20):
+            h.update(b)
+    return h.hexdigest()
+
+
+def join(src: Path, out: Path) -> list[Path]:
+    sums = {}
+    for line in (src / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        sums[name.strip()] = digest
+    for name, digest in sums.items():
+        got = sha256(src / name)
+        if got != digest:
+            raise SystemExit(f"join: {name}: sha256 {got[:12]}… but SHA256SUMS says {digest[:12]}…; fetch it again")
+    report = json.loads((src / "train_gpu.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, m in report["models"].items():
+        target = out / f"{name}.safetensors"
+        tmp = target.with_name(target.name + ".tmp")
+        with open(tmp, "wb") as f:
+            for part in m["parts"]:
+                f.write((src / part).read_bytes())
+        got = sha256(tmp)
+        if got != m["sha256"] or got != m["meta"]["weights_sha256"]:
+            tmp.unlink()
+            raise SystemExit(f"join: {name}: joined sha256 {got[:12]}… but the run recorded {m['sha256'][:12]}…")
+        os.replace(tmp, target)
+        target.with_suffix(".json").write_text(json.dumps(m["meta"], indent=2))
+        (out / f"{name}.metrics.json").write_text(json.dumps(m["metrics"], indent=1))
+        written.append(target)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--from", dest="src", required=True, help="folder with the parts, SHA256SUMS and train_gpu.json")
+    p.add_argument("--out", required=True, help="folder for NAME.safetensors + NAME.json")
+    p.add_argument("--no-load", action="store_true", help="skip the load_checkpoint check (no torch)")
+    a = p.parse_args(argv)
+    written = join(Path(a.src), Path(a.out))
+    for path in written:
+        line = f"{path}  sha256 ok"
+        if not a.no_load:
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+            from fpn_geo.model.checkpoint import load_checkpoint
+
+            _, meta = load_checkpoint(path)
+            t = meta.extra.get("training", {})
+            line += f", loads: {meta.architecture} gsd {meta.gsd_m} classes {list(meta.classes)}; {t.get('chips_per_s')} chips/s, {t.get('train_seconds')} s on {t.get('device')}"
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

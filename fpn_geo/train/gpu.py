@@ -1,0 +1,353 @@
+"""Torch-only training from a prepared cache (``fpn_geo.train.cache``): the GPU path of ``fpn-geo train``.
+
+Imports nothing but numpy, torch and torchvision (no rasterio, geopandas, pydantic or yaml), so it runs on
+a bare CUDA machine. Everything lives on the device: the images (uint8, resampled once to the model GSD),
+the targets, the chip sampling, the augmentation (dihedral, scale, colour, blur, noise) and the model
+(bf16 autocast, channels_last). Each model trains for a wall-clock budget, with the learning rate on a
+cosine of the time used, and is written as fp16 safetensors + JSON metadata (loaded back as fp32), split
+into parts of at most 15 MiB with their sha256, for machines whose files come back in small pieces.
+
+    python -m fpn_geo.train.gpu --cache runs/cache.npz --out-dir OUT --gsd 0.3 0.15 --deadline-minutes 6.3
+
+No validation runs here: the held-out blocks are not in the cache. Score the checkpoints through the
+production path with ``benchmarks/eval_places.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import struct
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fpn_geo.model.meta import ModelMeta
+from fpn_geo.train.losses import IGNORE, CEDiceLoss
+from fpn_geo.train.samplers import Block, Extent, RandomChipSampler
+
+PART_BYTES = 15 * 1024 * 1024
+_T0 = time.perf_counter()  # process start (near enough): the deadline counts from here
+
+
+@dataclass
+class DeviceSource:
+    """One cached source on the training device at one model GSD."""
+
+    name: str
+    place: str
+    image: torch.Tensor  # uint8 (3, H, W)
+    target: torch.Tensor  # uint8 (H, W)
+    block: Block | None  # held-out block + margin, in this grid's pixels (target is IGNORE there)
+    weight: float
+
+
+def load_cache(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """The cache's JSON record and its arrays (read eagerly: the file is small)."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays.pop("meta").tobytes().decode())
+    if meta.get("format") != "fpn-geo-train-cache/1":
+        raise ValueError(f"{path} is not an fpn-geo training cache (format {meta.get('format')!r}); build one with python -m fpn_geo.train.cache")
+    return meta, arrays
+
+
+def sources_on_device(meta: dict, arrays: dict[str, np.ndarray], gsd: float, device: torch.device, min_side: int) -> list[DeviceSource]:
+    """Decode each source's JPEG, resample it to the grid of ``gsd`` on the device, pad to ``min_side``."""
+    from torchvision.io import decode_jpeg
+
+    k = [round(g, 6) for g in meta["gsds"]].index(round(gsd, 6))
+    out = []
+    for i, rec in enumerate(meta["sources"]):
+        grid = rec["grids"][k]
+        h, w = grid["shape"]
+        img = decode_jpeg(torch.from_numpy(arrays[f"s{i}_jpeg"])).to(device)
+        if tuple(img.shape[1:]) != (h, w):
+            down = img.shape[1] > h
+            img = F.interpolate(img[None].float(), size=(h, w), mode="bilinear", align_corners=False, antialias=down)[0]
+            img = img.round().clamp(0, 255).to(torch.uint8)
+        tgt = torch.from_numpy(arrays[f"s{i}_t{k}"]).to(device)
+        ph, pw = max(0, min_side - h), max(0, min_side - w)
+        if ph or pw:  # small sources (a 0.5 m Rio tile at 0.3 m...) are padded: no loss there
+            img = F.pad(img, (0, pw, 0, ph))
+            tgt = F.pad(tgt, (0, pw, 0, ph), value=IGNORE)
+        b = grid["block"]
+        out.append(DeviceSource(rec["name"], rec["place"], img.contiguous(), tgt.contiguous(), Block(*b) if b else None, rec["weight"]))
+    return out
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    r = max(1, math.ceil(2 * sigma))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, device=x.device, dtype=x.dtype) / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def colour(x: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tensor:
+    """Per-chip contrast, brightness, per-channel gain, saturation and gamma on 0-255 floats."""
+    if amount <= 0:
+        return x
+    n = x.shape[0]
+
+    def u(*shape):
+        return torch.rand(*shape, 1, 1, device=x.device, generator=gen) * 2 - 1
+
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * (1 + amount * u(n, 1)) + mean + amount * 64 * u(n, 1)
+    x = x * (1 + 0.5 * amount * u(n, 3))
+    gray = x.mean(dim=1, keepdim=True)
+    x = gray + (x - gray) * (1 + 2 * amount * u(n, 1)).clamp(min=0)
+    x = (x / 255).clamp(0, 1) ** torch.exp(amount * u(n, 1))
+    return x * 255
+
+
+class ChipBatcher:
+    """Batches of (normalized float image, int64 target) cut from device sources, augmented on the device.
+
+    Positions come from ``RandomChipSampler`` at the largest crop side, so every chip, whatever its zoom,
+    stays clear of the held-out blocks.
+    """
+
+    def __init__(self, sources: list[DeviceSource], chip: int, batch: int, mean, std, scale: tuple[float, float],
+                 colour_aug: float, blur_p: float, seed: int) -> None:
+        self.sources, self.chip, self.batch = sources, chip, batch
+        self.scale = (min(scale), max(scale))
+        self.max_side = int(math.ceil(chip * self.scale[1] / 32) * 32)
+        extents = [Extent(s.image.shape[1], s.image.shape[2], s.block, s.weight) for s in sources]
+        self.sampler = RandomChipSampler(extents, self.max_side, length=1 << 62, gap=0, seed=seed)
+        self.positions = iter(self.sampler)
+        dev = sources[0].image.device
+        self.gen = torch.Generator(device=dev)
+        self.gen.manual_seed(seed)
+        self.rng = np.random.default_rng(seed + 1)
+        self.mean = torch.tensor(mean, device=dev, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=dev, dtype=torch.float32).view(1, -1, 1, 1)
+        self.colour_aug, self.blur_p = colour_aug, blur_p
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = self.scale
+        zoom = math.exp(self.rng.uniform(math.log(lo), math.log(hi))) if hi > lo else lo
+        side = min(self.max_side, max(32, int(round(self.chip * zoom))))
+        qs = [next(self.positions) for _ in range(self.batch)]
+        x = torch.stack([self.sources[q.source].image[:, q.row : q.row + side, q.col : q.col + side] for q in qs]).float()
+        y = torch.stack([self.sources[q.source].target[q.row : q.row + side, q.col : q.col + side] for q in qs])
+        if side != self.chip:
+            x = F.interpolate(x, size=(self.chip, self.chip), mode="bilinear", align_corners=False, antialias=side > self.chip)
+            y = F.interpolate(y[:, None].float(), size=(self.chip, self.chip), mode="nearest")[:, 0].to(torch.uint8)
+        k, flip = int(self.rng.integers(4)), bool(self.rng.integers(2))
+        if flip:
+            x, y = x.flip(-1), y.flip(-1)
+        if k:
+            x, y = torch.rot90(x, k, (2, 3)), torch.rot90(y, k, (1, 2))
+        x = colour(x, self.colour_aug, self.gen)
+        if self.rng.random() < self.blur_p:
+            x = gaussian_blur(x, float(self.rng.uniform(0.3, 1.5)))
+        x = x + torch.randn(x.shape, device=x.device, generator=self.gen) * float(self.rng.uniform(0, 4))
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last), y.long()
+
+
+def lr_at(step: int, frac: float, lr: float, warmup: int) -> float:
+    """Linear warmup over ``warmup`` steps, then a cosine to 1% of ``lr`` over the fraction of the time budget used."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """The safetensors format written by hand (8-byte header length, JSON header, raw little-endian data)."""
+    names = {torch.float16: "F16", torch.float32: "F32", torch.int64: "I64", torch.bfloat16: "BF16"}
+    header: dict = {"__metadata__": metadata}
+    blobs, offset = [], 0
+    for k in sorted(tensors):
+        t = tensors[k].detach().contiguous().cpu()
+        b = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[k] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    hb = json.dumps(header, separators=(",", ":")).encode()
+    hb += b" " * (-len(hb) % 8)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(hb)))
+        f.write(hb)
+        for b in blobs:
+            f.write(b)
+    os.replace(tmp, path)
+
+
+def fp16_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Weights as fp16 (half the bytes; ``load_checkpoint`` copies them into fp32 parameters); BN statistics stay fp32."""
+    return {k: (v.half() if v.is_floating_point() and "running_" not in k else v) for k, v in model.state_dict().items()}
+
+
+def sha256_bytes(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(1 << 20):
+            h.update(b)
+    return h.hexdigest()
+
+
+def write_checkpoint(model: torch.nn.Module, meta: ModelMeta, path: Path) -> dict:
+    """NAME.safetensors (fp16) + NAME.json, the metadata carrying the weights' sha256; returns the metadata dict."""
+    import dataclasses
+
+    save_safetensors(fp16_state(model), path, {"format": "fpn-geo-checkpoint/1"})
+    meta = dataclasses.replace(meta, weights_sha256=sha256_bytes(path))
+    d = meta.to_dict()
+    path.with_suffix(".json").write_text(json.dumps(d, indent=2))
+    return d
+
+
+def split_parts(path: Path, out_dir: Path, part_bytes: int = PART_BYTES) -> list[tuple[str, str]]:
+    """Cut ``path`` into NAME.partNN files of at most ``part_bytes`` in ``out_dir``; returns (part name, sha256)."""
+    parts = []
+    with open(path, "rb") as f:
+        i = 0
+        while chunk := f.read(part_bytes):
+            p = out_dir / f"{path.name}.part{i:02d}"
+            p.write_bytes(chunk)
+            parts.append((p.name, hashlib.sha256(chunk).hexdigest()))
+            i += 1
+    return parts
+
+
+def train_one(cache_meta: dict, arrays: dict, gsd: float, seconds: float, device: torch.device, args: argparse.Namespace, log=print) -> tuple[torch.nn.Module, ModelMeta, dict]:
+    """Train one model at ``gsd`` for ``seconds`` of wall time (or ``args.max_steps``); returns model, metadata, metrics."""
+    from fpn_geo.model.segmenter import BuildingSegmenter
+
+    cfg = cache_meta["config"]
+    chip, batch = args.chip or cfg["chip"], args.batch or cfg["batch"]
+    cuda = device.type == "cuda"
+    torch.manual_seed(cfg["seed"])
+    t_load = time.perf_counter()
+    scale = tuple(cfg.get("scale_aug", (1.0, 1.0)))
+    sources = sources_on_device(cache_meta, arrays, gsd, device, int(math.ceil(chip * max(scale) / 32) * 32))
+    batcher = ChipBatcher(sources, chip, batch, cache_meta["mean"], cache_meta["std"], scale, cfg.get("colour_aug", 0.25), cfg.get("blur_p", 0.3), cfg["seed"])
+    load_s = time.perf_counter() - t_load
+    depth, fpn_ch, head_ch = args.depth or cfg["depth"], args.fpn_channels or cfg["fpn_channels"], args.head_channels or cfg["head_channels"]
+    meta = ModelMeta(
+        depth=depth, bands=tuple(cfg["bands"]), mean=tuple(cache_meta["mean"]), std=tuple(cache_meta["std"]),
+        classes=tuple(cache_meta["classes"]), gsd_m=gsd, fpn_channels=fpn_ch, head_channels=head_ch,
+    )
+    model = BuildingSegmenter(depth, len(meta.bands), len(meta.classes), fpn_ch, head_ch).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], fused=cuda)
+    loss_fn = CEDiceLoss(tuple(cfg["class_weights"]), cfg["dice_weight"]).to(device)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    model.train()
+    t0 = time.perf_counter()
+    step, losses, t_warm, step_warm = 0, [], None, 0
+    loss_sum = torch.zeros((), device=device)
+    while True:
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds or (args.max_steps and step >= args.max_steps):
+            break
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, elapsed / seconds, cfg["lr"], cfg["warmup_steps"])
+        x, y = next(batcher)
+        with amp:
+            logits = model(x)
+        loss = loss_fn.ce_dice(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += loss.detach()
+        step += 1
+        if step == 20:  # after cudnn's autotuning and the allocator's warm-up
+            if cuda:
+                torch.cuda.synchronize()
+            t_warm, step_warm = time.perf_counter(), step
+        if step % 100 == 0:
+            mean_loss = float(loss_sum) / 100
+            loss_sum.zero_()
+            losses.append((step, round(time.perf_counter() - t0, 1), round(mean_loss, 4)))
+            log(f"gsd {gsd} step {step} {time.perf_counter() - t0:.0f}s loss {mean_loss:.4f}")
+    if cuda:
+        torch.cuda.synchronize()
+    t_end = time.perf_counter()
+    timed = (step - step_warm) * batch / (t_end - t_warm) if t_warm and step > step_warm else step * batch / max(t_end - t0, 1e-9)
+    metrics = {
+        "gsd_m": gsd, "steps": step, "chips": step * batch, "batch": batch, "chip": chip, "train_seconds": round(t_end - t0, 1),
+        "load_seconds": round(load_s, 1), "chips_per_s": round(timed, 1), "loss_curve": losses,
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
+    }
+    model.eval()
+    meta = ModelMeta(**{**meta.__dict__, "extra": {"training": {
+        "trainer": "fpn_geo.train.gpu", **metrics, "places": sorted({s.place for s in sources}),
+        "sources": [{"name": s.name, "place": s.place, "weight": s.weight, "held_out_px": [s.block.row0, s.block.col0, s.block.row1, s.block.col1] if s.block else None} for s in sources],
+        "config": cfg, "cache_sha256": args.cache_sha256,
+    }}})
+    return model, meta, metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fpn_geo.train.gpu", description=__doc__.splitlines()[0])
+    p.add_argument("--cache", required=True)
+    p.add_argument("--out-dir", required=True, help="checkpoint parts, SHA256SUMS and train_gpu.json go here")
+    p.add_argument("--gsd", type=float, nargs="+", default=None, help="model GSDs to train, in order (default: all in the cache)")
+    p.add_argument("--deadline-minutes", type=float, default=6.3, help="wall time for everything from process start; split over the models")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--batch", type=int, default=0)
+    p.add_argument("--chip", type=int, default=0)
+    p.add_argument("--depth", type=int, default=0)
+    p.add_argument("--fpn-channels", type=int, default=0)
+    p.add_argument("--head-channels", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=0, help="stop each model after this many steps (smoke tests)")
+    p.add_argument("--keep-whole", action="store_true", help="also keep NAME.safetensors/.json whole in --out-dir")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            print("gpu: error: --device cuda but torch sees no CUDA device; use --device cpu for a smoke test", file=sys.stderr)
+            return 2
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / "whole" if args.keep_whole else Path(os.environ.get("TMPDIR", "/tmp")) / f"fpn-geo-gpu-{os.getpid()}"
+    work.mkdir(parents=True, exist_ok=True)
+    args.cache_sha256 = sha256_bytes(Path(args.cache))
+    cache_meta, arrays = load_cache(args.cache)
+    gsds = args.gsd or cache_meta["gsds"]
+    deadline = args.deadline_minutes * 60
+    reserve = 8.0  # per model: the checkpoint write and split
+    report = {"cache": str(args.cache), "cache_sha256": args.cache_sha256, "deadline_minutes": args.deadline_minutes, "models": {}}
+    sums = []
+    for i, gsd in enumerate(gsds):
+        left = deadline - (time.perf_counter() - _T0) - reserve * (len(gsds) - i)
+        seconds = max(5.0, left / (len(gsds) - i))
+        print(f"gsd {gsd}: training for {seconds:.0f} s on {device}", flush=True)
+        model, meta, metrics = train_one(cache_meta, arrays, gsd, seconds, device, args, log=lambda s: print(s, flush=True))
+        name = f"fpn_r{meta.depth}_gsd{int(round(gsd * 100)):03d}"
+        ckpt = work / f"{name}.safetensors"
+        meta_d = write_checkpoint(model, meta, ckpt)
+        parts = split_parts(ckpt, out_dir)
+        sums += [(h, n) for n, h in parts]
+        report["models"][name] = {"meta": meta_d, "sha256": meta_d["weights_sha256"], "bytes": ckpt.stat().st_size, "parts": [n for n, _ in parts], "metrics": metrics}
+        print(f"gsd {gsd}: {metrics['steps']} steps, {metrics['chips_per_s']:.0f} chips/s, {ckpt.stat().st_size / 2**20:.1f} MiB -> {len(parts)} part(s)", flush=True)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    (out_dir / "SHA256SUMS").write_text("".join(f"{h}  {n}\n" for h, n in sums))
+    report["wall_seconds"] = round(time.perf_counter() - _T0, 1)
+    (out_dir / "train_gpu.json").write_text(json.dumps(report, indent=1))
+    print(f"done in {report['wall_seconds']:.0f} s: " + ", ".join(f"{n} {m['metrics']['chips_per_s']:.0f} chips/s" for n, m in report["models"].items()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The torch-only GPU trainer (fpn_geo.train.gpu) on a synthetic cache.
+
+This file imports neither rasterio nor pydantic, and needs no conftest, so it also runs on the GPU machine
+(``pytest --noconftest tests/test_train_gpu.py``, as benchmarks/train_gpu.sh does). The CUDA test skips
+without a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCKED = ("rasterio", "geopandas", "shapely", "pyproj", "pydantic", "yaml", "pyogrio", "fiona", "affine")
+
+
+def synthetic_cache(path: Path, gsds=(0.3,), side: int = 320) -> Path:
+    """Two sources of squares (interior 1, 1-px border 2), the first with a held-out eastern half (target 255)."""
+    from torchvision.io import encode_jpeg
+
+    rng = np.random.default_rng(0)
+    sources, arrays = [], {}
+    for i in range(2):
+        img = np.full((3, side, side), 90, np.uint8)
+        tgt = np.zeros((side, side), np.uint8)
+        for _ in range(12):
+            r, c = rng.integers(0, side - 30, 2)
+            s = int(rng.integers(10, 28))
+            img[:, r : r + s, c : c + s] = 200
+            tgt[r : r + s, c : c + s] = 2
+            tgt[r + 1 : r + s - 1, c + 1 : c + s - 1] = 1
+        block = None
+        if i == 0:
+            block = [0, side // 2 - 8, side, side]
+            img[:, :, block[1] :] = 0
+            tgt[:, block[1] :] = 255
+        arrays[f"s{i}_jpeg"] = encode_jpeg(torch.from_numpy(img), quality=92).numpy()
+        for k, g in enumerate(gsds):
+            arrays[f"s{i}_t{k}"] = tgt
+        sources.append({
+            "name": f"synthetic{i}", "place": f"place{i}", "weight": 0.5, "store_gsd": gsds[0], "store_shape": [side, side],
+            "grids": [{"gsd": g, "shape": [side, side], "block": block} for g in gsds],
+        })
+    config = {
+        "chip": 64, "batch": 4, "seed": 0, "lr": 1e-3, "weight_decay": 1e-4, "warmup_steps": 2, "class_weights": [1, 1, 3],
+        "dice_weight": 1.0, "depth": 18, "fpn_channels": 32, "head_channels": 32, "bands": [1, 2, 3],
+        "scale_aug": [0.7, 1.4], "colour_aug": 0.25, "blur_p": 0.5,
+    }
+    meta = {"format": "fpn-geo-train-cache/1", "gsds": list(gsds), "classes": ["background", "building", "separator"],
+            "mean": [120.0, 120.0, 120.0], "std": [50.0, 50.0, 50.0], "config": config, "sources": sources}
+    np.savez_compressed(path, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    return path
+
+
+def test_chips_never_touch_the_held_out_block(tmp_path):
+    from fpn_geo.train.gpu import ChipBatcher, load_cache, sources_on_device
+
+    meta, arrays = load_cache(synthetic_cache(tmp_path / "c.npz"))
+    sources = sources_on_device(meta, arrays, 0.3, torch.device("cpu"), 96)
+    batcher = ChipBatcher(sources, 64, 8, meta["mean"], meta["std"], (0.7, 1.4), 0.25, 0.5, seed=1)
+    block = sources[0].block
+    for q in (next(batcher.positions) for _ in range(2000)):
+        if q.source == 0:
+            assert q.col + batcher.max_side <= block.col0  # the largest zoomed crop stays west of the block
+    x, y = next(batcher)
+    assert x.shape == (8, 3, 64, 64) and y.shape == (8, 64, 64) and torch.isfinite(x).all()
+    assert set(torch.unique(y).tolist()) <= {0, 1, 2, 255}
+
+
+def test_trainer_runs_without_the_geo_stack(tmp_path):
+    """The GPU machine has no rasterio, geopandas, shapely, pyproj, pydantic or yaml: the trainer must not need them."""
+    cache = synthetic_cache(tmp_path / "c.npz", gsds=(0.3, 0.15))
+    code = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {BLOCKED!r}:
+            raise ImportError('blocked for this test: ' + name)
+sys.meta_path.insert(0, Block())
+from fpn_geo.train.gpu import main
+sys.exit(main(['--cache', {str(cache)!r}, '--out-dir', {str(tmp_path / 'out')!r}, '--device', 'cpu', '--max-steps', '2', '--deadline-minutes', '1']))
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "train_gpu.json").read_text())
+    assert sorted(report["models"]) == ["fpn_r18_gsd015", "fpn_r18_gsd030"]
+    sums = (tmp_path / "out" / "SHA256SUMS").read_text().splitlines()
+    assert len(sums) == sum(len(m["parts"]) for m in report["models"].values())
+
+
+def _train_and_join(tmp_path, device: str, steps: int) -> dict:
+    from fpn_geo.train.gpu import main
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from join_parts import join
+
+    cache = synthetic_cache(tmp_path / "c.npz")
+    out = tmp_path / "out"
+    assert main(["--cache", str(cache), "--out-dir", str(out), "--device", device, "--max-steps", str(steps), "--deadline-minutes", "2"]) == 0
+    report = json.loads((out / "train_gpu.json").read_text())
+    (ckpt,) = join(out, tmp_path / "joined")
+    from safetensors.torch import load_file
+
+    from fpn_geo.model.meta import ModelMeta
+    from fpn_geo.model.segmenter import BuildingSegmenter
+
+    meta = ModelMeta.from_dict(json.loads(ckpt.with_suffix(".json").read_text()))
+    state = load_file(str(ckpt))
+    assert all(v.dtype in (torch.float16, torch.float32, torch.int64) for v in state.values())
+    assert any(v.dtype == torch.float16 for v in state.values())  # fp16 on disk
+    model = BuildingSegmenter(meta.depth, 3, 3, meta.fpn_channels, meta.head_channels)
+    model.load_state_dict(state)  # fp16 copied into fp32 parameters
+    assert next(model.parameters()).dtype == torch.float32
+    return report["models"]["fpn_r18_gsd030"]["metrics"]
+
+
+def test_cpu_training_writes_checkpoint_parts_that_join(tmp_path):
+    m = _train_and_join(tmp_path, "cpu", 3)
+    assert m["steps"] == 3 and m["device"] == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs in benchmarks/train_gpu.sh on the device)")
+def test_cuda_training_bf16_channels_last(tmp_path):
+    m = _train_and_join(tmp_path, "cuda", 30)
+    assert m["steps"] == 30 and m["device"] != "cpu" and m["chips_per_s"] > 0
+    losses = [loss for _, _, loss in m["loss_curve"]]
+    assert all(np.isfinite(losses))
