@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import shapely
 from affine import Affine
 from rasterio.features import shapes
@@ -182,7 +183,7 @@ def to_buildings(pieces: list[Piece], georef: Georef, simplify_m: float, min_are
     gdf = gdf.explode(index_parts=False)
     gdf = gdf[(gdf.geom_type == "Polygon") & ~gdf.is_empty & gdf.is_valid]
     # Repairing a ring that touches itself can split off a 1-px sliver: keep only substantial parts.
-    area = gdf.area
+    area = pd.Series(shapely.area(gdf.geometry.values), index=gdf.index)  # shares of one building: any CRS will do
     gdf = gdf[area >= MIN_PART_SHARE * area.groupby(level=0).transform("max")]
     gdf["area_m2"] = gdf.geometry.to_crs(georef.utm).area.astype(np.float32)
     return gdf[gdf["area_m2"] >= min_area_m2].reset_index(drop=True)
