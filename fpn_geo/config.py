@@ -28,6 +28,7 @@ class SegmentConfig(BaseModel):
     threshold: float = Field(0.5, gt=0, lt=1, description="building probability threshold")
     min_area_m2: float = Field(4.0, ge=0, description="smallest building kept, in square metres")
     simplify_m: float = Field(0.3, ge=0, description="Douglas-Peucker tolerance in metres (0.3: a pixel of a 0.30 m model grid, which takes out the staircase of traced pixel edges)")
+    regularize: float = Field(0.0, ge=0, le=1, description="right-angled outlines: a building whose IoU with its oriented minimum rectangle is at least this becomes that rectangle (e.g. 0.85); 0 = off")
     separate_touching: bool = Field(True, description="split touching buildings with the contact class")
     block_windows: int = Field(4, gt=0, description="block side in windows: the unit that is blended and vectorized at once; bounds memory")
     post_threads: int = Field(0, ge=0, description="threads post-processing blocks beside the model; 0 = auto: 1 on CPU, most cores on CUDA")

@@ -271,7 +271,7 @@ def finish_block(plan: ScenePlan, block: Block, probs: np.ndarray, labeler: Labe
     del labels
     finished, edges = split_at_edges(pieces, block, plan.grid_hw)
     with times.time("polygons"):
-        buildings = Buildings.from_frame(to_buildings(finished, plan.georef, cfg.simplify_m, cfg.min_area_m2))
+        buildings = Buildings.from_frame(to_buildings(finished, plan.georef, cfg.simplify_m, cfg.min_area_m2, cfg.regularize))
     tile = None
     if want_tile:
         with times.time("encode"):
@@ -406,7 +406,7 @@ class SceneWriter:
                     self.tiles.append((r.block, write_tile(r.tile, Path(self._scratch.name), r.block)))
         with self.times.time("join"):
             done = self.joiner.add_row([p for r in row for p in r.edges], row[0].block.y1)
-            buildings = to_buildings(done, self.plan.georef, cfg.simplify_m, cfg.min_area_m2)
+            buildings = to_buildings(done, self.plan.georef, cfg.simplify_m, cfg.min_area_m2, cfg.regularize)
         with self.times.time("write"):
             self.writer.append(buildings)
 
@@ -415,7 +415,7 @@ class SceneWriter:
         if self.next_row != plan.blocks.rows:
             raise FpnGeoError(f"{self.next_row} of {plan.blocks.rows} rows of blocks arrived: blocks are missing")
         with self.times.time("join"):
-            buildings = to_buildings(self.joiner.finish(), plan.georef, cfg.simplify_m, cfg.min_area_m2)
+            buildings = to_buildings(self.joiner.finish(), plan.georef, cfg.simplify_m, cfg.min_area_m2, cfg.regularize)
         self.writer.append(buildings)
         if self.nodata == len(plan.grid):
             log.warning("scene %s holds no valid pixels (all nodata): writing an empty GeoPackage", plan.scene.path)

@@ -20,6 +20,7 @@ from scipy import ndimage
 from shapely.strtree import STRtree
 
 from fpn_geo.georef import Georef
+from fpn_geo.regularize import regularize
 from fpn_geo.tiling import Block
 
 # Parts of one label smaller than this share of its largest part are dropped.
@@ -167,14 +168,22 @@ class EdgeJoiner:
         return done
 
 
-def to_buildings(pieces: list[Piece], georef: Georef, simplify_m: float, min_area_m2: float) -> gpd.GeoDataFrame:
-    """Grid-pixel pieces -> valid polygons in the grid's CRS, with score (mean probability) and true area_m2."""
+def to_buildings(
+    pieces: list[Piece], georef: Georef, simplify_m: float, min_area_m2: float, rect_iou: float = 0.0
+) -> gpd.GeoDataFrame:
+    """Grid-pixel pieces -> valid polygons in the grid's CRS, with score (mean probability) and true area_m2.
+
+    rect_iou > 0: a building nearly a rectangle becomes its oriented minimum rectangle (`regularize`), in grid
+    pixels, where right angles are right angles whatever the CRS.
+    """
     if not pieces:
         return gpd.GeoDataFrame({"score": np.zeros(0, np.float32), "area_m2": np.zeros(0, np.float32)}, geometry=[], crs=georef.crs)
     # One vertex order whatever the pieces were joined from: Douglas-Peucker's result depends on where a ring starts.
     geoms = shapely.normalize(shapely.simplify(np.array([p.geom for p in pieces], dtype=object), 0))
     if simplify_m > 0:
         geoms = shapely.simplify(geoms, simplify_m / georef.gsd_m, preserve_topology=True)
+    if rect_iou > 0:
+        geoms = regularize(geoms, rect_iou)
     a = georef.affine
     geoms = shapely.transform(geoms, lambda xy: np.column_stack([a.a * xy[:, 0] + a.b * xy[:, 1] + a.c, a.d * xy[:, 0] + a.e * xy[:, 1] + a.f]))
     geoms = shapely.make_valid(geoms)

@@ -73,3 +73,16 @@ def test_connected_components_is_4_connected():
     fp = np.zeros((5, 5), np.uint8)
     fp[1, 1] = fp[2, 2] = 255
     assert connected_components(fp, None, 0.5).max() == 2
+
+
+def test_right_angled_outlines_turn_a_ragged_rectangle_into_a_rectangle(tmp_path):
+    data = np.zeros((3, 200, 200), np.uint8)
+    data[:, 40:120, 30:150] = 255
+    data[:, 40:44, 60:64] = 0  # a notch: not quite a rectangle
+    scene = write_raster(tmp_path / "r.tif", data)
+    seg = Segmenter(Bright(), ModelMeta(classes=("background", "building"), gsd_m=None))
+    for iou, vertices in ((0.0, 8), (0.85, 4)):
+        cfg = load_config(window=128, overlap=32, simplify_m=0.0, regularize=iou, probability="none")
+        segment(str(scene), seg, tmp_path / f"r{iou}.gpkg", cfg)
+        g = gpd.read_file(tmp_path / f"r{iou}.gpkg", layer="buildings").geometry[0]
+        assert len(g.exterior.coords) - 1 == vertices
