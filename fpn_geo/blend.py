@@ -31,11 +31,11 @@ def blend_weights(size: int, overlap: int) -> np.ndarray:
     return np.outer(r, r)
 
 
-def weight_sums(start: int, stop: int, grid: Grid, n_windows: int) -> np.ndarray:
-    """Sum over the `n_windows` windows along one axis of their ramps, at each of positions [start, stop)."""
+def weight_sums(start: int, stop: int, grid: Grid, windows: range) -> np.ndarray:
+    """Sum over the windows `windows` (indexes along one axis) of their ramps, at each of positions [start, stop)."""
     r = ramp(grid.size, grid.overlap)
     out = np.zeros(stop - start, np.float32)
-    for i in range(max(0, (start - grid.size) // grid.stride), n_windows):
+    for i in windows:
         a = i * grid.stride
         if a >= stop:
             break
@@ -73,15 +73,18 @@ class BlockCanvas:
     the CPU cost milliseconds each in thread hand-offs, numpy's a tenth of that).
     """
 
-    def __init__(self, block: Block, channels: int, grid: Grid, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, block: Block, channels: int, grid: Grid, rows: range, cols: range, device: str | torch.device = "cpu"
+    ) -> None:
+        """block: the area to blend; rows, cols: the window rows and columns that will be added (all that reach in)."""
         self.block = block
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         h, w = block.shape
-        # Every window of the grid counts in the weight sums, also one that held no data (it adds 0): so the sums
-        # depend on geometry alone and factor into a row and a column vector instead of an (h, w) array.
-        wy = weight_sums(block.y0, block.y1, grid, grid.rows)
-        wx = weight_sums(block.x0, block.x1, grid, grid.cols)
+        # Every window counts in the weight sums, also one that held no data (it adds 0): so the sums depend on
+        # geometry alone and factor into a row and a column vector instead of an (h, w) array.
+        wy = weight_sums(block.y0, block.y1, grid, rows)
+        wx = weight_sums(block.x0, block.x1, grid, cols)
         if self.cuda:
             self.sums = torch.zeros((channels, h, w), dtype=torch.float32, device=self.device)
             self.weights = _weights_on(grid.size, grid.overlap, str(self.device))

@@ -114,6 +114,10 @@ class ScenePlan:
     def grid_hw(self) -> tuple[int, int]:
         return self.grid.height, self.grid.width
 
+    def context(self, block: Block) -> Block:
+        """The area a block blends and labels: the block and up to one overlap of its neighbours on each side."""
+        return self.blocks.context(block, self.grid.overlap)
+
 
 def meta_channels(meta: ModelMeta) -> int:
     """1: footprint only; 2: footprint and the class that separates buildings (contact or separator)."""
@@ -196,8 +200,9 @@ class HaloCache:
     when used: about one row of blocks' edges.
     """
 
-    def __init__(self, layout: BlockLayout, blocks: list[Block]) -> None:
-        self.layout = layout
+    def __init__(self, plan: ScenePlan, blocks: list[Block]) -> None:
+        self.plan = plan
+        self.layout = plan.blocks
         self.todo = {(b.row, b.col) for b in blocks}
         self.crops: dict[tuple, tuple | None] = {}
 
@@ -210,7 +215,7 @@ class HaloCache:
         for other in self.layout.blocks_of(window):
             if other == block or (other.row, other.col) not in self.todo:
                 continue
-            part = crop(window, probs, other) if probs is not None else None
+            part = crop(window, probs, self.plan.context(other)) if probs is not None else None
             self.crops[(window.row, window.col, other.row, other.col)] = (_copy(part[0]), part[1]) if part else None
 
     def done(self, block: Block) -> None:
@@ -226,19 +231,21 @@ def blend_block(
     plan: ScenePlan, block: Block, segmenter: Segmenter, cache: HaloCache, times: StageTimes,
     on_windows: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, int, int]:
-    """The block's blended uint8 probabilities (K, h, w), its nodata window count and the windows predicted."""
+    """The uint8 probabilities (K, h, w) of the block's context area (`plan.context`), its nodata window count and
+    the windows predicted. Inside the block they equal the whole-scene blend."""
     from fpn_geo.blend import BlockCanvas, crop
     from fpn_geo.inference import predict_windows
 
     cfg = plan.cfg
     windows = plan.blocks.windows(block)
+    area = plan.context(block)
     cached = {w: cache.take(w, block) for w in windows}
     todo = [w for w in windows if cached[w] is KeyError]
     predicted = predict_windows(
         plan.scene.path, todo, plan.meta.bands, segmenter.predictor, cfg.window, plan.scale, cfg.batch, times,
         readers=cfg.readers, grid_hw=plan.grid_hw,
     )
-    canvas = BlockCanvas(block, plan.channels, plan.grid, segmenter.device)
+    canvas = BlockCanvas(area, plan.channels, plan.grid, *plan.blocks.window_ranges(block), segmenter.device)
     nodata = 0
     for w in windows:
         part = cached[w]
@@ -248,7 +255,7 @@ def blend_block(
                 raise FpnGeoError(f"window {w2} came back where {w} was expected")
             nodata += probs is None and _owns(block, w)
             cache.keep(w, probs, block)
-            part = crop(w, probs, block) if probs is not None else None
+            part = crop(w, probs, area) if probs is not None else None
         if part is not None:
             with times.time("blend"):
                 canvas.add(w, *part)
@@ -261,13 +268,20 @@ def blend_block(
 
 
 def finish_block(plan: ScenePlan, block: Block, probs: np.ndarray, labeler: Labeler, want_tile: bool) -> tuple:
-    """Threshold, separate, trace and georeference one blended block (CPU); what a block sends back."""
+    """Threshold, separate, trace and georeference one blended block (CPU); what a block sends back.
+
+    `probs` covers the block's context area: instances are labelled there, so a building cut by the block's
+    edge is split as its neighbour splits it, then only the block's own pixels are traced.
+    """
     times = StageTimes()
     cfg = plan.cfg
+    area = plan.context(block)
+    inside = (slice(block.y0 - area.y0, block.y1 - area.y0), slice(block.x0 - area.x0, block.x1 - area.x0))
     with times.time("label"):
-        labels = labeler(probs[0], probs[1] if plan.channels > 1 else None, cfg.threshold)
+        labels = labeler(probs[0], probs[1] if plan.channels > 1 else None, cfg.threshold)[inside]
+    probs = probs[(slice(None), *inside)]
     with times.time("trace"):
-        pieces = trace_pieces(labels, probs[0], block)
+        pieces = trace_pieces(labels, probs[0], block, plan.grid_hw)
     del labels
     finished, edges = split_at_edges(pieces, block, plan.grid_hw)
     with times.time("polygons"):
@@ -275,7 +289,7 @@ def finish_block(plan: ScenePlan, block: Block, probs: np.ndarray, labeler: Labe
     tile = None
     if want_tile:
         with times.time("encode"):
-            tile = encode_tile(probs, block, plan.georef)
+            tile = encode_tile(np.ascontiguousarray(probs), block, plan.georef)
     return buildings, edges, tile, times
 
 
@@ -285,7 +299,7 @@ def process_blocks(
     """Run blocks end to end, in order. The model blends block k+1 while post-processing threads finish block k,
     so on a GPU neither waits; a window shared by two of these blocks is predicted once."""
     blocks = list(blocks)
-    cache = HaloCache(plan.blocks, blocks)
+    cache = HaloCache(plan, blocks)
     labeler = choose_labeler(plan.channels, plan.cfg)
     want_tile = plan.cfg.probability == "cog"
     threads = post_threads(plan.cfg.post_threads, segmenter.device)

@@ -26,11 +26,15 @@ BAND_NAMES = ("building_probability", "contact_probability")
 
 
 def encode_tile(probs: np.ndarray, block: Block, georef: Georef) -> bytes:
-    """A block's (K, h, w) uint8 probabilities as DEFLATE GeoTIFF bytes, placed on the grid: what crosses the network."""
+    """A block's (K, h, w) uint8 probabilities as compressed GeoTIFF bytes, placed on the grid: what crosses the network.
+
+    LZW with a horizontal predictor: 6-10x faster to encode than DEFLATE's default level (measured on a
+    1792² block: 0.05 s against 0.5 s) at about the same size; the COG re-encodes the tiles anyway.
+    """
     k, h, w = probs.shape
     transform = georef.affine * Affine.translation(block.x0, block.y0)
     profile = dict(driver="GTiff", width=w, height=h, count=k, dtype="uint8", crs=georef.crs_wkt, transform=transform,
-                   compress="DEFLATE", predictor=2, tiled=w >= 256 and h >= 256, blockxsize=256, blockysize=256)
+                   compress="LZW", predictor=2, tiled=w >= 256 and h >= 256, blockxsize=256, blockysize=256)
     if not profile["tiled"]:
         del profile["blockxsize"], profile["blockysize"]
     with MemoryFile() as mem:

@@ -136,6 +136,26 @@ class BlockLayout:
             for c in self._window_span(block.x0, block.x1, self.grid.cols)
         ]
 
+    def context(self, block: Block, margin: int) -> Block:
+        """The block grown by `margin` px on each side, within the grid and under the block's own windows.
+
+        Labelling sees this much of the neighbours, so a building cut by the block edge is split the same way
+        on both sides. Its margins are blended from the block's windows only: an approximation, used only to
+        decide labels, never written out.
+        """
+        rows = self._window_span(block.y0, block.y1, self.grid.rows)
+        cols = self._window_span(block.x0, block.x1, self.grid.cols)
+        s, size = self.grid.stride, self.grid.size
+        return Block(
+            block.row, block.col,
+            max(block.y0 - margin, rows[0] * s), min(block.y1 + margin, (rows[-1]) * s + size, self.grid.height),
+            max(block.x0 - margin, cols[0] * s), min(block.x1 + margin, (cols[-1]) * s + size, self.grid.width),
+        )
+
+    def window_ranges(self, block: Block) -> tuple[range, range]:
+        """Indexes of the window rows and columns that reach into the block."""
+        return self._window_span(block.y0, block.y1, self.grid.rows), self._window_span(block.x0, block.x1, self.grid.cols)
+
     def blocks_of(self, window: GridWindow) -> list[Block]:
         """The blocks a window reaches into (1 to 4)."""
         step = self.size * self.grid.stride

@@ -71,8 +71,12 @@ def _polygons(labels: np.ndarray, mask: np.ndarray, x0: int, y0: int) -> tuple[n
     return shapely.polygons(rings, indices=np.asarray(poly_of)), np.asarray(values, dtype=np.int64)
 
 
-def trace_pieces(labels: np.ndarray, footprint: np.ndarray, block: Block) -> list[Piece]:
-    """Every labelled region of a block as a polygon in grid coordinates, with its probability sum."""
+def trace_pieces(labels: np.ndarray, footprint: np.ndarray, block: Block, grid_hw: tuple[int, int] | None = None) -> list[Piece]:
+    """Every labelled region of a block as a polygon in grid coordinates, with its probability sum.
+
+    A label in several parts keeps the parts of at least MIN_PART_SHARE of its largest, and every part that
+    touches an edge with a neighbour behind it (it may be joined there).
+    """
     mask = labels > 0
     ids = labels[mask]
     if ids.size == 0:
@@ -86,7 +90,8 @@ def trace_pieces(labels: np.ndarray, footprint: np.ndarray, block: Block) -> lis
     largest = np.zeros(n + 1)
     np.maximum.at(largest, values, area)
     # A watershed label can leave 1-px islands apart from its body: not buildings.
-    keep = np.flatnonzero(area >= MIN_PART_SHARE * largest[values])
+    at_edge = _touches_neighbours(shapely.bounds(geoms).reshape(-1, 4), block, grid_hw or labels.shape)
+    keep = np.flatnonzero((area >= MIN_PART_SHARE * largest[values]) | at_edge)
     share = psum[values[keep]] / count[values[keep]]
     at = frozenset([(block.row, block.col)])
     return [Piece(geoms[i], float(s * area[i]), float(area[i]), at) for i, s in zip(keep, share)]
@@ -97,55 +102,64 @@ def _bounds(pieces: list[Piece]) -> np.ndarray:
     return shapely.bounds(np.array([p.geom for p in pieces], dtype=object)).reshape(-1, 4)
 
 
+def _touches_neighbours(b: np.ndarray, block: Block, grid_hw: tuple[int, int]) -> np.ndarray:
+    """For (n, 4) bounds: does each touch a side of the block that another block lies behind?"""
+    h, w = grid_hw
+    return (
+        ((b[:, 0] == block.x0) & (block.x0 > 0)) | ((b[:, 2] == block.x1) & (block.x1 < w))
+        | ((b[:, 1] == block.y0) & (block.y0 > 0)) | ((b[:, 3] == block.y1) & (block.y1 < h))
+    )
+
+
 def split_at_edges(pieces: list[Piece], block: Block, grid_hw: tuple[int, int]) -> tuple[list[Piece], list[Piece]]:
     """(finished, edge pieces): an edge piece touches a side of the block that another block lies behind."""
     if not pieces:
         return [], []
-    b = _bounds(pieces)
-    h, w = grid_hw
-    edge = (
-        ((b[:, 0] == block.x0) & (block.x0 > 0)) | ((b[:, 2] == block.x1) & (block.x1 < w))
-        | ((b[:, 1] == block.y0) & (block.y0 > 0)) | ((b[:, 3] == block.y1) & (block.y1 < h))
-    )
+    edge = _touches_neighbours(_bounds(pieces), block, grid_hw)
     return [p for p, e in zip(pieces, edge) if not e], [p for p, e in zip(pieces, edge) if e]
-
-
-def _shares_segment(a: shapely.Geometry, b: shapely.Geometry) -> bool:
-    return a.intersection(b).length > 0
 
 
 def join_pieces(pieces: list[Piece]) -> list[Piece]:
     """One piece per building: pieces from different blocks that share a segment of a block edge are joined.
 
-    Pieces of one block never join each other (two buildings split by the watershed may share a side).
+    The labeler's splits are kept: two pieces of one block that touch each other (a watershed split them) never
+    end up in one building, even through a piece of the next block that touches both; that piece joins the one
+    it shares the longest edge with. Joins are made longest shared edge first, so the result does not depend on
+    the order of the pieces.
     """
     if len(pieces) < 2:
         return pieces
-    parent = list(range(len(pieces)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
     tree = STRtree([p.geom for p in pieces])
     left, right = tree.query([p.geom for p in pieces], predicate="intersects")
+    links, split = [], set()
     for i, j in zip(left.tolist(), right.tolist()):
-        if i < j and not (pieces[i].blocks & pieces[j].blocks):
-            if find(i) != find(j) and _shares_segment(pieces[i].geom, pieces[j].geom):
-                parent[find(i)] = find(j)
-    groups: dict[int, list[Piece]] = {}
-    for k, piece in enumerate(pieces):
-        groups.setdefault(find(k), []).append(piece)
-    out = []
-    for members in groups.values():  # in the order of their first piece: deterministic
-        if len(members) == 1:
-            out.append(members[0])
+        if i >= j:
+            continue
+        shared = pieces[i].geom.intersection(pieces[j].geom).length
+        if shared <= 0:
+            continue
+        if pieces[i].blocks & pieces[j].blocks:
+            split.add((i, j))  # neighbours in one block: the labeler kept them apart
         else:
-            geom = shapely.union_all([m.geom for m in members])
-            blocks = frozenset().union(*(m.blocks for m in members))
-            out.append(Piece(geom, sum(m.psum for m in members), sum(m.count for m in members), blocks))
+            links.append((-shared, i, j))
+    group = list(range(len(pieces)))
+    members: dict[int, list[int]] = {k: [k] for k in range(len(pieces))}
+    for _, i, j in sorted(links):
+        gi, gj = group[i], group[j]
+        if gi == gj or any((min(a, b), max(a, b)) in split for a in members[gi] for b in members[gj]):
+            continue
+        for k in members[gj]:
+            group[k] = gi
+        members[gi] += members.pop(gj)
+    out = []
+    for g in sorted(members, key=lambda g: min(members[g])):  # in the order of their first piece: deterministic
+        parts = [pieces[k] for k in sorted(members[g])]
+        if len(parts) == 1:
+            out.append(parts[0])
+        else:
+            geom = shapely.union_all([m.geom for m in parts])
+            blocks = frozenset().union(*(m.blocks for m in parts))
+            out.append(Piece(geom, sum(m.psum for m in parts), sum(m.count for m in parts), blocks))
     return out
 
 

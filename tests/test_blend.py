@@ -24,7 +24,7 @@ def blend_layout(
     layout = make_blocks(grid, block_windows)
     out = np.zeros(truth.shape, np.uint8)
     for block in layout:
-        canvas = BlockCanvas(block, 2, grid, device)
+        canvas = BlockCanvas(block, 2, grid, *layout.window_ranges(block), device)
         for win in layout.windows(block):
             probs = truth[:, win.row_off : win.row_off + size, win.col_off : win.col_off + size]
             if disagree:  # a missing halo window or a misplaced one changes the blend where windows overlap
@@ -62,7 +62,7 @@ def test_overlapping_windows_that_disagree_blend_by_the_ramp():
         layout = make_blocks(grid, bw)
         out = np.zeros((1, 128, 224), np.uint8)
         for block in layout:
-            canvas = BlockCanvas(block, 1, grid)
+            canvas = BlockCanvas(block, 1, grid, *layout.window_ranges(block))
             for win in layout.windows(block):
                 probs = np.full((1, 128, min(size, 224 - win.col_off)), 255.0 * win.col, np.float32)
                 part = crop(win, probs, block)
@@ -85,7 +85,7 @@ def test_weight_sums_are_those_of_every_window_added_up():
     full = np.zeros((300 + 128, 500 + 128), np.float32)
     for win in grid:
         full[win.row_off : win.row_off + 128, win.col_off : win.col_off + 128] += blend_weights(128, 32)
-    wy, wx = weight_sums(0, 300, grid, grid.rows), weight_sums(0, 500, grid, grid.cols)
+    wy, wx = weight_sums(0, 300, grid, range(grid.rows)), weight_sums(0, 500, grid, range(grid.cols))
     assert np.allclose(np.outer(wy, wx), full[:300, :500], rtol=1e-5)
 
 

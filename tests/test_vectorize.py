@@ -86,3 +86,14 @@ def test_right_angled_outlines_turn_a_ragged_rectangle_into_a_rectangle(tmp_path
         segment(str(scene), seg, tmp_path / f"r{iou}.gpkg", cfg)
         g = gpd.read_file(tmp_path / f"r{iou}.gpkg", layer="buildings").geometry[0]
         assert len(g.exterior.coords) - 1 == vertices
+
+
+def test_a_sliver_across_an_edge_never_merges_two_buildings_its_block_neighbour_kept_apart():
+    a = Piece(shapely.box(0, 0, 10, 10), 10.0, 100.0, frozenset([(0, 0)]))
+    b = Piece(shapely.box(0, 10, 10, 20), 10.0, 100.0, frozenset([(0, 0)]))  # touches a: the watershed split them
+    sliver = Piece(shapely.box(10, 4, 12, 20), 1.0, 32.0, frozenset([(0, 1)]))  # shares 6 with a, 10 with b
+    for order in ([a, b, sliver], [sliver, b, a]):
+        joined = join_pieces(order)
+        assert len(joined) == 2
+        with_sliver = max(joined, key=lambda p: p.geom.area)
+        assert with_sliver.geom.area == 132.0 and with_sliver.geom.covers(b.geom)  # the longer shared edge wins
