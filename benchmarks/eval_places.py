@@ -57,14 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    from fpn_geo.pipeline import load_segmenter, meta_channels
+    from fpn_geo.pipeline import load_segmenter
     from fpn_geo.train.config import load_train_config
     from fpn_geo.train.validate import export_blocks, pooled, score_block
 
     cfg = load_train_config(a.config)
     blocks = [b for b in export_blocks(cfg, Path(a.work) / "blocks") if not a.places or b.place in a.places]
     seg = load_segmenter(a.checkpoint, a.device)
-    modes = (True, False) if meta_channels(seg.meta) > 1 else (False,)
+    modes = (True, False) if seg.meta.channels > 1 else (False,)
     rows = []
     t0 = time.perf_counter()
     for t in a.thresholds:

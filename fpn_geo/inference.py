@@ -17,7 +17,6 @@ import torch
 
 from fpn_geo.model.checkpoint import ModelMeta
 from fpn_geo.reading import WindowData, read_window
-from fpn_geo.separate import separator_index
 from fpn_geo.streaming import in_order
 from fpn_geo.timing import StageTimes
 from fpn_geo.tiling import GridWindow
@@ -61,13 +60,7 @@ class SegmenterPredictor:
         self.batch_seen = 0  # largest batch so far: a compiled model gets every batch padded to it
         self.mean = torch.tensor(meta.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(meta.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        sep = separator_index(meta.classes)  # "separator", or "contact" in older checkpoints
-        self.has_contact = sep is not None
-        self.contact_index = sep if sep is not None else -1
-
-    @property
-    def channels(self) -> int:
-        return 2 if self.has_contact else 1
+        self.meta = meta
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray, windows: list[GridWindow]) -> np.ndarray:
@@ -85,8 +78,8 @@ class SegmenterPredictor:
             logits = self.model(x)
         p = logits.float().softmax(dim=1)
         out = [1.0 - p[:, 0]]
-        if self.has_contact:
-            out.append(p[:, self.contact_index])
+        if self.meta.separator_index is not None:
+            out.append(p[:, self.meta.separator_index])
         return torch.stack(out, dim=1)[:n] * 255
 
 

@@ -108,16 +108,11 @@ class ScenePlan:
 
     @property
     def channels(self) -> int:
-        return meta_channels(self.meta)
+        return self.meta.channels
 
     @property
     def grid_hw(self) -> tuple[int, int]:
         return self.grid.height, self.grid.width
-
-
-def meta_channels(meta: ModelMeta) -> int:
-    """1: footprint only; 2: footprint and the class that separates buildings (contact or separator)."""
-    return 2 if any(c in meta.classes for c in ("contact", "separator")) else 1
 
 
 def model_scale(scene_gsd_m: float, model_gsd_m: float | None, match_gsd: bool = True) -> float:

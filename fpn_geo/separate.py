@@ -16,8 +16,6 @@ from skimage.segmentation import watershed
 
 from fpn_geo.errors import ConfigError, InputError
 
-SEPARATOR_NAMES = ("separator", "contact")
-"""Class names of the separator channel; "contact" is what older checkpoints call it."""
 _MIN_CORE_PX = 4  # cores smaller than this are noise, not buildings: they would split a roof
 _MANY_BLOBS = 300  # above this many blobs to split, one whole-image watershed is faster
 _FOUR = ndimage.generate_binary_structure(2, 1)  # 4-connectivity: diagonal touches do not merge
@@ -38,14 +36,6 @@ def _threshold_u8(threshold: float) -> float:
     if not 0.0 < float(threshold) <= 1.0:
         raise ConfigError(f"threshold={threshold!r}; expected a probability in (0, 1]. Pass e.g. threshold=0.5.")
     return float(threshold) * 255.0
-
-
-def separator_index(classes) -> int | None:
-    """Index of the separator class ("separator", or "contact" in older checkpoints) in ``classes``; None if absent."""
-    for name in SEPARATOR_NAMES:
-        if name in classes:
-            return list(classes).index(name)
-    return None
 
 
 def connected_components(mask: np.ndarray) -> np.ndarray:

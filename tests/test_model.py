@@ -92,3 +92,12 @@ def test_a_short_last_batch_is_padded_for_a_compiled_model_and_gives_the_same_nu
     assert padded.shape == alone.shape == (1, 2, 64, 64)
     diff = np.abs(padded - alone)
     assert diff.max() <= 1 and (diff < 0.5).mean() > 0.99
+
+
+def test_meta_channels_follow_the_separator_class_old_contact_name_included():
+    from fpn_geo.model.meta import ModelMeta
+
+    assert ModelMeta(classes=("background", "building", "separator")).separator_index == 2
+    assert ModelMeta(classes=("background", "building", "contact")).channels == 2
+    no_sep = ModelMeta(classes=("background", "building"))
+    assert no_sep.separator_index is None and no_sep.channels == 1

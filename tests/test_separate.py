@@ -115,14 +115,6 @@ def test_separator_model_splits_touching_and_close_squares(gap):
     assert label_instances(footprint, None).max() == 1  # without the separator they merge
 
 
-def test_separator_index_accepts_old_contact_name():
-    from fpn_geo.separate import separator_index
-
-    assert separator_index(("background", "building", "separator")) == 2
-    assert separator_index(("background", "building", "contact")) == 2
-    assert separator_index(("background", "building")) is None
-
-
 def test_kampala_buildings_come_apart_with_separator():
     with rasterio.open(KAMPALA_TIF) as src:
         transform, shape, crs = src.transform, src.shape, src.crs

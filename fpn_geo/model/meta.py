@@ -17,6 +17,7 @@ from fpn_geo.hashing import sha256_file
 FORMAT = "fpn-geo-checkpoint/1"
 CLASSES_2 = ("background", "building")
 CLASSES_3 = ("background", "building", "contact")
+SEPARATOR_NAMES = ("separator", "contact")  # the class that splits touching buildings; "contact" in older checkpoints
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,16 @@ class ModelMeta:
             raise CheckpointError(
                 f"metadata lists {len(self.bands)} bands but {len(self.mean)} means and {len(self.std)} stds"
             )
+
+    @property
+    def separator_index(self) -> int | None:
+        """Index of the separator class in `classes` ("separator", or "contact" in older checkpoints); None if absent."""
+        return next((self.classes.index(n) for n in SEPARATOR_NAMES if n in self.classes), None)
+
+    @property
+    def channels(self) -> int:
+        """Probability channels a prediction carries: 1 footprint; 2 footprint and separator."""
+        return 1 if self.separator_index is None else 2
 
     @property
     def architecture(self) -> str:
