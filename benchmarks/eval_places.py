@@ -26,10 +26,11 @@ def regularized(row: dict, block, rect_iou: float, min_area: float) -> dict:
     import geopandas as gpd
 
     from fpn_geo.evaluate import evaluate
+    from fpn_geo.georef import bounds_utm
     from fpn_geo.regularize import regularize, vertex_count
 
     pred = gpd.read_file(row["gpkg"], layer="buildings")
-    utm = pred.estimate_utm_crs() if len(pred) else None
+    utm = bounds_utm(pred.crs, pred.total_bounds) if len(pred) else None
     reg = pred.copy()
     if len(pred):
         reg = reg.set_geometry(gpd.GeoSeries(regularize(pred.geometry.to_crs(utm).values, rect_iou), crs=utm).to_crs(pred.crs).values)

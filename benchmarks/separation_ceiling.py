@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fpn_geo.evaluate import building_f1
     from fpn_geo.labels import SEPARATOR, rasterize_instances, read_labels, separator_target
-    from fpn_geo.scene import pixel_size_m
+    from fpn_geo.georef import bounds_utm, pixel_size_m
     from fpn_geo.separate import label_instances
     from fpn_geo.train.cache import grid_shape
     from fpn_geo.train.config import load_train_config
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                 pred = gpd.GeoDataFrame(geometry=polys, crs=crs)
                 scores.append(building_f1(pred, truth, iou=0.5, min_area_m2=4.0)["f1"])
                 if contact is not None:
-                    utm = pred.estimate_utm_crs()
+                    utm = bounds_utm(pred.crs, pred.total_bounds)
                     reg = gpd.GeoDataFrame(geometry=regularize(pred.geometry.to_crs(utm).values), crs=utm).to_crs(crs)
                     f1_reg = building_f1(reg, truth, iou=0.5, min_area_m2=4.0)["f1"]
                     verts = [vertex_count(pred.geometry.values), vertex_count(reg.geometry.values)]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import pickle
 import tempfile
@@ -33,12 +32,12 @@ import shapely
 from fpn_geo.config import SegmentConfig
 from fpn_geo.errors import FpnGeoError, OutputError
 from fpn_geo.geopackage import GeoPackageWriter, temp_sibling
-from fpn_geo.georef import Georef
+from fpn_geo.georef import Georef, is_local, model_scale, scaled_shape
 from fpn_geo.hashing import sha256_file
 from fpn_geo.model.meta import ModelMeta, read_verified_meta
 from fpn_geo.probability import assemble_cog, encode_tile, write_probability_style, write_tile
 from fpn_geo.provenance import build_record, new_run_id, utc_now
-from fpn_geo.scene import SceneInfo, is_local, open_scene
+from fpn_geo.scene import SceneInfo, open_scene
 from fpn_geo.streaming import in_order
 from fpn_geo.tiling import Block, BlockLayout, Grid, GridWindow, make_blocks, make_grid
 from fpn_geo.timing import StageTimes
@@ -115,20 +114,11 @@ class ScenePlan:
         return self.grid.height, self.grid.width
 
 
-def model_scale(scene_gsd_m: float, model_gsd_m: float | None, match_gsd: bool = True) -> float:
-    """Model pixels per scene pixel; within 5% of 1 the scene is read as it is (no resampling)."""
-    if not (match_gsd and model_gsd_m):
-        return 1.0
-    scale = scene_gsd_m / model_gsd_m
-    return 1.0 if abs(scale - 1.0) < 0.05 else scale
-
-
 def plan_scene(scene_path: str, meta: ModelMeta, cfg: SegmentConfig, checkpoint_path: str | None = None) -> ScenePlan:
     """Check the scene against the model and lay out the work; a bad input fails here, before any pixel is read."""
     scene = open_scene(scene_path, meta.bands)
     scale = model_scale(scene.gsd_m, meta.gsd_m, cfg.match_gsd)
-    height, width = (scene.height, scene.width) if scale == 1.0 else (
-        max(1, math.ceil(scene.height * scale - 1e-6)), max(1, math.ceil(scene.width * scale - 1e-6)))
+    height, width = scaled_shape(scene.height, scene.width, scale)
     grid = make_grid(height, width, cfg.window, cfg.overlap)
     georef = scene.georef().scaled(scale, height, width)
     return ScenePlan(scene, meta, cfg, scale, grid, make_blocks(grid, cfg.block_windows), georef, checkpoint_path)
