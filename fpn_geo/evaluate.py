@@ -18,7 +18,7 @@ from shapely import STRtree
 
 from fpn_geo.errors import ConfigError, InputError
 from fpn_geo.georef import bounds_utm
-from fpn_geo.labels import as_crs, rasterize_instances, read_labels
+from fpn_geo.truth import as_crs, rasterize_instances, read_labels
 
 
 def areas_m2(gdf: gpd.GeoDataFrame) -> np.ndarray:

@@ -41,12 +41,13 @@ from fpn_geo.scene import SceneInfo, open_scene
 from fpn_geo.streaming import in_order
 from fpn_geo.tiling import Block, BlockLayout, Grid, GridWindow, make_blocks, make_grid
 from fpn_geo.timing import StageTimes
-from fpn_geo.vectorize import EdgeJoiner, Labeler, Piece, connected_components, split_at_edges, to_buildings, trace_pieces
+from fpn_geo.vectorize import EdgeJoiner, Piece, split_at_edges, to_buildings, trace_pieces
 
 if TYPE_CHECKING:
     import torch
 
     from fpn_geo.inference import Predictor
+    from fpn_geo.instances import LabelFn
 
 # torch is imported only where a model runs (load_segmenter, process_blocks): the flow side, which plans and
 # writes, starts about 4 s sooner without it.
@@ -162,12 +163,10 @@ class BlockResult:
     times: dict = field(default_factory=dict)
 
 
-def choose_labeler(channels: int, cfg: SegmentConfig) -> Labeler:
-    if channels > 1 and cfg.separate_touching:
-        from fpn_geo.separate import label_instances
+def choose_labeler(channels: int, cfg: SegmentConfig) -> LabelFn:
+    from fpn_geo.instances import label_components, label_instances
 
-        return label_instances
-    return connected_components
+    return label_instances if channels > 1 and cfg.separate_touching else label_components
 
 
 def _owns(block: Block, window: GridWindow) -> bool:
@@ -245,7 +244,7 @@ def blend_block(
     return probs, nodata, len(todo)
 
 
-def finish_block(plan: ScenePlan, block: Block, probs: np.ndarray, labeler: Labeler, want_tile: bool) -> tuple:
+def finish_block(plan: ScenePlan, block: Block, probs: np.ndarray, labeler: LabelFn, want_tile: bool) -> tuple:
     """Threshold, separate, trace and georeference one blended block (CPU); what a block sends back."""
     times = StageTimes()
     cfg = plan.cfg

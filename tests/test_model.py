@@ -6,7 +6,7 @@ import torch
 from fpn_geo.errors import CheckpointError, ModelInputError
 from fpn_geo.model import BuildingSegmenter, ModelMeta, build_model, load_checkpoint, save_checkpoint
 from fpn_geo.model.checkpoint import meta_path
-from tests.conftest import make_checkpoint
+from tests.doubles import make_checkpoint
 
 
 @pytest.mark.parametrize("bands", [1, 3, 4])

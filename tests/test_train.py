@@ -14,7 +14,7 @@ import rasterio
 import torch
 import yaml
 
-from conftest import DATA, KAMPALA_LABELS, KAMPALA_Z20, write_raster
+from tests.doubles import DATA, KAMPALA_LABELS, KAMPALA_Z20, write_raster
 from fpn_geo.cli import main
 from fpn_geo.evaluate import areas_m2
 from fpn_geo.errors import CheckpointError, ConfigError, InputError

@@ -42,7 +42,7 @@ def grid_shape(height: int, width: int, native_gsd: float, gsd: float) -> tuple[
 
 
 def _targets(instances: np.ndarray, kind: str, gap_px: int) -> np.ndarray:
-    from fpn_geo.labels import BUILDING, CONTACT, contact_from_instances, separator_target
+    from fpn_geo.truth import BUILDING, CONTACT, contact_from_instances, separator_target
 
     if kind == "separator":
         return separator_target(instances, gap_px)
@@ -74,7 +74,7 @@ def cache_source(
     from rasterio.enums import Resampling
 
     from fpn_geo.errors import ConfigError, InputError
-    from fpn_geo.labels import rasterize_instances, read_labels
+    from fpn_geo.truth import rasterize_instances, read_labels
     from fpn_geo.scene import open_scene
 
     if label_path.suffix.lower() in (".tif", ".tiff"):
