@@ -30,6 +30,7 @@ import numpy as np
 import shapely
 
 from fpn_geo.config import SegmentConfig
+from fpn_geo.device import post_threads
 from fpn_geo.errors import FpnGeoError, OutputError
 from fpn_geo.geopackage import GeoPackageWriter, temp_sibling
 from fpn_geo.georef import Georef, is_local, model_scale, scaled_shape
@@ -46,7 +47,7 @@ from fpn_geo.vectorize import EdgeJoiner, Piece, split_at_edges, to_buildings, t
 if TYPE_CHECKING:
     import torch
 
-    from fpn_geo.inference import Predictor
+    from fpn_geo.predictor import Predictor
     from fpn_geo.instances import LabelFn
 
 # torch is imported only where a model runs (load_segmenter, process_blocks): the flow side, which plans and
@@ -66,7 +67,8 @@ class Segmenter:
 
 
 def load_segmenter(checkpoint: str | Path, device: str = "auto", compile: bool = False) -> Segmenter:
-    from fpn_geo.inference import SegmenterPredictor, resolve_device
+    from fpn_geo.device import resolve_device
+    from fpn_geo.predictor import SegmenterPredictor
     from fpn_geo.model.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint)
@@ -288,13 +290,6 @@ def process_blocks(
 
     with ThreadPoolExecutor(threads, thread_name_prefix="fpn-geo-post") as pool:
         yield from in_order(lambda block: pool.submit(post, blended(block)), blocks, threads + 1)
-
-
-def post_threads(threads: int, device: str) -> int:
-    """0 means auto: one thread beside the model on CPU (the model needs the cores); on a GPU, most of the cores."""
-    if threads > 0:
-        return threads
-    return max(1, min(8, (os.cpu_count() or 1) - 2)) if str(device).startswith("cuda") else 1
 
 
 # ---------------------------------------------------------------------------------------------------- 3. write

@@ -79,7 +79,7 @@ def test_a_short_last_batch_is_padded_for_a_compiled_model_and_gives_the_same_nu
     1/255 that any change of batch size gives (convolutions block their sums by batch)."""
     import numpy as np
 
-    from fpn_geo.inference import SegmenterPredictor
+    from fpn_geo.predictor import SegmenterPredictor
 
     torch.manual_seed(0)
     meta = ModelMeta(depth=18, fpn_channels=64, head_channels=32, bands=(1, 2, 3))

@@ -47,7 +47,7 @@ def segmenter_from_model(model: Any, meta: Any, device: str = "cpu") -> Any:
     The ONE place that builds the pipeline's segmenter from a model rather than a checkpoint file: adapt it
     here if the pipeline's ``Segmenter`` changes. ``pipeline.load_segmenter(checkpoint)`` does the same from a file.
     """
-    from fpn_geo.inference import SegmenterPredictor
+    from fpn_geo.predictor import SegmenterPredictor
     from fpn_geo.pipeline import Segmenter
 
     predictor = SegmenterPredictor(model, meta, device)
