@@ -5,7 +5,7 @@ import torch
 
 from fpn_geo.errors import CheckpointError, ModelInputError
 from fpn_geo.model import BuildingSegmenter, ModelMeta, build_model, load_checkpoint, save_checkpoint
-from fpn_geo.model.checkpoint import meta_path
+from fpn_geo.model.meta import meta_path
 from tests.doubles import make_checkpoint
 
 
@@ -18,10 +18,17 @@ def test_runs_on_any_band_count_and_keeps_input_size(bands):
 
 
 def test_pyramid_levels_have_geometric_names_and_strides():
-    model = BuildingSegmenter(depth=18, in_channels=3, p6=True)
-    assert model.fpn.output_shape() == {f"p{i}": (256, 2**i) for i in (2, 3, 4, 5, 6)}
+    model = BuildingSegmenter(depth=18, in_channels=3)
+    assert model.fpn.output_shape() == {f"p{i}": (256, 2**i) for i in (2, 3, 4, 5)}
     feats = model.fpn(torch.randn(1, 3, 128, 128))
-    assert {k: v.shape[-1] for k, v in feats.items()} == {"p2": 32, "p3": 16, "p4": 8, "p5": 4, "p6": 2}
+    assert {k: v.shape[-1] for k, v in feats.items()} == {"p2": 32, "p3": 16, "p4": 8, "p5": 4}
+
+
+def test_old_metadata_with_p6_false_loads_and_p6_true_is_refused():
+    d = ModelMeta(depth=18).to_dict()
+    assert ModelMeta.from_dict({**d, "p6": False}) == ModelMeta(depth=18)
+    with pytest.raises(CheckpointError, match="p6: true.*retrain without p6"):
+        ModelMeta.from_dict({**d, "p6": True})
 
 
 def test_refuses_500x500_with_the_size_and_the_fix():

@@ -10,7 +10,6 @@ import importlib
 _WHERE = {
     "BuildingSegmenter": "fpn_geo.model.segmenter",
     "ModelMeta": "fpn_geo.model.meta",
-    "CLASSES_2": "fpn_geo.model.meta",
     "CLASSES_3": "fpn_geo.model.meta",
     "build_model": "fpn_geo.model.checkpoint",
     "load_checkpoint": "fpn_geo.model.checkpoint",

@@ -32,7 +32,6 @@ class ModelMeta:
     gsd_m: float | None = None  # ground sample distance trained at; None: use the scene's own
     fpn_channels: int = 256
     head_channels: int = 128
-    p6: bool = False
     weights_sha256: str = ""
     extra: dict = field(default_factory=dict)  # training record: data, epochs, metrics...
 
@@ -54,7 +53,7 @@ class ModelMeta:
 
     @property
     def architecture(self) -> str:
-        return f"resnet{self.depth}-fpn{self.fpn_channels}-semantic{self.head_channels}{'-p6' if self.p6 else ''}"
+        return f"resnet{self.depth}-fpn{self.fpn_channels}-semantic{self.head_channels}"
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -62,6 +61,9 @@ class ModelMeta:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelMeta":
+        if d.get("p6"):  # an option that was removed: P6 was computed and never read by the head
+            raise CheckpointError("checkpoint metadata asks for p6: true; P6 is no longer built: retrain without p6")
+        d = {k: v for k, v in d.items() if k != "p6"}  # "p6": false, in older checkpoints, changes nothing
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names - {"format", "architecture"}
         if unknown:

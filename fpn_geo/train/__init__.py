@@ -15,10 +15,8 @@ from __future__ import annotations
 import importlib
 
 _WHERE = {
-    "SourceConfig": "fpn_geo.train.config",
     "TrainConfig": "fpn_geo.train.config",
     "load_train_config": "fpn_geo.train.config",
-    "TrainResult": "fpn_geo.train.loop",
     "train": "fpn_geo.train.loop",
 }
 __all__ = list(_WHERE)
