@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import pyproj
 from affine import Affine
-from rasterio.crs import CRS
 
 SNAP_TO_NATIVE = 0.05  # a scene within 5% of the model's GSD is read as it is: resampling would only blur it
 
@@ -68,8 +67,23 @@ def scaled_shape(height: int, width: int, scale: float) -> tuple[int, int]:
     return max(1, math.ceil(height * scale - 1e-6)), max(1, math.ceil(width * scale - 1e-6))
 
 
+class OnGround:
+    """For a frozen dataclass with a `transform` (6 affine coefficients) and a `crs_wkt` field: both as objects."""
+
+    transform: tuple[float, ...]
+    crs_wkt: str
+
+    @property
+    def affine(self) -> Affine:
+        return Affine(*self.transform[:6])
+
+    @property
+    def crs(self) -> pyproj.CRS:
+        return pyproj.CRS.from_wkt(self.crs_wkt)
+
+
 @dataclass(frozen=True)
-class Georef:
+class Georef(OnGround):
     """A raster grid's affine transform, CRS, size and pixel size in metres, plus the UTM zone where areas are true."""
 
     transform: tuple[float, ...]
@@ -80,16 +94,8 @@ class Georef:
     utm_epsg: int
 
     @property
-    def affine(self) -> Affine:
-        return Affine(*self.transform[:6])
-
-    @property
-    def crs(self) -> CRS:
-        return CRS.from_wkt(self.crs_wkt)
-
-    @property
-    def utm(self) -> CRS:
-        return CRS.from_epsg(self.utm_epsg)
+    def utm(self) -> pyproj.CRS:
+        return pyproj.CRS.from_epsg(self.utm_epsg)
 
     def scaled(self, scale: float, height: int, width: int) -> Georef:
         """The same ground at `scale` pixels per pixel of this grid (the model's grid of a scene)."""

@@ -14,11 +14,11 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from fpn_geo.errors import InputError
-from fpn_geo.georef import Georef, is_local, local_utm, pixel_size_m
+from fpn_geo.georef import Georef, OnGround, is_local, local_utm, pixel_size_m
 
 
 @dataclass(frozen=True)
-class SceneInfo:
+class SceneInfo(OnGround):
     """What the pipeline needs to know about a scene, without its pixels."""
 
     path: str
@@ -30,14 +30,6 @@ class SceneInfo:
     transform: tuple[float, ...]
     nodata: float | None
     gsd_m: float  # ground size of one pixel, in metres, at the scene's centre
-
-    @property
-    def affine(self) -> Affine:
-        return Affine(*self.transform[:6])
-
-    @property
-    def crs(self) -> CRS:
-        return CRS.from_wkt(self.crs_wkt)
 
     @property
     def megapixels(self) -> float:

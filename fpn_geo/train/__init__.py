@@ -12,7 +12,7 @@ Names are resolved on first use, so ``fpn_geo.train.gpu`` imports without pydant
 
 from __future__ import annotations
 
-import importlib
+from fpn_geo._lazy import lazy_exports
 
 _WHERE = {
     "TrainConfig": "fpn_geo.train.config",
@@ -21,8 +21,4 @@ _WHERE = {
 }
 __all__ = list(_WHERE)
 
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _WHERE)
