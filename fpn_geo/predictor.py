@@ -63,6 +63,6 @@ class SegmenterPredictor:
             logits = self.model(x)
         p = logits.float().softmax(dim=1)
         out = [1.0 - p[:, 0]]
-        if self.meta.separator_index is not None:
-            out.append(p[:, self.meta.separator_index])
+        if self.meta.contact_index is not None:
+            out.append(p[:, self.meta.contact_index])
         return torch.stack(out, dim=1)[:n] * 255

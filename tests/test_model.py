@@ -104,7 +104,7 @@ def test_a_short_last_batch_is_padded_for_a_compiled_model_and_gives_the_same_nu
 def test_meta_channels_follow_the_separator_class_old_contact_name_included():
     from fpn_geo.model.meta import ModelMeta
 
-    assert ModelMeta(classes=("background", "building", "separator")).separator_index == 2
+    assert ModelMeta(classes=("background", "building", "separator")).contact_index == 2
     assert ModelMeta(classes=("background", "building", "contact")).channels == 2
     no_sep = ModelMeta(classes=("background", "building"))
-    assert no_sep.separator_index is None and no_sep.channels == 1
+    assert no_sep.contact_index is None and no_sep.channels == 1

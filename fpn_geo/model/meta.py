@@ -17,7 +17,7 @@ from fpn_geo.hashing import sha256_file
 FORMAT = "fpn-geo-checkpoint/1"
 CLASSES_2 = ("background", "building")
 CLASSES_3 = ("background", "building", "contact")
-SEPARATOR_NAMES = ("separator", "contact")  # the class that splits touching buildings; "contact" in older checkpoints
+CONTACT_NAMES = ("contact", "separator")  # the third class: where two buildings touch
 
 
 @dataclass(frozen=True)
@@ -42,14 +42,14 @@ class ModelMeta:
             )
 
     @property
-    def separator_index(self) -> int | None:
-        """Index of the separator class in `classes` ("separator", or "contact" in older checkpoints); None if absent."""
-        return next((self.classes.index(n) for n in SEPARATOR_NAMES if n in self.classes), None)
+    def contact_index(self) -> int | None:
+        """Index of the touching-buildings class ("contact" or "separator") among the classes, or None."""
+        return next((i for i, c in enumerate(self.classes) if c in CONTACT_NAMES), None)
 
     @property
     def channels(self) -> int:
-        """Probability channels a prediction carries: 1 footprint; 2 footprint and separator."""
-        return 1 if self.separator_index is None else 2
+        """Probability channels the pipeline gets: 1 (footprint) or 2 (footprint and contact)."""
+        return 1 if self.contact_index is None else 2
 
     @property
     def architecture(self) -> str:
