@@ -40,15 +40,9 @@ def _cfg(**kw):
 
 
 def _oracle_segmenter(scene_path: str, source: str):
-    import rasterio
+    from tests.doubles import oracle_segmenter
 
-    from fpn_geo.model.meta import ModelMeta
-    from fpn_geo.oracle import OraclePredictor
-    from fpn_geo.pipeline import Segmenter
-
-    with rasterio.open(scene_path) as src:
-        transform = src.transform
-    return Segmenter(OraclePredictor(scenes.scene_labels(scene_path, Path(source)), transform), ModelMeta(gsd_m=None))
+    return oracle_segmenter(scene_path, scenes.scene_labels(scene_path, Path(source)))
 
 
 # ---------------------------------------------------------------- children (one measurement each, own process)

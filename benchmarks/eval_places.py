@@ -26,10 +26,11 @@ def regularized(row: dict, block, rect_iou: float, min_area: float) -> dict:
     import geopandas as gpd
 
     from fpn_geo.evaluate import evaluate
+    from fpn_geo.georef import bounds_utm
     from fpn_geo.regularize import regularize, vertex_count
 
     pred = gpd.read_file(row["gpkg"], layer="buildings")
-    utm = pred.estimate_utm_crs() if len(pred) else None
+    utm = bounds_utm(pred.crs, pred.total_bounds) if len(pred) else None
     reg = pred.copy()
     if len(pred):
         reg = reg.set_geometry(gpd.GeoSeries(regularize(pred.geometry.to_crs(utm).values, rect_iou), crs=utm).to_crs(pred.crs).values)
@@ -57,14 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    from fpn_geo.pipeline import load_segmenter, meta_channels
+    from fpn_geo.pipeline import load_segmenter
     from fpn_geo.train.config import load_train_config
     from fpn_geo.train.validate import export_blocks, pooled, score_block
 
     cfg = load_train_config(a.config)
     blocks = [b for b in export_blocks(cfg, Path(a.work) / "blocks") if not a.places or b.place in a.places]
     seg = load_segmenter(a.checkpoint, a.device)
-    modes = (True, False) if meta_channels(seg.meta) > 1 else (False,)
+    modes = (True, False) if seg.meta.channels > 1 else (False,)
     rows = []
     t0 = time.perf_counter()
     for t in a.thresholds:

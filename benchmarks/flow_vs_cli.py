@@ -56,7 +56,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="fpn-geo-bench-"))
     ckpt = args.checkpoint
     if not ckpt:
-        from benchmarks.gpu_bench import make_checkpoint
+        from tests.doubles import make_checkpoint
 
         ckpt = str(make_checkpoint(tmp / "r18.safetensors", 18))
     shape = task_runner(n_workers=args.workers).cluster_kwargs

@@ -30,24 +30,6 @@ def emit(**kw) -> dict:
     return kw
 
 
-def make_checkpoint(path: Path, depth: int, like: Path | None = None) -> Path:
-    """Random weights: in the architecture of checkpoint metadata `like` (NAME.json) if given, else ResNet-`depth`."""
-    import dataclasses
-
-    import torch
-
-    from fpn_geo.model import ModelMeta, build_model, save_checkpoint
-    from fpn_geo.model.meta import read_meta
-
-    torch.manual_seed(0)
-    if like is not None and like.with_suffix(".json").is_file():
-        meta = dataclasses.replace(read_meta(like), weights_sha256="", extra={})
-    else:
-        meta = ModelMeta(depth=depth, bands=(1, 2, 3))
-    save_checkpoint(build_model(meta), meta, path)
-    return path
-
-
 def model_only(model, device: str, batch: int, tile: int, iters: int, warmup: int, cuda: bool) -> float:
     """Tiles per second of the model on uint8 input already on the device."""
     import contextlib
@@ -100,6 +82,7 @@ def main() -> None:
     from fpn_geo.config import load_config
     from fpn_geo.model.checkpoint import load_checkpoint
     from fpn_geo.pipeline import load_segmenter, segment
+    from tests.doubles import make_checkpoint
 
     cuda = not args.cpu
     if cuda and not torch.cuda.is_available():
@@ -111,7 +94,7 @@ def main() -> None:
     if args.checkpoint:
         ckpt, label = Path(args.checkpoint), Path(args.checkpoint).name
     else:
-        ckpt = make_checkpoint(work / "random.safetensors", args.depth, bundled)
+        ckpt = make_checkpoint(work / "random.safetensors", args.depth, like=bundled)
         label = "random weights, " + ("bundled architecture" if bundled.with_suffix(".json").is_file() else f"R{args.depth}")
     emit(what="model", checkpoint=str(ckpt), label=label)
     emit(what="device", device=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__)

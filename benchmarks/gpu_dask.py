@@ -61,7 +61,7 @@ def main() -> None:
     from distributed import Client
 
     from benchmarks import scenes
-    from benchmarks.gpu_bench import make_checkpoint
+    from tests.doubles import make_checkpoint
     from fpn_geo.config import load_config
     from fpn_geo.pipeline import SceneWriter, load_segmenter, plan_from_checkpoint, segment
     from fpn_geo.streaming import in_order
@@ -71,7 +71,7 @@ def main() -> None:
     device = "cpu" if args.cpu else "cuda"
     ckpt = work / "random.safetensors"
     if not ckpt.exists():
-        make_checkpoint(ckpt, args.depth, REPO / "models" / "default.safetensors")
+        make_checkpoint(ckpt, args.depth, like=REPO / "models" / "default.safetensors")
     scene = str(scenes.build_tiff(args.scene_side, args.scene_side, work, source=scenes.coarse_mosaic(4, work)))
     cfg = load_config(window=args.tile, overlap=64 if args.tile >= 256 else 32, batch=args.batch, device=device)
 

@@ -10,19 +10,15 @@ beside it, and loads it once with ``load_checkpoint``. Exit 1 on any mismatch; n
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(1 << 20):
-            h.update(b)
-    return h.hexdigest()
+from fpn_geo.hashing import sha256_file  # noqa: E402  (stdlib only: no torch)
 
 
 def join(src: Path, out: Path) -> list[Path]:
@@ -31,7 +27,7 @@ def join(src: Path, out: Path) -> list[Path]:
         digest, name = line.split(maxsplit=1)
         sums[name.strip()] = digest
     for name, digest in sums.items():
-        got = sha256(src / name)
+        got = sha256_file(src / name)
         if got != digest:
             raise SystemExit(f"join: {name}: sha256 {got[:12]}… but SHA256SUMS says {digest[:12]}…; fetch it again")
     report = json.loads((src / "train_gpu.json").read_text())
@@ -43,7 +39,7 @@ def join(src: Path, out: Path) -> list[Path]:
         with open(tmp, "wb") as f:
             for part in m["parts"]:
                 f.write((src / part).read_bytes())
-        got = sha256(tmp)
+        got = sha256_file(tmp)
         if got != m["sha256"] or got != m["meta"]["weights_sha256"]:
             tmp.unlink()
             raise SystemExit(f"join: {name}: joined sha256 {got[:12]}… but the run recorded {m['sha256'][:12]}…")
@@ -64,7 +60,6 @@ def main(argv: list[str] | None = None) -> int:
     for path in written:
         line = f"{path}  sha256 ok"
         if not a.no_load:
-            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
             from fpn_geo.model.checkpoint import load_checkpoint
 
             _, meta = load_checkpoint(path)

@@ -47,21 +47,16 @@ def _config(job: dict):
 
 
 def _oracle(scene_path: str):
-    import rasterio
+    from tests.doubles import oracle_segmenter
 
-    from fpn_geo.oracle import OraclePredictor
-
-    with rasterio.open(scene_path) as src:
-        transform = src.transform
-    return OraclePredictor(scenes.scene_labels(scene_path), transform)
+    return oracle_segmenter(scene_path, scenes.scene_labels(scene_path))
 
 
 def child_ours(job: dict, out: Path) -> dict:
-    from fpn_geo.model.meta import ModelMeta
-    from fpn_geo.pipeline import Segmenter, load_segmenter, segment
+    from fpn_geo.pipeline import load_segmenter, segment
 
     if job["mode"] == "overhead":
-        seg = Segmenter(_oracle(job["scene"]), ModelMeta(gsd_m=None))
+        seg = _oracle(job["scene"])
     else:
         seg = load_segmenter(job["checkpoint"], "cpu")
     t0 = time.perf_counter()
@@ -73,7 +68,7 @@ def child_baseline(job: dict, out: Path) -> dict:
     from benchmarks import baseline
 
     if job["mode"] == "overhead":
-        predict, bands = baseline.oracle_predictor(_oracle(job["scene"])), (1, 2, 3)
+        predict, bands = baseline.oracle_predictor(_oracle(job["scene"]).predictor), (1, 2, 3)
     else:
         predict, bands = baseline.torch_predictor(job["checkpoint"])
     cfg = _config(job)

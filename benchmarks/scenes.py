@@ -179,7 +179,7 @@ def scene(size: int, kind: str = "tiff", out_dir: Path = CACHE) -> Scene:
 
 def mosaic_labels(crs) -> gpd.GeoDataFrame:
     """The mosaic's building outlines in `crs`, clipped to the mosaic."""
-    from fpn_geo.labels import read_labels
+    from fpn_geo.truth import read_labels
 
     with rasterio.open(MOSAIC) as src:
         bounds = src.bounds

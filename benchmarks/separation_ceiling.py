@@ -2,7 +2,7 @@
 
 For each held-out block and model GSD, the truth is rasterized into the training target (background,
 interior, separator), turned into the two uint8 channels a perfect model would emit (footprint, P(separator)),
-split by ``fpn_geo.separate.label_instances`` (separation on) or plain connected components (off),
+split by ``fpn_geo.instances.label_instances`` (separation on) or plain connected components (off),
 polygonized at that GSD and scored against the truth (IoU >= 0.5, >= 4 m² on both sides). No model runs:
 this measures what resolution and the split alone cost, not the product's end-to-end score.
 
@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     from pyproj import CRS
 
     from fpn_geo.evaluate import building_f1
-    from fpn_geo.labels import SEPARATOR, rasterize_instances, read_labels, separator_target
-    from fpn_geo.scene import pixel_size_m
-    from fpn_geo.separate import label_instances
+    from fpn_geo.truth import SEPARATOR, rasterize_instances, read_labels, separator_target
+    from fpn_geo.georef import bounds_utm, pixel_size_m
+    from fpn_geo.instances import label_instances
     from fpn_geo.train.cache import grid_shape
     from fpn_geo.train.config import load_train_config
     from fpn_geo.train.validate import export_blocks
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                 pred = gpd.GeoDataFrame(geometry=polys, crs=crs)
                 scores.append(building_f1(pred, truth, iou=0.5, min_area_m2=4.0)["f1"])
                 if contact is not None:
-                    utm = pred.estimate_utm_crs()
+                    utm = bounds_utm(pred.crs, pred.total_bounds)
                     reg = gpd.GeoDataFrame(geometry=regularize(pred.geometry.to_crs(utm).values), crs=utm).to_crs(crs)
                     f1_reg = building_f1(reg, truth, iou=0.5, min_area_m2=4.0)["f1"]
                     verts = [vertex_count(pred.geometry.values), vertex_count(reg.geometry.values)]

@@ -8,13 +8,10 @@ import re
 from pathlib import Path
 
 from fpn_geo.errors import InputError
+from fpn_geo.georef import is_local
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 MANIFEST_SUFFIXES = (".txt", ".lst", ".csv", ".manifest")
-
-
-def _remote(path: str) -> bool:
-    return path.startswith("/vsi") or "://" in path
 
 
 def list_scenes(scenes: str | list[str]) -> list[str]:
@@ -28,7 +25,7 @@ def list_scenes(scenes: str | list[str]) -> list[str]:
     """
     if isinstance(scenes, (list, tuple)):
         found = [str(s) for s in scenes]
-    elif _remote(scenes):
+    elif not is_local(scenes):
         found = [scenes]
     elif os.path.isdir(scenes):
         found = [str(p) for p in Path(scenes).iterdir() if p.suffix.lower() in RASTER_SUFFIXES and not p.name.startswith(".")]
@@ -38,7 +35,7 @@ def list_scenes(scenes: str | list[str]) -> list[str]:
         for line in Path(scenes).read_text().splitlines():
             entry = line.split("#", 1)[0].split(",", 1)[0].strip()
             if entry:
-                found.append(entry if _remote(entry) or os.path.isabs(entry) else str(base / entry))
+                found.append(entry if not is_local(entry) or os.path.isabs(entry) else str(base / entry))
     elif glob.has_magic(scenes):
         found = [p for p in glob.glob(scenes, recursive=True) if os.path.isfile(p)]
     elif os.path.isfile(scenes):

@@ -17,18 +17,12 @@ from affine import Affine
 from shapely import STRtree
 
 from fpn_geo.errors import ConfigError, InputError
-from fpn_geo.labels import as_crs, rasterize_instances, read_labels
-
-
-def _is_metric(crs: Any) -> bool:
-    """True when the CRS is projected in metres, so areas are already m²."""
-    if crs is None or not crs.is_projected:
-        return False
-    return all(axis.unit_name in ("metre", "meter") for axis in crs.axis_info[:2])
+from fpn_geo.georef import bounds_utm
+from fpn_geo.truth import as_crs, rasterize_instances, read_labels
 
 
 def areas_m2(gdf: gpd.GeoDataFrame) -> np.ndarray:
-    """Polygon areas in m², measured in a local UTM when the CRS is not metric.
+    """Polygon areas in m², measured in the UTM zone at the polygons' centre, as the product measures ``area_m2``.
 
     Areas in degrees² (EPSG:4326) or inflated Web Mercator metres would make a
     minimum-area filter mean different things in different cities.
@@ -40,9 +34,7 @@ def areas_m2(gdf: gpd.GeoDataFrame) -> np.ndarray:
             "Polygons have no CRS; expected one to measure areas in m². "
             "Set it with gdf.set_crs(...) or pass min_area_m2=0."
         )
-    if _is_metric(gdf.crs) and not gdf.crs.to_epsg() == 3857:
-        return gdf.geometry.area.to_numpy()
-    return gdf.to_crs(gdf.estimate_utm_crs()).geometry.area.to_numpy()
+    return gdf.to_crs(bounds_utm(gdf.crs, gdf.total_bounds)).geometry.area.to_numpy()
 
 
 def _valid(geoms: np.ndarray) -> np.ndarray:

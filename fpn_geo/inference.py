@@ -1,93 +1,26 @@
-"""Batched inference: model-grid windows in, per-window building probabilities (0-255, on the model's device) out,
-reading ahead of the model."""
+"""The infer step: model-grid windows in, per-window building probabilities (0-255, on the model's device) out.
+
+`read_batches` reads batches of windows on reader threads, ahead of the model (`streaming.in_order`, the one
+read-ahead); `predict_windows` runs each batch through a `Predictor` and masks nodata.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
 
 import numpy as np
 import rasterio
 import torch
 
-from fpn_geo.model.checkpoint import ModelMeta
+from fpn_geo.device import reader_threads
+from fpn_geo.predictor import Predictor
 from fpn_geo.reading import WindowData, read_window
-from fpn_geo.separate import separator_index
 from fpn_geo.streaming import in_order
-from fpn_geo.timing import StageTimes
 from fpn_geo.tiling import GridWindow
-
-
-class Predictor(Protocol):
-    """Anything that turns a batch of windows into foreground probabilities on a 0-255 scale.
-
-    Returns (N, K, M, M), a numpy array or a tensor on the predictor's device: channel 0 is P(building
-    footprint) = 1 - P(background); channel 1, where the model has one, the separating class (contact or
-    separator). A tensor stays on its device: the block's blend runs there and only uint8 comes back.
-    """
-
-    def __call__(self, images: np.ndarray, windows: list[GridWindow]) -> np.ndarray | torch.Tensor: ...
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        from fpn_geo.errors import ConfigError
-
-        raise ConfigError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
-    return device
-
-
-class SegmenterPredictor:
-    """The segmenter on CPU (float32) or CUDA (bf16 autocast, channels_last, optional torch.compile).
-
-    Normalization runs on the device, so only uint8 crosses the bus.
-    """
-
-    def __init__(self, model: torch.nn.Module, meta: ModelMeta, device: str = "auto", compile: bool = False) -> None:
-        self.device = torch.device(resolve_device(device))
-        self.cuda = self.device.type == "cuda"
-        model = model.eval().to(self.device)
-        if self.cuda:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = torch.compile(model) if compile else model
-        self.compiled = compile
-        self.batch_seen = 0  # largest batch so far: a compiled model gets every batch padded to it
-        self.mean = torch.tensor(meta.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(meta.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        sep = separator_index(meta.classes)  # "separator", or "contact" in older checkpoints
-        self.has_contact = sep is not None
-        self.contact_index = sep if sep is not None else -1
-
-    @property
-    def channels(self) -> int:
-        return 2 if self.has_contact else 1
-
-    @torch.inference_mode()
-    def __call__(self, images: np.ndarray, windows: list[GridWindow]) -> np.ndarray:
-        n = len(images)
-        self.batch_seen = max(self.batch_seen, n)
-        if self.compiled and n < self.batch_seen:
-            # A new batch size makes torch.compile compile again (5 s on an H100 for the last, short batch).
-            images = np.concatenate([images, np.zeros((self.batch_seen - n, *images.shape[1:]), images.dtype)])
-        x = torch.from_numpy(images if images.dtype == np.uint8 else images.astype(np.float32))
-        if self.cuda:
-            x = x.pin_memory().to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        x = (x.float() - self.mean) / self.std
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else contextlib.nullcontext()
-        with amp:
-            logits = self.model(x)
-        p = logits.float().softmax(dim=1)
-        out = [1.0 - p[:, 0]]
-        if self.has_contact:
-            out.append(p[:, self.contact_index])
-        return torch.stack(out, dim=1)[:n] * 255
+from fpn_geo.timing import StageTimes
 
 
 def _batches(items: Iterable, n: int) -> Iterator[list]:
@@ -99,13 +32,6 @@ def _batches(items: Iterable, n: int) -> Iterator[list]:
             batch = []
     if batch:
         yield batch
-
-
-def reader_threads(readers: int, device: str) -> int:
-    """0 means auto: one reader on CPU, where the model needs the cores; on a GPU, enough to feed it (up to 8)."""
-    if readers > 0:
-        return readers
-    return max(1, min(8, (os.cpu_count() or 1) - 1)) if str(device).startswith("cuda") else 1
 
 
 def read_batches(

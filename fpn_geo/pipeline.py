@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import pickle
 import tempfile
@@ -31,23 +30,25 @@ import numpy as np
 import shapely
 
 from fpn_geo.config import SegmentConfig
+from fpn_geo.device import post_threads
 from fpn_geo.errors import FpnGeoError, OutputError
 from fpn_geo.geopackage import GeoPackageWriter, temp_sibling
-from fpn_geo.georef import Georef
+from fpn_geo.georef import Georef, is_local, model_scale, scaled_shape
 from fpn_geo.hashing import sha256_file
 from fpn_geo.model.meta import ModelMeta, read_verified_meta
 from fpn_geo.probability import assemble_cog, encode_tile, write_probability_style, write_tile
 from fpn_geo.provenance import build_record, new_run_id, utc_now
-from fpn_geo.scene import SceneInfo, is_local, open_scene
+from fpn_geo.scene import SceneInfo, open_scene
 from fpn_geo.streaming import in_order
 from fpn_geo.tiling import Block, BlockLayout, Grid, GridWindow, make_blocks, make_grid
 from fpn_geo.timing import StageTimes
-from fpn_geo.vectorize import EdgeJoiner, Labeler, Piece, connected_components, split_at_edges, to_buildings, trace_pieces
+from fpn_geo.vectorize import EdgeJoiner, Piece, split_at_edges, to_buildings, trace_pieces
 
 if TYPE_CHECKING:
     import torch
 
-    from fpn_geo.inference import Predictor
+    from fpn_geo.predictor import Predictor
+    from fpn_geo.instances import LabelFn
 
 # torch is imported only where a model runs (load_segmenter, process_blocks): the flow side, which plans and
 # writes, starts about 4 s sooner without it.
@@ -66,7 +67,8 @@ class Segmenter:
 
 
 def load_segmenter(checkpoint: str | Path, device: str = "auto", compile: bool = False) -> Segmenter:
-    from fpn_geo.inference import SegmenterPredictor, resolve_device
+    from fpn_geo.device import resolve_device
+    from fpn_geo.predictor import SegmenterPredictor
     from fpn_geo.model.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint)
@@ -108,7 +110,7 @@ class ScenePlan:
 
     @property
     def channels(self) -> int:
-        return meta_channels(self.meta)
+        return self.meta.channels
 
     @property
     def grid_hw(self) -> tuple[int, int]:
@@ -119,25 +121,11 @@ class ScenePlan:
         return self.blocks.context(block, self.grid.overlap)
 
 
-def meta_channels(meta: ModelMeta) -> int:
-    """1: footprint only; 2: footprint and the class that separates buildings (contact or separator)."""
-    return 2 if any(c in meta.classes for c in ("contact", "separator")) else 1
-
-
-def model_scale(scene_gsd_m: float, model_gsd_m: float | None, match_gsd: bool = True) -> float:
-    """Model pixels per scene pixel; within 5% of 1 the scene is read as it is (no resampling)."""
-    if not (match_gsd and model_gsd_m):
-        return 1.0
-    scale = scene_gsd_m / model_gsd_m
-    return 1.0 if abs(scale - 1.0) < 0.05 else scale
-
-
 def plan_scene(scene_path: str, meta: ModelMeta, cfg: SegmentConfig, checkpoint_path: str | None = None) -> ScenePlan:
     """Check the scene against the model and lay out the work; a bad input fails here, before any pixel is read."""
     scene = open_scene(scene_path, meta.bands)
     scale = model_scale(scene.gsd_m, meta.gsd_m, cfg.match_gsd)
-    height, width = (scene.height, scene.width) if scale == 1.0 else (
-        max(1, math.ceil(scene.height * scale - 1e-6)), max(1, math.ceil(scene.width * scale - 1e-6)))
+    height, width = scaled_shape(scene.height, scene.width, scale)
     grid = make_grid(height, width, cfg.window, cfg.overlap)
     georef = scene.georef().scaled(scale, height, width)
     return ScenePlan(scene, meta, cfg, scale, grid, make_blocks(grid, cfg.block_windows), georef, checkpoint_path)
@@ -181,12 +169,10 @@ class BlockResult:
     times: dict = field(default_factory=dict)
 
 
-def choose_labeler(channels: int, cfg: SegmentConfig) -> Labeler:
-    if channels > 1 and cfg.separate_touching:
-        from fpn_geo.separate import label_instances
+def choose_labeler(channels: int, cfg: SegmentConfig) -> LabelFn:
+    from fpn_geo.instances import label_components, label_instances
 
-        return label_instances
-    return connected_components
+    return label_instances if channels > 1 and cfg.separate_touching else label_components
 
 
 def _owns(block: Block, window: GridWindow) -> bool:
@@ -267,7 +253,7 @@ def blend_block(
     return probs, nodata, len(todo)
 
 
-def finish_block(plan: ScenePlan, block: Block, probs: np.ndarray, labeler: Labeler, want_tile: bool) -> tuple:
+def finish_block(plan: ScenePlan, block: Block, probs: np.ndarray, labeler: LabelFn, want_tile: bool) -> tuple:
     """Threshold, separate, trace and georeference one blended block (CPU); what a block sends back.
 
     `probs` covers the block's context area: instances are labelled there, so a building cut by the block's
@@ -318,13 +304,6 @@ def process_blocks(
 
     with ThreadPoolExecutor(threads, thread_name_prefix="fpn-geo-post") as pool:
         yield from in_order(lambda block: pool.submit(post, blended(block)), blocks, threads + 1)
-
-
-def post_threads(threads: int, device: str) -> int:
-    """0 means auto: one thread beside the model on CPU (the model needs the cores); on a GPU, most of the cores."""
-    if threads > 0:
-        return threads
-    return max(1, min(8, (os.cpu_count() or 1) - 2)) if str(device).startswith("cuda") else 1
 
 
 # ---------------------------------------------------------------------------------------------------- 3. write

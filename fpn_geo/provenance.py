@@ -14,7 +14,8 @@ from pathlib import Path
 
 from fpn_geo import __version__
 from fpn_geo.model.meta import ModelMeta
-from fpn_geo.scene import SceneInfo, is_local
+from fpn_geo.georef import is_local
+from fpn_geo.scene import SceneInfo
 
 
 def utc_now() -> str:

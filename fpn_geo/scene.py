@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -10,16 +9,16 @@ from dataclasses import dataclass
 import numpy as np
 import rasterio
 from affine import Affine
-from pyproj import CRS, Transformer
+from pyproj import CRS
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from fpn_geo.errors import InputError
-from fpn_geo.georef import Georef
+from fpn_geo.georef import Georef, OnGround, is_local, local_utm, pixel_size_m
 
 
 @dataclass(frozen=True)
-class SceneInfo:
+class SceneInfo(OnGround):
     """What the pipeline needs to know about a scene, without its pixels."""
 
     path: str
@@ -33,42 +32,12 @@ class SceneInfo:
     gsd_m: float  # ground size of one pixel, in metres, at the scene's centre
 
     @property
-    def affine(self) -> Affine:
-        return Affine(*self.transform[:6])
-
-    @property
-    def crs(self) -> CRS:
-        return CRS.from_wkt(self.crs_wkt)
-
-    @property
     def megapixels(self) -> float:
         return self.width * self.height / 1e6
 
     def georef(self) -> Georef:
         utm = local_utm(self.affine, self.crs, self.width, self.height)
         return Georef(tuple(self.transform[:6]), self.crs_wkt, self.height, self.width, self.gsd_m, int(utm.to_epsg()))
-
-
-def is_local(path: str) -> bool:
-    return not (path.startswith("/vsi") or "://" in path)
-
-
-def local_utm(transform: Affine, crs: CRS, width: int, height: int) -> CRS:
-    """The UTM zone at the scene centre: where metres and square metres are true, whatever the scene's CRS."""
-    cx, cy = transform * (width / 2, height / 2)
-    lon, lat = Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True).transform(cx, cy)
-    zone = int((lon + 180) // 6) % 60 + 1
-    return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
-
-
-def pixel_size_m(transform: Affine, crs: CRS, width: int, height: int) -> float:
-    """Metres per pixel at the scene centre, measured in the local UTM zone (valid for any CRS)."""
-    cx, cy = transform * (width / 2, height / 2)
-    to_utm = Transformer.from_crs(crs, local_utm(transform, crs, width, height), always_xy=True)
-    x0, y0 = to_utm.transform(cx, cy)
-    x1, y1 = to_utm.transform(*(transform * (width / 2 + 1, height / 2)))
-    x2, y2 = to_utm.transform(*(transform * (width / 2, height / 2 + 1)))
-    return math.sqrt(math.hypot(x1 - x0, y1 - y0) * math.hypot(x2 - x0, y2 - y0))
 
 
 def open_scene(path: str, bands: tuple[int, ...] | None = None) -> SceneInfo:

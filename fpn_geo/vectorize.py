@@ -7,7 +7,7 @@ building, joined here row of blocks by row of blocks, so only one row's edge pie
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import geopandas as gpd
@@ -16,7 +16,6 @@ import pandas as pd
 import shapely
 from affine import Affine
 from rasterio.features import shapes
-from scipy import ndimage
 from shapely.strtree import STRtree
 
 from fpn_geo.georef import Georef
@@ -25,16 +24,6 @@ from fpn_geo.tiling import Block
 
 # Parts of one label smaller than this share of its largest part are dropped.
 MIN_PART_SHARE = 0.25
-
-# (footprint uint8, contact uint8 or None, threshold 0-1) -> int32 labels, 0 = background
-Labeler = Callable[[np.ndarray, np.ndarray | None, float], np.ndarray]
-
-
-def connected_components(footprint: np.ndarray, contact: np.ndarray | None, threshold: float) -> np.ndarray:
-    """The plain labeler: 4-connected blobs above the threshold (touching buildings stay merged)."""
-    labels, _ = ndimage.label(footprint >= round(threshold * 255))
-    return labels.astype(np.int32)
-
 
 @dataclass
 class Piece:

@@ -10,7 +10,7 @@ import pytest
 import rasterio
 
 from fpn_geo.cli import main
-from tests.conftest import make_checkpoint, write_raster
+from tests.doubles import make_checkpoint, write_raster
 
 
 def run_cli(args, capsys):

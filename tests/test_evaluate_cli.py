@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 
-from conftest import KAMPALA_LABELS, KAMPALA_Z20
+from tests.doubles import KAMPALA_LABELS, KAMPALA_Z20
 from fpn_geo.cli import main
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "metric"
@@ -60,7 +60,7 @@ def test_a_geopackage_with_several_layers_is_read_from_the_right_one(tmp_path, c
     import pytest
 
     from fpn_geo.errors import InputError
-    from fpn_geo.labels import read_labels
+    from fpn_geo.truth import read_labels
 
     gt = gpd.read_file(FIXTURES / "gt.geojson")
     roads = gpd.GeoDataFrame({"id": [1]}, geometry=gt.geometry.iloc[:1].boundary, crs=gt.crs)

@@ -62,7 +62,8 @@ class FullSceneAllocator(SquarePredictor):
 
 
 def child(vrt: str, out: str, allocate_scene: bool) -> None:
-    import fpn_geo.inference  # noqa: F401  (torch and the rest of the run's libraries, loaded before the cap)
+    import fpn_geo.inference  # noqa: F401  (torch and the rest of the run's libraries, loaded before the cap:
+    import fpn_geo.instances  # noqa: F401  the model's and the instance split's, which the pipeline imports lazily)
     from fpn_geo.config import load_config
     from fpn_geo.model.meta import ModelMeta
     from fpn_geo.pipeline import Segmenter, segment

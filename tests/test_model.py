@@ -5,8 +5,8 @@ import torch
 
 from fpn_geo.errors import CheckpointError, ModelInputError
 from fpn_geo.model import BuildingSegmenter, ModelMeta, build_model, load_checkpoint, save_checkpoint
-from fpn_geo.model.checkpoint import meta_path
-from tests.conftest import make_checkpoint
+from fpn_geo.model.meta import meta_path
+from tests.doubles import make_checkpoint
 
 
 @pytest.mark.parametrize("bands", [1, 3, 4])
@@ -18,10 +18,17 @@ def test_runs_on_any_band_count_and_keeps_input_size(bands):
 
 
 def test_pyramid_levels_have_geometric_names_and_strides():
-    model = BuildingSegmenter(depth=18, in_channels=3, p6=True)
-    assert model.fpn.output_shape() == {f"p{i}": (256, 2**i) for i in (2, 3, 4, 5, 6)}
+    model = BuildingSegmenter(depth=18, in_channels=3)
+    assert model.fpn.output_shape() == {f"p{i}": (256, 2**i) for i in (2, 3, 4, 5)}
     feats = model.fpn(torch.randn(1, 3, 128, 128))
-    assert {k: v.shape[-1] for k, v in feats.items()} == {"p2": 32, "p3": 16, "p4": 8, "p5": 4, "p6": 2}
+    assert {k: v.shape[-1] for k, v in feats.items()} == {"p2": 32, "p3": 16, "p4": 8, "p5": 4}
+
+
+def test_old_metadata_with_p6_false_loads_and_p6_true_is_refused():
+    d = ModelMeta(depth=18).to_dict()
+    assert ModelMeta.from_dict({**d, "p6": False}) == ModelMeta(depth=18)
+    with pytest.raises(CheckpointError, match="p6: true.*retrain without p6"):
+        ModelMeta.from_dict({**d, "p6": True})
 
 
 def test_refuses_500x500_with_the_size_and_the_fix():
@@ -79,7 +86,7 @@ def test_a_short_last_batch_is_padded_for_a_compiled_model_and_gives_the_same_nu
     1/255 that any change of batch size gives (convolutions block their sums by batch)."""
     import numpy as np
 
-    from fpn_geo.inference import SegmenterPredictor
+    from fpn_geo.predictor import SegmenterPredictor
 
     torch.manual_seed(0)
     meta = ModelMeta(depth=18, fpn_channels=64, head_channels=32, bands=(1, 2, 3))
@@ -92,3 +99,12 @@ def test_a_short_last_batch_is_padded_for_a_compiled_model_and_gives_the_same_nu
     assert padded.shape == alone.shape == (1, 2, 64, 64)
     diff = np.abs(padded - alone)
     assert diff.max() <= 1 and (diff < 0.5).mean() > 0.99
+
+
+def test_meta_channels_follow_the_separator_class_old_contact_name_included():
+    from fpn_geo.model.meta import ModelMeta
+
+    assert ModelMeta(classes=("background", "building", "separator")).contact_index == 2
+    assert ModelMeta(classes=("background", "building", "contact")).channels == 2
+    no_sep = ModelMeta(classes=("background", "building"))
+    assert no_sep.contact_index is None and no_sep.channels == 1

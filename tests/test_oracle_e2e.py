@@ -15,20 +15,18 @@ import shapely
 from fpn_geo.config import load_config
 from fpn_geo.evaluate import building_f1
 from fpn_geo.hashing import sha256_file
-from fpn_geo.labels import read_labels
-from fpn_geo.oracle import OraclePredictor
-from fpn_geo.model.meta import ModelMeta
-from fpn_geo.pipeline import Segmenter, load_segmenter, segment
-from tests.conftest import KAMPALA, KAMPALA_LABELS, KAMPALA_Z20, REPO
+from fpn_geo.truth import read_labels
+from fpn_geo.pipeline import load_segmenter, segment
+from tests.doubles import KAMPALA, KAMPALA_LABELS, KAMPALA_Z20, REPO, oracle_segmenter
 
 
 def oracle_segment(out, block_windows: int):
     with rasterio.open(KAMPALA) as src:
-        crs, transform, bounds = src.crs, src.transform, src.bounds
+        crs, bounds = src.crs, src.bounds
     truth = read_labels(KAMPALA_LABELS, crs)
     truth = truth.clip(shapely.box(*bounds))
     truth = truth[truth.area > 0]
-    seg = Segmenter(OraclePredictor(truth, transform), ModelMeta(gsd_m=None))  # the oracle answers on the scene's grid
+    seg = oracle_segmenter(KAMPALA, truth)
     # 3072 = 448*6 + 384 and 2048 = 448*4 + 256: neither side divides evenly. Blocks of 2x2 windows put block
     # edges every 896 px in both directions, through buildings.
     # Rasterized OSM outlines leave 1-px speckles that no vectorizer can tell from buildings: 1 m² floor.

@@ -14,7 +14,7 @@ from fpn_geo.config import load_config
 from fpn_geo.model.meta import ModelMeta
 from fpn_geo.pipeline import Segmenter, load_segmenter, segment
 from fpn_geo.scene import open_scene
-from tests.conftest import KAMPALA_Z20, make_checkpoint, write_raster
+from tests.doubles import KAMPALA_Z20, make_checkpoint, write_raster
 
 
 class BrightPredictor:

@@ -11,7 +11,7 @@ import pytest
 import rasterio
 import torch
 
-from conftest import DATA
+from tests.doubles import DATA
 from fpn_geo.cli import main
 from fpn_geo.model import ModelMeta, build_model, load_checkpoint, save_checkpoint
 from fpn_geo.train import load_train_config

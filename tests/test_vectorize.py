@@ -9,8 +9,8 @@ from fpn_geo.config import load_config
 from fpn_geo.model.meta import ModelMeta
 from fpn_geo.pipeline import Segmenter, segment
 from fpn_geo.tiling import Block
-from fpn_geo.vectorize import EdgeJoiner, Piece, connected_components, join_pieces, split_at_edges, trace_pieces
-from tests.conftest import write_raster
+from fpn_geo.vectorize import EdgeJoiner, Piece, join_pieces, split_at_edges, trace_pieces
+from tests.doubles import write_raster
 
 
 class Bright:
@@ -67,12 +67,6 @@ def test_edge_pieces_are_held_only_until_the_next_row_of_blocks():
     below = trace_pieces(np.pad(np.ones((3, 2), np.int32), ((0, 7), (2, 6))), np.full((10, 10), 255, np.uint8), Block(1, 0, 10, 20, 0, 10))
     finished = joiner.add_row(below, 20)
     assert len(finished) == 1 and finished[0].geom.area == 16.0 and joiner.open == []
-
-
-def test_connected_components_is_4_connected():
-    fp = np.zeros((5, 5), np.uint8)
-    fp[1, 1] = fp[2, 2] = 255
-    assert connected_components(fp, None, 0.5).max() == 2
 
 
 def test_right_angled_outlines_turn_a_ragged_rectangle_into_a_rectangle(tmp_path):

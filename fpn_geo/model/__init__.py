@@ -5,12 +5,11 @@ Names are resolved on first use, so `fpn_geo.model.meta` (a checkpoint's metadat
 
 from __future__ import annotations
 
-import importlib
+from fpn_geo._lazy import lazy_exports
 
 _WHERE = {
     "BuildingSegmenter": "fpn_geo.model.segmenter",
     "ModelMeta": "fpn_geo.model.meta",
-    "CLASSES_2": "fpn_geo.model.meta",
     "CLASSES_3": "fpn_geo.model.meta",
     "build_model": "fpn_geo.model.checkpoint",
     "load_checkpoint": "fpn_geo.model.checkpoint",
@@ -18,8 +17,4 @@ _WHERE = {
 }
 __all__ = list(_WHERE)
 
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _WHERE)

@@ -13,10 +13,10 @@ from safetensors.torch import load_file, save_file
 
 from fpn_geo.errors import CheckpointError
 from fpn_geo.hashing import sha256_file
-from fpn_geo.model.meta import FORMAT, ModelMeta, meta_path, read_meta, read_verified_meta
+from fpn_geo.model.meta import FORMAT, ModelMeta, meta_path, read_verified_meta
 from fpn_geo.model.segmenter import BuildingSegmenter
 
-__all__ = ["ModelMeta", "build_model", "load_checkpoint", "meta_path", "read_meta", "read_verified_meta", "save_checkpoint"]
+__all__ = ["build_model", "load_checkpoint", "save_checkpoint"]
 
 
 def build_model(meta: ModelMeta) -> BuildingSegmenter:
@@ -26,7 +26,6 @@ def build_model(meta: ModelMeta) -> BuildingSegmenter:
         num_classes=len(meta.classes),
         fpn_channels=meta.fpn_channels,
         head_channels=meta.head_channels,
-        p6=meta.p6,
     )
 
 

@@ -1,4 +1,4 @@
-"""Feature pyramid (P2-P5, optional P6) on top of a backbone, using torchvision's FPN."""
+"""Feature pyramid (P2-P5) on top of a backbone, using torchvision's FPN."""
 
 from __future__ import annotations
 
@@ -7,15 +7,14 @@ from collections import OrderedDict
 import torch
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from fpn_geo.model.backbone import ResNetBackbone
 
 
 class FPN(nn.Module):
-    """Wraps a backbone; emits p2..p5 (and p6) with stride == 2**level."""
+    """Wraps a backbone; emits p2..p5 with stride == 2**level (all that the semantic head reads)."""
 
-    def __init__(self, backbone: ResNetBackbone, out_channels: int = 256, p6: bool = False) -> None:
+    def __init__(self, backbone: ResNetBackbone, out_channels: int = 256) -> None:
         super().__init__()
         self.backbone = backbone
         shapes = backbone.output_shape()
@@ -23,12 +22,10 @@ class FPN(nn.Module):
         self.fpn = FeaturePyramidNetwork(
             in_channels_list=[shapes[name][0] for name in self.in_features],
             out_channels=out_channels,
-            extra_blocks=LastLevelMaxPool() if p6 else None,
         )
         self.out_channels = out_channels
         self.size_divisibility = backbone.size_divisibility
-        levels = [int(name[3:]) for name in self.in_features] + ([6] if p6 else [])
-        self._names = [f"p{level}" for level in levels]
+        self._names = [f"p{int(name[3:])}" for name in self.in_features]
 
     def output_shape(self) -> dict[str, tuple[int, int]]:
         return {name: (self.out_channels, 2 ** int(name[1:])) for name in self._names}

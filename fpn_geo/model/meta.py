@@ -17,6 +17,7 @@ from fpn_geo.hashing import sha256_file
 FORMAT = "fpn-geo-checkpoint/1"
 CLASSES_2 = ("background", "building")
 CLASSES_3 = ("background", "building", "contact")
+CONTACT_NAMES = ("contact", "separator")  # the third class: where two buildings touch
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,6 @@ class ModelMeta:
     gsd_m: float | None = None  # ground sample distance trained at; None: use the scene's own
     fpn_channels: int = 256
     head_channels: int = 128
-    p6: bool = False
     weights_sha256: str = ""
     extra: dict = field(default_factory=dict)  # training record: data, epochs, metrics...
 
@@ -42,8 +42,18 @@ class ModelMeta:
             )
 
     @property
+    def contact_index(self) -> int | None:
+        """Index of the touching-buildings class ("contact" or "separator") among the classes, or None."""
+        return next((i for i, c in enumerate(self.classes) if c in CONTACT_NAMES), None)
+
+    @property
+    def channels(self) -> int:
+        """Probability channels the pipeline gets: 1 (footprint) or 2 (footprint and contact)."""
+        return 1 if self.contact_index is None else 2
+
+    @property
     def architecture(self) -> str:
-        return f"resnet{self.depth}-fpn{self.fpn_channels}-semantic{self.head_channels}{'-p6' if self.p6 else ''}"
+        return f"resnet{self.depth}-fpn{self.fpn_channels}-semantic{self.head_channels}"
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -51,6 +61,9 @@ class ModelMeta:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelMeta":
+        if d.get("p6"):  # an option that was removed: P6 was computed and never read by the head
+            raise CheckpointError("checkpoint metadata asks for p6: true; P6 is no longer built: retrain without p6")
+        d = {k: v for k, v in d.items() if k != "p6"}  # "p6": false, in older checkpoints, changes nothing
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names - {"format", "architecture"}
         if unknown:

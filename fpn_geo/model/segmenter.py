@@ -8,8 +8,6 @@ from torch import nn
 from fpn_geo.errors import ModelInputError
 from fpn_geo.model.backbone import ResNetBackbone
 from fpn_geo.model.fpn import FPN
-# Class 2 marks the thin band where two buildings touch, so vectorization can split them again.
-from fpn_geo.model.meta import CLASSES_2, CLASSES_3  # noqa: F401  (re-exported)
 from fpn_geo.model.semantic_head import SemanticHead
 
 
@@ -23,10 +21,9 @@ class BuildingSegmenter(nn.Module):
         num_classes: int = 3,
         fpn_channels: int = 256,
         head_channels: int = 128,
-        p6: bool = False,
     ) -> None:
         super().__init__()
-        self.fpn = FPN(ResNetBackbone(depth, in_channels), out_channels=fpn_channels, p6=p6)
+        self.fpn = FPN(ResNetBackbone(depth, in_channels), out_channels=fpn_channels)
         self.head = SemanticHead(self.fpn.output_shape(), num_classes, head_channels)
         self.in_channels = in_channels
         self.num_classes = num_classes

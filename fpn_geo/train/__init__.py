@@ -12,19 +12,13 @@ Names are resolved on first use, so ``fpn_geo.train.gpu`` imports without pydant
 
 from __future__ import annotations
 
-import importlib
+from fpn_geo._lazy import lazy_exports
 
 _WHERE = {
-    "SourceConfig": "fpn_geo.train.config",
     "TrainConfig": "fpn_geo.train.config",
     "load_train_config": "fpn_geo.train.config",
-    "TrainResult": "fpn_geo.train.loop",
     "train": "fpn_geo.train.loop",
 }
 __all__ = list(_WHERE)
 
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _WHERE)

@@ -35,13 +35,14 @@ CACHE_FORMAT = "fpn-geo-train-cache/1"
 
 
 def grid_shape(height: int, width: int, native_gsd: float, gsd: float) -> tuple[int, int]:
-    """The shape of a scene resampled to ``gsd``, exactly as ``dataset.load_source`` and the pipeline round it."""
-    scale = native_gsd / gsd
-    return max(1, round(height * scale)), max(1, round(width * scale))
+    """The shape of a scene resampled to ``gsd`` by the pipeline's rule (``georef.model_scale``, ``scaled_shape``)."""
+    from fpn_geo.georef import model_scale, scaled_shape
+
+    return scaled_shape(height, width, model_scale(native_gsd, gsd))
 
 
 def _targets(instances: np.ndarray, kind: str, gap_px: int) -> np.ndarray:
-    from fpn_geo.labels import BUILDING, CONTACT, contact_from_instances, separator_target
+    from fpn_geo.truth import BUILDING, CONTACT, contact_from_instances, separator_target
 
     if kind == "separator":
         return separator_target(instances, gap_px)
@@ -70,22 +71,20 @@ def cache_source(
     """One image: its record, its arrays, and (sum, sum of squares, count) of its training pixels per band."""
     import rasterio
     from affine import Affine
-    from pyproj import CRS
     from rasterio.enums import Resampling
 
     from fpn_geo.errors import ConfigError, InputError
-    from fpn_geo.labels import rasterize_instances, read_labels
-    from fpn_geo.scene import pixel_size_m
+    from fpn_geo.truth import rasterize_instances, read_labels
+    from fpn_geo.scene import open_scene
 
     if label_path.suffix.lower() in (".tif", ".tiff"):
         raise ConfigError(f"source {name!r}: the training cache needs vector labels, not the mask {label_path.name}")
     gsds = tuple(float(g) for g in cfg.cache_gsds)
+    scene = open_scene(str(image_path), tuple(cfg.bands))  # the product's checks
+    if len(cfg.bands) != 3 or scene.dtype != "uint8":
+        raise InputError(f"the training cache stores 3-band uint8 imagery as JPEG; {image_path} is {scene.count}x{scene.dtype}")
+    native = scene.gsd_m
     with rasterio.open(image_path) as src:
-        if src.crs is None:
-            raise InputError(f"training image {image_path} has no CRS; assign one first (gdal_edit.py -a_srs EPSG:XXXX)")
-        if len(cfg.bands) != 3 or src.dtypes[0] != "uint8":
-            raise InputError(f"the training cache stores 3-band uint8 imagery as JPEG; {image_path} is {src.count}x{src.dtypes[0]}")
-        native = pixel_size_m(src.transform, CRS.from_user_input(src.crs), src.width, src.height)
         store_gsd = max(native, min(gsds))
         sh, sw = grid_shape(src.height, src.width, native, store_gsd)
         image = src.read(list(cfg.bands), out_shape=(3, sh, sw), resampling=Resampling.bilinear)

@@ -20,8 +20,9 @@ from pyproj import CRS
 from rasterio.enums import Resampling
 
 from fpn_geo.errors import InputError
-from fpn_geo.labels import BUILDING, CONTACT, contact_from_instances, read_label_mask, read_labels, rasterize_instances, separator_target
-from fpn_geo.scene import pixel_size_m
+from fpn_geo.truth import BUILDING, CONTACT, contact_from_instances, read_label_mask, read_labels, rasterize_instances, separator_target
+from fpn_geo.georef import model_scale, pixel_size_m, scaled_shape
+from fpn_geo.scene import open_scene
 from fpn_geo.train.samplers import Block, ChipQuery, fraction_block
 
 log = logging.getLogger(__name__)
@@ -81,15 +82,9 @@ def load_source(
     target_kind: str = "contact",
 ) -> Source:
     """Read a scene at ``gsd_m`` (bilinear, in its own CRS, as the pipeline does) and rasterize its labels."""
+    scene = open_scene(str(image_path), bands)  # the product's checks: CRS, geotransform, bands, dtype, truncation
+    h, w = scaled_shape(scene.height, scene.width, model_scale(scene.gsd_m, gsd_m))
     with rasterio.open(image_path) as src:
-        if src.crs is None:
-            raise InputError(f"training image {image_path} has no CRS; assign one first (gdal_edit.py -a_srs EPSG:XXXX)")
-        missing = [b for b in bands if b < 1 or b > src.count]
-        if missing:
-            raise InputError(f"training image {image_path} has {src.count} band(s); config asks for bands {list(bands)}")
-        scene_gsd = pixel_size_m(src.transform, CRS.from_user_input(src.crs), src.width, src.height)
-        scale = scene_gsd / gsd_m
-        h, w = max(1, round(src.height * scale)), max(1, round(src.width * scale))
         image = src.read(list(bands), out_shape=(len(bands), h, w), resampling=Resampling.bilinear)
         valid = src.dataset_mask(out_shape=(h, w), resampling=Resampling.nearest) > 0
         transform = src.transform * Affine.scale(src.width / w, src.height / h)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fpn_geo.hashing import sha256_file
 from fpn_geo.model.meta import ModelMeta
 from fpn_geo.train.losses import IGNORE, CEDiceLoss
 from fpn_geo.train.samplers import Block, Extent, RandomChipSampler
@@ -191,20 +192,12 @@ def fp16_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: (v.half() if v.is_floating_point() and "running_" not in k else v) for k, v in model.state_dict().items()}
 
 
-def sha256_bytes(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(1 << 20):
-            h.update(b)
-    return h.hexdigest()
-
-
 def write_checkpoint(model: torch.nn.Module, meta: ModelMeta, path: Path) -> dict:
     """NAME.safetensors (fp16) + NAME.json, the metadata carrying the weights' sha256; returns the metadata dict."""
     import dataclasses
 
     save_safetensors(fp16_state(model), path, {"format": "fpn-geo-checkpoint/1"})
-    meta = dataclasses.replace(meta, weights_sha256=sha256_bytes(path))
+    meta = dataclasses.replace(meta, weights_sha256=sha256_file(path))
     d = meta.to_dict()
     path.with_suffix(".json").write_text(json.dumps(d, indent=2))
     return d
@@ -320,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     work = out_dir / "whole" if args.keep_whole else Path(os.environ.get("TMPDIR", "/tmp")) / f"fpn-geo-gpu-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
-    args.cache_sha256 = sha256_bytes(Path(args.cache))
+    args.cache_sha256 = sha256_file(Path(args.cache))
     cache_meta, arrays = load_cache(args.cache)
     gsds = args.gsd or cache_meta["gsds"]
     deadline = args.deadline_minutes * 60

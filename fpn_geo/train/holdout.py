@@ -17,7 +17,7 @@ import rasterio.windows
 import shapely
 
 from fpn_geo.errors import ConfigError, FpnGeoError
-from fpn_geo.labels import read_labels
+from fpn_geo.truth import read_labels
 from fpn_geo.train.config import REPO, TrainConfig, load_train_config
 from fpn_geo.train.samplers import fraction_block
 

@@ -47,7 +47,7 @@ def segmenter_from_model(model: Any, meta: Any, device: str = "cpu") -> Any:
     The ONE place that builds the pipeline's segmenter from a model rather than a checkpoint file: adapt it
     here if the pipeline's ``Segmenter`` changes. ``pipeline.load_segmenter(checkpoint)`` does the same from a file.
     """
-    from fpn_geo.inference import SegmenterPredictor
+    from fpn_geo.predictor import SegmenterPredictor
     from fpn_geo.pipeline import Segmenter
 
     predictor = SegmenterPredictor(model, meta, device)
@@ -94,12 +94,10 @@ def validate_places(
     min_area_m2: float = 4.0, simplify_m: float = 0.3, **segment_overrides: Any,
 ) -> dict[str, Any]:
     """Every held-out block with the separator split on and off; flat ``val_*`` keys for the metrics CSV plus ``rows``."""
-    from fpn_geo.pipeline import meta_channels
-
     rows = [
         score_block(segmenter, b, work_dir, threshold, sep, min_area_m2, simplify_m, **segment_overrides)
         for b in blocks
-        for sep in ((True, False) if meta_channels(segmenter.meta) > 1 else (False,))
+        for sep in ((True, False) if segmenter.meta.channels > 1 else (False,))
     ]
     out: dict[str, Any] = {"rows": rows}
     n = len([r for r in rows if r["separate"] == rows[0]["separate"]])

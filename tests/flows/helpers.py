@@ -16,7 +16,7 @@ from pathlib import Path
 
 import rasterio
 
-from tests.conftest import KAMPALA_Z20, REPO, write_raster
+from tests.doubles import KAMPALA_Z20, REPO, write_raster
 
 BIN = Path(sys.executable).parent
 

@@ -9,8 +9,8 @@ from rasterio.transform import from_origin
 from shapely.geometry import box
 
 from fpn_geo.errors import ConfigError, InputError
-from fpn_geo.labels import CONTACT, rasterize_classes, rasterize_instances, read_labels
-from fpn_geo.separate import connected_components, label_instances
+from fpn_geo.truth import CONTACT, rasterize_classes, rasterize_instances, read_labels
+from fpn_geo.instances import connected_components, label_components, label_instances
 
 ROOT = Path(__file__).resolve().parents[1]
 KAMPALA_TIF = ROOT / "data/kampala_oam/mosaic_z21_12x8_3072x2048.tif"
@@ -81,7 +81,7 @@ def test_bad_inputs_are_clear_errors():
 
 def _separator_channels(geoms, transform, shape, gap_px=2):
     """Perfect output of a separator model: footprint = 1 - P(background), channel 1 = P(separator)."""
-    from fpn_geo.labels import SEPARATOR, separator_target
+    from fpn_geo.truth import SEPARATOR, separator_target
 
     instances = rasterize_instances(geoms, transform, shape)
     target = separator_target(instances, gap_px)
@@ -91,7 +91,7 @@ def _separator_channels(geoms, transform, shape, gap_px=2):
 
 
 def test_separator_target_is_inner_border_plus_gap():
-    from fpn_geo.labels import INTERIOR, SEPARATOR, separator_target
+    from fpn_geo.truth import INTERIOR, SEPARATOR, separator_target
 
     inst = np.zeros((12, 20), np.int32)
     inst[2:10, 2:8] = 1
@@ -113,14 +113,6 @@ def test_separator_model_splits_touching_and_close_squares(gap):
     for truth_id in (1, 2):
         assert len(np.unique(labels[instances == truth_id])) == 1
     assert label_instances(footprint, None).max() == 1  # without the separator they merge
-
-
-def test_separator_index_accepts_old_contact_name():
-    from fpn_geo.separate import separator_index
-
-    assert separator_index(("background", "building", "separator")) == 2
-    assert separator_index(("background", "building", "contact")) == 2
-    assert separator_index(("background", "building")) is None
 
 
 def test_kampala_buildings_come_apart_with_separator():
@@ -160,3 +152,9 @@ def test_regularize_squares_nearly_rectangular_outlines_only():
     assert shapely.get_num_coordinates(out[2]) == 5
     assert out[3] is None
     assert vertex_count(out[:3]) < vertex_count([jagged, ell, stairs])
+
+
+def test_label_components_is_4_connected_and_ignores_the_separator():
+    fp = np.zeros((5, 5), np.uint8)
+    fp[1, 1] = fp[2, 2] = 255
+    assert label_components(fp, fp, 0.5).max() == 2

@@ -257,7 +257,7 @@ def separator_target(instances: np.ndarray, gap_px: int = 2) -> np.ndarray:
 
     The separator is the 1-px inner border of every building plus the background pixels within
     ``gap_px`` of two different buildings. Trained with a higher weight, it lets the product's watershed
-    (``fpn_geo.separate.label_instances``) cut touching and nearly touching buildings apart; the
+    (``fpn_geo.instances.label_instances``) cut touching and nearly touching buildings apart; the
     footprint (1 - P(background)) is still the whole building.
     """
     target = (instances > 0).astype(np.uint8) * INTERIOR

@@ -11,7 +11,7 @@ from rasterio.transform import from_origin
 from shapely.geometry import GeometryCollection, LineString, Polygon, box
 
 from fpn_geo.errors import ConfigError, InputError
-from fpn_geo.labels import (
+from fpn_geo.truth import (
     BUILDING,
     CONTACT,
     rasterize_classes,

@@ -10,14 +10,18 @@ above the threshold), so touching and nearly touching buildings come apart.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
 
 from fpn_geo.errors import ConfigError, InputError
 
-SEPARATOR_NAMES = ("separator", "contact")
-"""Class names of the separator channel; "contact" is what older checkpoints call it."""
+LabelFn = Callable[[np.ndarray, "np.ndarray | None", float], np.ndarray]
+"""(footprint uint8, separator uint8 or None, threshold 0-1) -> int32 ids, 0 background: ``label_instances`` or
+``label_components``; the pipeline picks one per run."""
+
 _MIN_CORE_PX = 4  # cores smaller than this are noise, not buildings: they would split a roof
 _MANY_BLOBS = 300  # above this many blobs to split, one whole-image watershed is faster
 _FOUR = ndimage.generate_binary_structure(2, 1)  # 4-connectivity: diagonal touches do not merge
@@ -40,14 +44,6 @@ def _threshold_u8(threshold: float) -> float:
     return float(threshold) * 255.0
 
 
-def separator_index(classes) -> int | None:
-    """Index of the separator class ("separator", or "contact" in older checkpoints) in ``classes``; None if absent."""
-    for name in SEPARATOR_NAMES:
-        if name in classes:
-            return list(classes).index(name)
-    return None
-
-
 def connected_components(mask: np.ndarray) -> np.ndarray:
     """Label 4-connected foreground regions 1..n (int32, 0 background); the plain default."""
     if not isinstance(mask, np.ndarray) or mask.ndim != 2:
@@ -56,6 +52,11 @@ def connected_components(mask: np.ndarray) -> np.ndarray:
         )
     labels, _ = ndimage.label(mask.astype(bool, copy=False), structure=_FOUR, output=np.int32)
     return labels
+
+
+def label_components(footprint: np.ndarray, contact: np.ndarray | None = None, threshold: float = 0.5) -> np.ndarray:
+    """The plain ``LabelFn``: 4-connected blobs of the footprint above ``threshold``; touching buildings stay one."""
+    return label_instances(footprint, None, threshold)
 
 
 def _markers(core: np.ndarray, blobs: np.ndarray, n_blobs: int) -> tuple[np.ndarray, np.ndarray]:
