@@ -316,3 +316,35 @@ def sweep_output_folders(paths: Iterable[str | Path | None]) -> list[Path]:
     for folder in dict.fromkeys(Path(p).parent for p in paths if p is not None):
         removed += sweep_stale_temps(folder)
     return removed
+
+
+# --- scratch space ----------------------------------------------------------------------------------------------
+
+
+def scratch_folder(scratch_dir: str | Path | None) -> Path:
+    """The folder for scratch files: the config's `scratch_dir`, else the system temp folder."""
+    import tempfile
+
+    if scratch_dir is None:
+        return Path(tempfile.gettempdir())
+    d = Path(scratch_dir)
+    if not d.is_dir():
+        raise OutputError(f"scratch_dir {d} is not a folder; create it or set scratch_dir to an existing folder")
+    return d
+
+
+def check_scratch_space(scratch_dir: str | Path | None, need_bytes: int, what: str = "scratch files") -> Path:
+    """Fail before any work when the scratch folder cannot hold `need_bytes` (plus 5 %); returns the folder."""
+    folder = scratch_folder(scratch_dir)
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return folder
+    free = st.f_bavail * st.f_frsize
+    need = int(need_bytes * 1.05)
+    if need > free:
+        raise OutputError(
+            f"{what} needs about {need / 1e9:.2f} GB in {folder}, which has {free / 1e9:.2f} GB free; "
+            "set scratch_dir (config) to a folder with more space"
+        )
+    return folder

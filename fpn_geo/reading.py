@@ -10,6 +10,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 
 from fpn_geo.errors import InputError
+from fpn_geo.radiometry import Radiometry
 from fpn_geo.tiling import GridWindow
 
 
@@ -18,7 +19,7 @@ class WindowData:
     """A window ready for the model. `valid` is in scene pixels; `model_hw` is the real (unpadded) part of `image`."""
 
     window: GridWindow
-    image: np.ndarray  # (bands, M, M) in the source dtype, M = model window side
+    image: np.ndarray  # (bands, M, M): the source dtype, or float32 in the model's range when a radiometry maps it
     valid: np.ndarray  # (h, w) bool: False under nodata, internal mask or alpha
     model_hw: tuple[int, int]
 
@@ -34,8 +35,13 @@ def read_window(
     bands: tuple[int, ...],
     model_size: int,
     scale: float = 1.0,
+    radiometry: Radiometry | None = None,
 ) -> WindowData | None:
-    """Read a window; None when every pixel is nodata, so the model never sees it."""
+    """Read a window; None when every pixel is nodata, so the model never sees it.
+
+    radiometry: the scene's mapping to the model's input range (`fpn_geo.radiometry.resolve_radiometry`),
+    applied after resampling; None feeds the values as they are.
+    """
     win = window.clipped(src.height, src.width)
     h, w = int(win.height), int(win.width)
     try:
@@ -46,6 +52,8 @@ def read_window(
         image = src.read(list(bands), window=win, out_shape=(len(bands), mh, mw), resampling=Resampling.bilinear)
     except RasterioIOError as e:
         raise InputError(f"cannot read window at row {window.row_off}, col {window.col_off} of {src.name}: {e}") from e
+    if radiometry is not None:
+        image = radiometry.apply(image)
     if (mh, mw) != (model_size, model_size):
         # Mirror, not zeros: the model sees plausible context at the scene edge; the stitcher crops it off.
         image = np.pad(image, ((0, 0), (0, model_size - mh), (0, model_size - mw)), mode="symmetric")

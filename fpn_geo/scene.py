@@ -97,8 +97,8 @@ def _describe(src: rasterio.DatasetReader, path: str) -> SceneInfo:
         raise InputError(f"scene {path} has no geotransform; georeference it first (gdal_translate -a_ullr ...)")
     if src.transform.b != 0 or src.transform.d != 0:
         raise InputError(f"scene {path} has a rotated geotransform; warp it north-up first (gdalwarp)")
-    if np.dtype(src.dtypes[0]).kind not in "ui":
-        raise InputError(f"scene {path} is {src.dtypes[0]}; expected integer pixels (uint8 or uint16)")
+    if np.dtype(src.dtypes[0]).kind not in "uif":
+        raise InputError(f"scene {path} is {src.dtypes[0]}; expected integer or real pixels (convert: gdal_translate -ot Float32)")
     return SceneInfo(
         path=path,
         width=src.width,
