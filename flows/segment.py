@@ -159,10 +159,12 @@ def _summary_markdown(name: str, summary: RunSummary, tasks: int, workers: int, 
         rows.append(("probability COG", f"`{summary.probability}`"))
     md = [f"# {name}", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
     if png:
-        md += ["", f"Quicklook: `{png}`", ""]
-        data = Path(png).read_bytes()
-        if len(data) <= EMBED_QUICKLOOK_BYTES:
-            md.append(f"![quicklook of {name}](data:image/png;base64,{base64.b64encode(data).decode()})")
+        from fpn_geo.quicklook import embeddable_jpeg
+
+        # Embedded, so the picture shows on any machine that opens the UI (the PNG, ~1 MB, is over the limit).
+        data = embeddable_jpeg(png, max_bytes=EMBED_QUICKLOOK_BYTES * 3 // 4 - 2000)  # base64 adds a third
+        md += ["", f"![quicklook of {name}](data:image/jpeg;base64,{base64.b64encode(data).decode()})", "",
+               f"Full-size quicklook: `{png}`"]
     return "\n".join(md)
 
 

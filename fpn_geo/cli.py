@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _first_line(e: BaseException) -> str:
+    return ((str(e) or type(e).__name__).splitlines() or [""])[0][:300]
+
+
 def main(argv: list[str] | None = None) -> int:
     from fpn_geo.signals import Terminated, terminate_as_interrupt
 
@@ -197,6 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `fpn-geo info X | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except (OSError, MemoryError) as e:  # a full disk, a lost mount, no memory: one line, not a traceback
+        print(f"fpn-geo: error: {type(e).__name__}: {_first_line(e)}; no output written", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if not type(e).__module__.split(".")[0] in ("rasterio", "pyogrio", "sqlite3", "fiona", "shapely"):
+            raise  # our own bug: the traceback is what a report needs
+        print(f"fpn-geo: error: {_first_line(e)}; no output written", file=sys.stderr)
+        return 1
     except Terminated:
         print("fpn-geo: terminated (SIGTERM); no output written", file=sys.stderr)
         return 143
