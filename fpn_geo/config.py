@@ -226,3 +226,12 @@ def clamp_window(cfg: SegmentConfig, height: int, width: int, scale: float = 1.0
         return cfg
     overlap = min(cfg.overlap, side // 2 - 1)
     return cfg.model_copy(update={"window": side, "overlap": overlap})
+
+
+# Keys that change how fast a run goes or where it works, never what it writes.
+OUTPUT_NEUTRAL_KEYS = frozenset({"device", "compile", "readers", "batch", "gdal_cache_mb", "vectorize_workers", "scratch_dir"})
+
+
+def output_parameters(cfg: SegmentConfig) -> dict[str, Any]:
+    """The parameters that change a run's output: what an up-to-date check must compare (JSON-ready)."""
+    return {k: v for k, v in cfg.model_dump(mode="json").items() if k not in OUTPUT_NEUTRAL_KEYS}

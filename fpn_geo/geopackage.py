@@ -285,12 +285,30 @@ def read_provenance(gpkg: str | Path) -> dict | None:
     return df.iloc[-1].to_dict() if len(df) else None
 
 
-def is_up_to_date(gpkg: str | Path, input_sha256: str | None, checkpoint_sha256: str | None) -> bool:
-    """True when `gpkg` was made from exactly these input bytes and these weights; remote inputs never are."""
+def is_up_to_date(
+    gpkg: str | Path, input_sha256: str | None, checkpoint_sha256: str | None, parameters: dict | None = None,
+    also: Sequence[str | Path] = (),
+) -> bool:
+    """True when `gpkg` was made from exactly these input bytes, these weights and these output parameters
+    (`fpn_geo.config.output_parameters`), and every path in `also` (e.g. its probability COG) exists.
+    Remote inputs (no sha256) never are."""
     if not input_sha256 or not checkpoint_sha256 or not Path(gpkg).is_file():
         return False
+    if any(not Path(p).is_file() for p in also):
+        return False
     prov = read_provenance(gpkg)
-    return bool(prov) and prov.get("input_sha256") == input_sha256 and prov.get("checkpoint_sha256") == checkpoint_sha256
+    if not prov or prov.get("input_sha256") != input_sha256 or prov.get("checkpoint_sha256") != checkpoint_sha256:
+        return False
+    if parameters is None:
+        return True
+    recorded = prov.get("parameters")
+    try:
+        recorded = json.loads(recorded) if isinstance(recorded, str) else recorded
+    except ValueError:
+        return False
+    if not isinstance(recorded, dict):
+        return False
+    return all(json.dumps(recorded.get(k), sort_keys=True) == json.dumps(v, sort_keys=True) for k, v in parameters.items())
 
 
 def merge_geopackages(parts: Sequence[tuple[str, str | Path]], out: str | Path, crs: str = "EPSG:4326") -> int:
