@@ -183,9 +183,9 @@ def build_config(
                 parts.append(f"{where}: {msg}" if len(loc) == 1 else f"{where}: {key}: {msg}")
             elif loc:
                 parts.append(f"{source}: {key}: {msg}{_shown(err.get('input'))}")
-            else:  # the values together (window and overlap): name every flag given, and the file
+            else:  # the values together (window and overlap): the file alone passed, so name the flags given
                 given = [v for k, v in sources.items() if k in data]
-                parts.append(f"{', '.join([*given, *([source] if source != 'defaults' or not given else [])])}: {msg}")
+                parts.append(f"{', '.join(given or [source])}: {msg}")
         if unknown:
             known = known_keys(unknown[0]) if known_keys else model.model_fields
             words = "unknown key" + ("s " if len(unknown) > 1 else " ") + ", ".join(repr(k) for k in unknown)
