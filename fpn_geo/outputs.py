@@ -259,7 +259,8 @@ def check_folder_writable(final: Path, name: str = "output") -> None:
     except OSError as e:
         raise OutputError(f"{name}: folder {parent} cannot be written ({e.strerror or e})") from e
     finally:
-        probe.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only filesystem refuses even the unlink of a missing file
+            probe.unlink()
 
 
 def _is_local(path: str) -> bool:
