@@ -79,7 +79,7 @@ def open_scene(path: str, bands: tuple[int, ...] | None = None) -> SceneInfo:
                 info = _describe(src, path)
                 _probe_last_block(src, path)
     except RasterioIOError as e:
-        raise InputError(f"scene {path} is not a readable raster: {str(e).splitlines()[0]}") from e
+        raise InputError(f"scene {path} is not a readable raster: {gdal_reason(e)}") from e
     if bands is not None:
         missing = [b for b in bands if b < 1 or b > info.count]
         if missing:
@@ -112,6 +112,20 @@ def _describe(src: rasterio.DatasetReader, path: str) -> SceneInfo:
     )
 
 
+def gdal_reason(e: BaseException) -> str:
+    """The first line of GDAL's own reason: rasterio wraps it as "Read failed. See previous exception" (e.g. the
+    missing source file of a VRT), so follow the chain to the first message that says something."""
+    messages = []
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        first = (str(e).splitlines() or [""])[0]
+        if first and "see previous exception" not in first.lower():
+            messages.append(first)
+        e = e.__cause__ or e.__context__
+    return messages[-1] if messages else "unknown GDAL error"
+
+
 def _probe_last_block(src: rasterio.DatasetReader, path: str) -> None:
     """A truncated TIFF opens fine and fails at its last blocks: read one now, not an hour in."""
     h, w = src.block_shapes[0]
@@ -119,4 +133,7 @@ def _probe_last_block(src: rasterio.DatasetReader, path: str) -> None:
     try:
         src.read(1, window=win)
     except RasterioIOError as e:
-        raise InputError(f"scene {path} is corrupt or truncated: {str(e).splitlines()[0]}") from e
+        reason = gdal_reason(e)
+        if path.lower().endswith(".vrt") or src.driver == "VRT":
+            raise InputError(f"scene {path} cannot be read: {reason}; a VRT's source files must exist and be readable") from e
+        raise InputError(f"scene {path} is corrupt or truncated: {reason}") from e
