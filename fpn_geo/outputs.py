@@ -349,3 +349,46 @@ def check_scratch_space(scratch_dir: str | Path | None, need_bytes: int, what: s
             "set scratch_dir (config) to a folder with more space"
         )
     return folder
+
+
+SCRATCH_RE = re.compile(r"^fpn-geo-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+
+
+@contextlib.contextmanager
+def scratch_space(scratch_dir: str | Path | None = None) -> Iterator[Path]:
+    """A private scratch folder (`fpn-geo-PID-RANDOM` in `scratch_dir` or the system temp folder), removed when
+    the block ends however it ends; what a SIGKILLed run left is removed by `sweep_stale_scratch` (called here)."""
+    import shutil
+    import tempfile
+
+    parent = scratch_folder(scratch_dir)
+    sweep_stale_scratch(parent)
+    path = Path(tempfile.mkdtemp(prefix=f"fpn-geo-{os.getpid()}-", dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def sweep_stale_scratch(folder: str | Path, now: float | None = None) -> list[Path]:
+    """Remove `fpn-geo-PID-*` scratch folders whose process is gone (and that are over a minute old)."""
+    import shutil
+
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = SCRATCH_RE.match(entry.name)
+        try:
+            if not m or not entry.is_dir(follow_symlinks=False):
+                continue
+            pid = int(m["pid"])
+            if now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S and pid != os.getpid() and not _pid_alive(pid):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed

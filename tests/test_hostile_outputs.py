@@ -202,3 +202,18 @@ def test_stale_temps_of_killed_runs_are_swept_and_nothing_else(tmp_path):
     removed = sweep_stale_temps(tmp_path)
     assert sorted(p.name for p in removed) == sorted([dead.name, dead_journal.name])
     assert live.exists() and young_dead.exists() and foreign.exists()
+
+
+def test_scratch_space_is_private_removed_and_swept(tmp_path):
+    from fpn_geo.outputs import scratch_space
+
+    dead = tmp_path / "fpn-geo-999999-abc"
+    dead.mkdir()
+    (dead / "probability.tif").write_bytes(b"x" * 100)
+    old = time.time() - 3600
+    os.utime(dead, (old, old))
+    with pytest.raises(KeyboardInterrupt), scratch_space(tmp_path) as scratch:
+        assert scratch.name.startswith(f"fpn-geo-{os.getpid()}-") and not dead.exists()
+        (scratch / "probability.tif").write_bytes(b"y")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
