@@ -87,11 +87,24 @@ class GeoPackageWriter:
         )
         self.count += len(gdf)
 
-    def commit(self, provenance: dict) -> Path:
-        """Finish the GeoPackage (provenance, metadata, style), verify it and rename it into place."""
+    def finish(self, provenance: dict) -> None:
+        """Write provenance, metadata and style into the temporary file and verify it; nothing is renamed yet.
+
+        Use with other outputs that must appear together: finish (and verify) them all, then `commit()` each,
+        under `fpn_geo.signals.interrupts_deferred()`.
+        """
         with write_errors(self.final):
             self._finish(provenance)
-        return self.pending.commit()
+        self.pending.verify(self.tmp)
+        self.finished = True
+
+    def commit(self, provenance: dict | None = None) -> Path:
+        """Finish the GeoPackage (unless `finish` did), verify it and rename it into place."""
+        if not getattr(self, "finished", False):
+            if provenance is None:
+                raise ValueError("commit() needs the provenance record unless finish(provenance) was called")
+            self.finish(provenance)
+        return self.pending.commit(verify=False)  # finish() verified it
 
     def _finish(self, provenance: dict) -> None:
         if not self.tmp.exists():

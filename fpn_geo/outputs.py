@@ -71,12 +71,13 @@ class PendingOutput:
         self.verify = verify
         self.committed = False
 
-    def commit(self) -> Path:
-        """Verify, fsync and rename into place. Raises OutputError (and removes the temp) if any step fails."""
+    def commit(self, verify: bool = True) -> Path:
+        """Verify (unless already done: verify=False), fsync and rename into place. Raises OutputError (and
+        removes the temp) if any step fails."""
         try:
             if not self.tmp.is_file():
                 raise OutputError(f"{self.final}: nothing was written (no temporary file {self.tmp.name})")
-            if self.verify is not None:
+            if verify and self.verify is not None:
                 self.verify(self.tmp)
             _fsync_path(self.tmp)
             os.replace(self.tmp, self.final)
