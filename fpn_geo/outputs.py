@@ -27,8 +27,9 @@ from typing import Any
 
 from fpn_geo.errors import OutputError
 
-SIDE_FILES = ("-journal", "-wal", "-shm")  # SQLite's (GeoPackage) files beside a database
-TEMP_RE = re.compile(r"^\.(?P<name>.+)\.fpn-geo-(?P<pid>\d+)-(?P<rand>[0-9a-f]{8})\.tmp(?P<suffix>\.[^.]*)?(?P<side>-journal|-wal|-shm)?$")
+# Files that SQLite (a GeoPackage) and GDAL (a COG's overviews while they are built) put beside a file.
+SIDE_FILES = ("-journal", "-wal", "-shm", ".ovr.tmp", ".ovr", ".aux.xml", ".msk")
+TEMP_RE = re.compile(r"^\.(?P<name>.+)\.fpn-geo-(?P<pid>\d+)-(?P<rand>[0-9a-f]{8})\.tmp(?P<rest>.*)$")
 STALE_AFTER_S = 60.0  # a dead process's temp this old is left over; younger, it may be a pid from another container
 ABANDONED_AFTER_S = 7 * 24 * 3600.0  # untouched this long: left over whatever its pid says (pids are reused)
 VECTOR_SUFFIXES_REFUSED = {".shp": "an ESRI Shapefile", ".geojson": "GeoJSON", ".json": "JSON", ".gml": "GML",

@@ -191,16 +191,17 @@ def test_check_output_paths_unit(tmp_path):
 def test_stale_temps_of_killed_runs_are_swept_and_nothing_else(tmp_path):
     dead = tmp_path / ".b.gpkg.fpn-geo-999999-deadbeef.tmp.gpkg"
     dead_journal = tmp_path / ".b.gpkg.fpn-geo-999999-deadbeef.tmp.gpkg-journal"
+    dead_ovr = tmp_path / ".b.probability.tif.fpn-geo-999999-deadbeef.tmp.tif.ovr.tmp"  # GDAL's, while a COG is built
     live = temp_path(tmp_path / "c.gpkg")  # this process: alive
     young_dead = tmp_path / ".d.gpkg.fpn-geo-999998-0badf00d.tmp.gpkg"
     foreign = tmp_path / ".b.gpkg.tmp"
-    for p in (dead, dead_journal, live, young_dead, foreign):
+    for p in (dead, dead_journal, dead_ovr, live, young_dead, foreign):
         p.write_text("x")
     old = time.time() - 3600
-    for p in (dead, dead_journal, live, foreign):
+    for p in (dead, dead_journal, dead_ovr, live, foreign):
         os.utime(p, (old, old))
     removed = sweep_stale_temps(tmp_path)
-    assert sorted(p.name for p in removed) == sorted([dead.name, dead_journal.name])
+    assert sorted(p.name for p in removed) == sorted([dead.name, dead_journal.name, dead_ovr.name])
     assert live.exists() and young_dead.exists() and foreign.exists()
 
 
