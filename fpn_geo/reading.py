@@ -54,6 +54,11 @@ def read_window(
         raise InputError(f"cannot read window at row {window.row_off}, col {window.col_off} of {src.name}: {e}") from e
     if radiometry is not None:
         image = radiometry.apply(image)
+    elif image.dtype.kind == "f":  # a caller that does not map radiometry: real values would be fed unscaled
+        raise InputError(
+            f"{src.name} has {image.dtype} pixels; map them to the model's input range with a radiometry rule "
+            "(fpn_geo.radiometry.resolve_radiometry), e.g. {rule: linear, scale: 255} for reflectance in 0-1"
+        )
     if (mh, mw) != (model_size, model_size):
         # Mirror, not zeros: the model sees plausible context at the scene edge; the stitcher crops it off.
         image = np.pad(image, ((0, 0), (0, model_size - mh), (0, model_size - mw)), mode="symmetric")

@@ -127,3 +127,12 @@ def test_a_mapping_the_pipeline_does_not_apply_is_refused_not_ignored(base, tmp_
         assert code == 0
     else:
         assert_one_line_failure(code, err, "not applied")
+
+
+def test_a_reader_without_a_mapping_refuses_real_pixels(base, tmp_path):
+    """The flows and library callers that do not pass a radiometry yet: float scenes fail, never run unscaled."""
+    from fpn_geo.errors import InputError
+
+    scene = as_dtype(base, tmp_path, "float32", CONVERT["float32"])
+    with rasterio.open(scene) as src, pytest.raises(InputError, match="radiometry"):
+        read_window(src, next(iter(make_grid(src.height, src.width, 128, 32))), (1, 2, 3), 128)
