@@ -63,21 +63,20 @@ def test_probability_equal_to_the_scene_or_to_out_is_refused(small_scene, checkp
     assert digest([small_scene]) == before and not (tmp_path / "b.gpkg").exists()
 
 
-def test_out_equal_to_the_checkpoint_is_refused(small_scene, checkpoint, capsys):
+def test_out_equal_to_the_checkpoint_is_refused(small_scene, tmp_path, capsys):
+    from tests.conftest import make_checkpoint
+
+    checkpoint = make_checkpoint(tmp_path / "own" / "r18.safetensors")  # not the shared one: a broken build overwrites it
     before = digest([checkpoint, checkpoint.with_suffix(".json")])
     code, err = run_inprocess(seg(small_scene, checkpoint, checkpoint.with_suffix(".json"), "--probability", str(checkpoint)), capsys)
     assert code != 0 and len(err) == 1
     assert digest([checkpoint, checkpoint.with_suffix(".json")]) == before
 
 
-def test_out_on_dev_null_is_refused_and_dev_null_survives(small_scene, checkpoint, capsys):
-    code, err = run_inprocess(seg(small_scene, checkpoint, "/dev/null"), capsys)
-    assert_one_line_failure(code, err, "not a regular file")
-    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
-
-
 @pytest.mark.skipif(not ROOT, reason="mknod needs root")
 def test_out_on_a_device_node_is_refused(small_scene, checkpoint, tmp_path, capsys):
+    """A private copy of /dev/null, never the real one: on a build with this bug, the real one is replaced by a
+    GeoPackage for the whole machine (it happened while this suite was run against the old code)."""
     node = tmp_path / "b.gpkg"
     os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a /dev/null of our own
     code, err = run_inprocess(seg(small_scene, checkpoint, node), capsys)
