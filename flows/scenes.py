@@ -45,6 +45,31 @@ def list_scenes(scenes: str | list[str]) -> list[str]:
     return sorted(dict.fromkeys(found))
 
 
+PROBABILITY_SUFFIX = ".probability.tif"  # what fpn-geo writes beside each GeoPackage
+
+
+def is_own_output(path: str) -> bool:
+    """A probability raster fpn-geo wrote (NAME.probability.tif whose bands say so), not a scene to segment."""
+    if not path.lower().endswith(PROBABILITY_SUFFIX):
+        return False
+    if _remote(path):
+        return True
+    try:
+        import rasterio
+
+        with rasterio.open(path) as src:
+            return src.tags().get("scale") == "probability x 255" or (src.descriptions or (None,))[0] == "building_probability"
+    except Exception:  # unreadable: not ours to judge; segmenting it will say what is wrong
+        return False
+
+
+def drop_own_outputs(paths: list[str]) -> tuple[list[str], list[str]]:
+    """(scenes, fpn-geo outputs found among them): an out_dir equal to the scenes folder must not make the next
+    run segment its own probability rasters."""
+    ours = [p for p in paths if is_own_output(p)]
+    return [p for p in paths if p not in ours], ours
+
+
 def scene_name(path: str) -> str:
     """A file-system and Prefect-key friendly name: the file's stem."""
     stem = Path(path.rstrip("/")).stem

@@ -35,13 +35,17 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed
 from prefect_dask import DaskTaskRunner
 
+from flows.server import temporary_server
 from flows.cluster import current_client, describe_workers, gpu_annotation, task_runner
-from flows.scenes import artifact_key, list_scenes, output_paths, scene_name
-from fpn_geo.config import SegmentConfig, load_config
+from flows.scenes import artifact_key, drop_own_outputs, list_scenes, output_paths, scene_name
+from fpn_geo.config import SegmentConfig, load_config, output_parameters
 from fpn_geo.geopackage import is_up_to_date, merge_geopackages
 from fpn_geo.model.meta import read_verified_meta
-from fpn_geo.pipeline import BlockResult, RunSummary, SceneWriter, ScenePlan, plan_from_checkpoint, scene_sha256
+from fpn_geo.pipeline import (
+    BlockResult, RunSummary, SceneWriter, ScenePlan, default_probability_path, plan_from_checkpoint, scene_sha256,
+)
 from fpn_geo.provenance import utc_now
+from fpn_geo.signals import Terminated, terminate_as_interrupt
 from fpn_geo.streaming import in_order
 from fpn_geo.tiling import Block
 
@@ -126,10 +130,12 @@ def _summary_markdown(name: str, summary: RunSummary, tasks: int, workers: int, 
         rows.append(("probability COG", f"`{summary.probability}`"))
     md = [f"# {name}", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
     if png:
-        md += ["", f"Quicklook: `{png}`", ""]
-        data = Path(png).read_bytes()
-        if len(data) <= EMBED_QUICKLOOK_BYTES:
-            md.append(f"![quicklook of {name}](data:image/png;base64,{base64.b64encode(data).decode()})")
+        from fpn_geo.quicklook import embeddable_jpeg
+
+        # Embedded, so the picture shows on any machine that opens the UI (the PNG, ~1 MB, is over the limit).
+        data = embeddable_jpeg(png, max_bytes=EMBED_QUICKLOOK_BYTES * 3 // 4 - 2000)  # base64 adds a third
+        md += ["", f"![quicklook of {name}](data:image/jpeg;base64,{base64.b64encode(data).decode()})", "",
+               f"Full-size quicklook: `{png}`"]
     return "\n".join(md)
 
 
@@ -212,16 +218,21 @@ def segment_scenes(
     """Many scenes, one GeoPackage each (out_dir/<stem>.gpkg), each as its own `segment-scene` flow run.
 
     scenes: a folder, a glob, a manifest (.txt/.csv: one path per line) or a list of paths.
-    A scene whose GeoPackage already holds the same input sha256 and checkpoint sha256 is skipped
-    (unless force), so a nightly re-run only does new work. merged: also write all buildings into one
+    A scene whose GeoPackage already holds the same input sha256, checkpoint sha256 and output parameters
+    (every config key that changes the output) is skipped (unless force), so a nightly re-run only does new
+    work. Probability rasters fpn-geo wrote are never taken as scenes, even when out_dir is the scenes folder. merged: also write all buildings into one
     GeoPackage in `merged_crs`. A scene that fails fails its own flow run; the others go on, and this
     run ends Failed, listing them.
     """
     logger = get_run_logger()
-    paths = list_scenes(scenes)
+    cfg = load_config(config, **(overrides or {}))
+    paths, ours = drop_own_outputs(list_scenes(scenes))
+    if ours:
+        logger.info("not segmenting %d fpn-geo output raster(s) found among the scenes: %s", len(ours), ", ".join(ours[:5]))
     outs = output_paths(paths, out_dir)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     ckpt_sha = read_verified_meta(checkpoint).weights_sha256
+    params = output_parameters(cfg)
     # One cluster for all scenes: the child runs connect to this run's scheduler, and worker model caches stay warm.
     address = current_client().scheduler.address
     logger.info("%d scenes from %s; Dask scheduler %s", len(paths), scenes, address)
@@ -229,8 +240,9 @@ def segment_scenes(
     rows = []
     for path in paths:
         out, name = outs[path], scene_name(path)
-        if not force and is_up_to_date(out, scene_sha256(path), ckpt_sha):
-            logger.info("%s: up to date (same input and checkpoint sha256), skipped", name)
+        also = [default_probability_path(out)] if cfg.probability == "cog" else []
+        if not force and is_up_to_date(out, scene_sha256(path), ckpt_sha, params, also):
+            logger.info("%s: up to date (same input, checkpoint and output parameters), skipped", name)
             skipped.append(path)
             rows.append({"scene": name, "status": "skipped", "buildings": "", "seconds": "", "output": str(out)})
             continue
@@ -290,13 +302,19 @@ def main(argv: list[str] | None = None) -> int:
     common = dict(config=args.config, overrides=overrides, max_in_flight=args.max_in_flight, quicklook=not args.no_quicklook,
                   blocks_per_task=args.blocks_per_task)
     runner = task_runner(args.dask_address, args.dask_workers)
-    if args.command == "scene":
-        state = segment_scene.with_options(task_runner=runner)(
-            scene=args.scene, checkpoint=args.checkpoint, out=args.out, return_state=True, **common)
-    else:
-        state = segment_scenes.with_options(task_runner=runner)(
-            scenes=args.scenes, checkpoint=args.checkpoint, out_dir=args.out_dir, merged=args.merged, force=args.force,
-            return_state=True, **common)
+    terminate_as_interrupt()  # SIGTERM (timeout, docker stop) unwinds like Ctrl-C: clusters and servers stop
+    try:
+        with temporary_server():
+            if args.command == "scene":
+                state = segment_scene.with_options(task_runner=runner)(
+                    scene=args.scene, checkpoint=args.checkpoint, out=args.out, return_state=True, **common)
+            else:
+                state = segment_scenes.with_options(task_runner=runner)(
+                    scenes=args.scenes, checkpoint=args.checkpoint, out_dir=args.out_dir, merged=args.merged,
+                    force=args.force, return_state=True, **common)
+    except KeyboardInterrupt as e:
+        print(f"{'terminated' if isinstance(e, Terminated) else 'interrupted'}; no output written", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     if not state.is_completed():
         print(f"{state.name}: {state.message}", file=sys.stderr)
         return 1

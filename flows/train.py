@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -23,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from fpn_geo.evaluate import evaluate
+from fpn_geo.outputs import write_json_atomic
 from fpn_geo.train import TrainConfig, load_train_config, train
 
 TABLE_KEYS = ("epoch", "train_loss", "chips_per_s", "val_pixel_iou", "val_f1_sep", "val_f1_nosep")
@@ -84,13 +82,7 @@ def evaluate_task(pred: str, truth: str, raster: str | None, iou: float, min_are
 
 @task(name="write-report", cache_policy=NO_CACHE)
 def write_report(report: dict[str, Any], out: str) -> str:
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, path)
-    return str(path)
+    return str(write_json_atomic(out, report))
 
 
 @flow(name="evaluate-buildings", log_prints=True)

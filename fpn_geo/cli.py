@@ -12,6 +12,56 @@ from pathlib import Path
 from fpn_geo.errors import FpnGeoError
 
 
+SEGMENT_FLAGS = {
+    "window": "--window", "overlap": "--overlap", "batch": "--batch", "device": "--device", "threshold": "--threshold",
+    "min_area_m2": "--min-area", "simplify_m": "--simplify", "compile": "--compile", "probability": "--no-probability",
+}
+
+
+def check_segment_run(args: argparse.Namespace, cfg):
+    """Everything that can be checked before the model loads and the first window is read: output paths, the
+    checkpoint's metadata, the scene, its radiometry, the window against the scene, and scratch space.
+    Returns the config with the window clamped to the scene."""
+    from fpn_geo.config import clamp_window
+    from fpn_geo.model.meta import meta_path, read_meta
+    from fpn_geo.outputs import check_output_paths, check_scratch_space, sweep_output_folders
+    from fpn_geo.georef import model_scale
+    from fpn_geo.pipeline import default_probability_path
+    from fpn_geo.scene import open_scene
+
+    out = Path(args.out)
+    prob = None if cfg.probability == "none" else Path(args.probability) if args.probability else default_probability_path(out)
+    inputs = {"SCENE": args.scene, "--model": args.model, "--model's metadata": str(meta_path(args.model)), "--config": args.config}
+    check_output_paths(inputs, {"--out": out, "--probability": prob}, kinds={"--out": "gpkg", "--probability": "tif"})
+    sweep_output_folders([out, prob])
+    meta = read_meta(args.model)
+    scene = open_scene(args.scene, meta.bands)
+    _check_radiometry(scene.path, meta, cfg)
+    scale = model_scale(scene.gsd_m, meta.gsd_m, cfg.match_gsd)
+    clamped = clamp_window(cfg, scene.height, scene.width, scale)
+    if clamped.window != cfg.window:
+        logging.getLogger("fpn_geo").info("window %d is larger than the scene: using %d", cfg.window, clamped.window)
+    if cfg.probability == "cog":  # the blocks' compressed tiles: well under a byte a model pixel and channel
+        model_px = scene.width * scene.height * scale * scale
+        check_scratch_space(cfg.scratch_dir, int(model_px * meta.channels * 0.5), "the probability tiles")
+    return clamped
+
+
+def _check_radiometry(path: str, meta, cfg) -> None:
+    import rasterio
+
+    from fpn_geo import pipeline
+    from fpn_geo.errors import ConfigError
+    from fpn_geo.radiometry import resolve_radiometry
+
+    with rasterio.open(path) as src:
+        mapping = resolve_radiometry(src, meta.bands, meta.input_range, cfg.radiometry)
+    if not mapping.is_identity and not getattr(pipeline, "APPLIES_RADIOMETRY", False):
+        # Until the pipeline passes the mapping to every window read, refuse rather than feed unmapped values.
+        raise ConfigError(f"radiometry rule {cfg.radiometry.rule!r} is not applied by this pipeline yet; convert the scene "
+                          "to the model's range first (gdal_translate -scale)")
+
+
 def _segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -19,10 +69,11 @@ def _segment(args: argparse.Namespace) -> int:
     from fpn_geo.pipeline import load_segmenter, segment
 
     cfg = load_config(
-        args.config, window=args.window, overlap=args.overlap, batch=args.batch, device=args.device,
+        args.config, flags=SEGMENT_FLAGS, window=args.window, overlap=args.overlap, batch=args.batch, device=args.device,
         threshold=args.threshold, min_area_m2=args.min_area, simplify_m=args.simplify, compile=args.compile or None,
         probability="none" if args.no_probability else None,
     )
+    cfg = check_segment_run(args, cfg)
     segmenter = load_segmenter(args.model, cfg.device, cfg.compile)
     bar = tqdm(total=0, unit="win", desc="segment", disable=args.quiet or None, file=sys.stderr)
     summary = segment(
@@ -71,21 +122,17 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import os
-    import tempfile
-
     from fpn_geo.evaluate import evaluate
+    from fpn_geo.outputs import check_output_paths, write_json_atomic
+
+    if args.out:
+        inputs = {"PRED": args.pred, "--truth": args.truth, "--raster": args.raster}
+        check_output_paths(inputs, {"--out": args.out})
 
     report = evaluate(args.pred, args.truth, args.raster, iou=args.iou, min_area_m2=args.min_area,
                       pred_layer=args.pred_layer, truth_layer=args.truth_layer)
-    text = json.dumps(report, indent=2)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=out.name, suffix=".tmp", dir=out.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, out)
+        write_json_atomic(args.out, report)
     b = report["building"]
     line = f"F1 {b['f1']:.4f} (P {b['precision']:.4f}, R {b['recall']:.4f}; TP {b['TP']}, FP {b['FP']}, FN {b['FN']})"
     if "pixel_iou" in report:
@@ -103,13 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("scene", help="GeoTIFF (or anything GDAL reads)")
     s.add_argument("--model", required=True, help="checkpoint NAME.safetensors (NAME.json beside it)")
     s.add_argument("--out", required=True, help="output GeoPackage")
-    s.add_argument("--config", help="YAML config (default configs/segment.yaml)")
+    s.add_argument("--config", help="YAML overrides of the documented defaults, e.g. configs/segment.yaml")
     s.add_argument("--probability", help="probability COG path (default OUT.probability.tif)")
     s.add_argument("--no-probability", action="store_true", help="do not keep the probability COG")
     s.add_argument("--window", type=int)
     s.add_argument("--overlap", type=int)
     s.add_argument("--batch", type=int)
-    s.add_argument("--device")
+    s.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     s.add_argument("--threshold", type=float)
     s.add_argument("--min-area", type=float, help="square metres")
     s.add_argument("--simplify", type=float, help="metres")
@@ -145,7 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _first_line(e: BaseException) -> str:
+    return ((str(e) or type(e).__name__).splitlines() or [""])[0][:300]
+
+
 def main(argv: list[str] | None = None) -> int:
+    from fpn_geo.signals import Terminated, terminate_as_interrupt
+
+    terminate_as_interrupt()  # `timeout`, `docker stop`, Prefect cancellation: cleaned up like Ctrl-C
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
@@ -156,6 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `fpn-geo info X | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except (OSError, MemoryError) as e:  # a full disk, a lost mount, no memory: one line, not a traceback
+        print(f"fpn-geo: error: {type(e).__name__}: {_first_line(e)}; no output written", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if not type(e).__module__.split(".")[0] in ("rasterio", "pyogrio", "sqlite3", "fiona", "shapely"):
+            raise  # our own bug: the traceback is what a report needs
+        print(f"fpn-geo: error: {_first_line(e)}; no output written", file=sys.stderr)
+        return 1
+    except Terminated:
+        print("fpn-geo: terminated (SIGTERM); no output written", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("fpn-geo: interrupted; no output written", file=sys.stderr)
         return 130

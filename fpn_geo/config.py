@@ -1,33 +1,47 @@
-"""Run configuration: YAML defaults under configs/, validated by pydantic, overridden by CLI flags."""
+"""Run configuration: the documented pydantic fields below are the one source of defaults.
+
+A YAML file (`--config`, e.g. configs/segment.yaml) holds overrides only, and flags override it. Paths in a
+YAML file resolve against that file's folder. Parsing is bounded: a config over `MAX_YAML_BYTES`, with more
+than `MAX_YAML_ALIASES` aliases (an "anchor bomb") or nested deeper than `MAX_YAML_DEPTH` is refused on one
+line, as are integers too long to convert.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import math
+import re
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fpn_geo.errors import ConfigError
+from fpn_geo.radiometry import RadiometryConfig
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "segment.yaml"
+MAX_YAML_BYTES = 1024 * 1024
+MAX_YAML_ALIASES = 100
+MAX_YAML_DEPTH = 32
+MAX_YAML_NODES = 100_000  # values once aliases are expanded
+MAX_WINDOW = 4096  # model pixels; a 4096² window already needs several GB of activations
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,2})?)$")
 
 
 class SegmentConfig(BaseModel):
     """Every knob of a `segment` run; all of it is recorded in the GeoPackage's provenance."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    window: int = Field(512, gt=0, description="window side in model pixels; a multiple of 32")
+    window: int = Field(512, gt=0, le=MAX_WINDOW, description="window side in model pixels; a multiple of 32")
     overlap: int = Field(64, ge=0, description="overlap between windows in model pixels")
-    batch: int = Field(1, gt=0, description="windows per model call: 1 on CPU, 32-64 on a GPU")
+    batch: int = Field(1, gt=0, le=4096, description="windows per model call: 1 on CPU, 32-64 on a GPU")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     compile: bool = Field(False, description="torch.compile the model (CUDA)")
-    readers: int = Field(0, ge=0, description="reader threads; 0 = auto: 1 on CPU, up to 8 on CUDA")
+    readers: int = Field(0, ge=0, le=64, description="reader threads; 0 = auto: 1 on CPU, up to 8 on CUDA")
     threshold: float = Field(0.5, gt=0, lt=1, description="building probability threshold")
-    min_area_m2: float = Field(4.0, ge=0, description="smallest building kept, in square metres")
-    simplify_m: float = Field(0.3, ge=0, description="Douglas-Peucker tolerance in metres (0.3: a pixel of a 0.30 m model grid, which takes out the staircase of traced pixel edges)")
+    min_area_m2: float = Field(4.0, ge=0, le=1e9, description="smallest building kept, in square metres")
+    simplify_m: float = Field(0.3, ge=0, le=1000, description="Douglas-Peucker tolerance in metres (0.3: a pixel of a 0.30 m model grid, which takes out the staircase of traced pixel edges)")
     regularize: float = Field(0.0, ge=0, le=1, description="right-angled outlines: a building whose IoU with its oriented minimum rectangle is at least this becomes that rectangle (e.g. 0.85); 0 = off")
     separate_touching: bool = Field(True, description="split touching buildings with the contact class")
     block_windows: int = Field(4, gt=0, description="block side in windows: the unit that is blended and vectorized at once; bounds memory")
@@ -35,7 +49,23 @@ class SegmentConfig(BaseModel):
     match_gsd: bool = Field(True, description="resample windows to the checkpoint's GSD")
     probability: Literal["cog", "none"] = Field("cog", description="also write the probability COG")
     probability_grid: Literal["model", "native"] = Field("model", description="the COG's grid: the model's GSD, or the scene's own")
-    gdal_cache_mb: int = Field(128, gt=0, description="GDAL block cache; bounds raster I/O memory")
+    gdal_cache_mb: int = Field(128, gt=0, le=1_000_000, description="GDAL block cache; bounds raster I/O memory")
+    radiometry: RadiometryConfig = Field(
+        default_factory=RadiometryConfig,
+        description="how the scene's pixel values map to the model's input range: {rule: auto|identity|linear|percentile, "
+        "scale, offset, percentiles}; see fpn_geo/radiometry.py",
+    )
+    scratch_dir: str | None = Field(
+        None, description="folder for the blocks' compressed probability tiles (well under 1 byte a model-grid pixel); "
+        "None: the system temp folder. Relative paths in a YAML file resolve against the file's folder",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, v: str) -> str:
+        if not DEVICE_RE.match(v):
+            raise ValueError(f"unknown device {v!r}; use auto, cpu, cuda or cuda:N")
+        return v
 
     @model_validator(mode="after")
     def _check_window(self) -> "SegmentConfig":
@@ -49,45 +79,161 @@ class SegmentConfig(BaseModel):
 M = TypeVar("M", bound=BaseModel)
 
 
-def read_yaml_mapping(path: Path, what: str = "config") -> dict[str, Any]:
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchor bombs and deep nesting before anything is built."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+        self._depth = 0
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise ConfigError(f"more than {MAX_YAML_ALIASES} aliases (*name); a config needs none, this looks like an anchor bomb")
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise ConfigError(f"nested deeper than {MAX_YAML_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self):  # noqa: ANN201
+        node = super().compose_document()
+        if node is not None and _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise ConfigError(f"expands to more than {MAX_YAML_NODES} values through its aliases; this looks like an anchor bomb")
+        return node
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Values in `node` with every alias expanded, counted without expanding (shared nodes counted once each)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    if isinstance(node, yaml.SequenceNode):
+        n = 1 + sum(_expanded_size(c, memo) for c in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        n = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    else:
+        n = 1
+    memo[id(node)] = min(n, MAX_YAML_NODES + 1)
+    return memo[id(node)]
+
+
+def parse_yaml(text: str | bytes, source: str) -> Any:
+    """yaml.safe_load, bounded in size, aliases, depth and integer length; every failure a one-line ConfigError."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{source} is {len(text)} bytes; a config over {MAX_YAML_BYTES} bytes is refused")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read {what} {path}: {e}") from e
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cannot read {source}: {' '.join(str(e).split())}") from e
+    except (ValueError, OverflowError, RecursionError) as e:  # e.g. a 5000-digit integer
+        raise ConfigError(f"cannot read {source}: {str(e).splitlines()[0][:160]}") from e
+
+
+def read_yaml_mapping(path: Path, what: str = "config") -> dict[str, Any]:
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise ConfigError(f"{what} {path} is {size} bytes; a config over {MAX_YAML_BYTES} bytes is refused")
+        text = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror or e}") from e
+    data = parse_yaml(text, f"{what} {path}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{what} {path} must be a mapping of keys to values, got {type(data).__name__}")
     return data
 
 
+def _shown(value: Any) -> str:
+    if isinstance(value, (dict, list, tuple)):
+        return ""
+    text = repr(value)
+    return f" (got {text if len(text) <= 60 else text[:57] + '...'})"
+
+
 def build_config(
-    model: type[M], data: dict[str, Any], source: str, known_keys: Callable[[str], Iterable[str]] | None = None
+    model: type[M], data: dict[str, Any], source: str, known_keys: Callable[[str], Iterable[str]] | None = None,
+    sources: dict[str, str] | None = None,
 ) -> M:
     """Validate `data` as `model`; every problem is named with its key, what came and what was expected.
 
     known_keys(key) lists the keys allowed where an unknown `key` was found (default: the model's own).
+    sources maps a top-level key to where its value came from (a flag such as "--window"); the rest came from
+    `source` (a file, or "defaults").
     """
+    sources = sources or {}
     try:
         return model(**data)
     except ValidationError as e:
-        parts = []
+        parts, unknown = [], []
         for err in e.errors():
-            key = ".".join(str(x) for x in err["loc"]) or "config"
+            loc = [str(x) for x in err["loc"]]
+            key = ".".join(loc) or "config"
+            msg = err["msg"].removeprefix("Value error, ")
+            where = sources.get(loc[0]) if loc else None
             if err["type"] == "extra_forbidden":
-                known = known_keys(key) if known_keys else model.model_fields
-                parts.append(f"unknown key {key!r} (known: {', '.join(known)})")
-            else:
-                inp = err.get("input")
-                shown = "" if isinstance(inp, dict) else f" (got {inp!r})"
-                parts.append(f"{key}: {err['msg']}{shown}")
-        raise ConfigError(f"{source}: " + "; ".join(parts)) from e
+                if not unknown:
+                    parts.append("")  # filled below, in the place of the first unknown key
+                unknown.append(key)
+            elif where:  # a flag's value: the message names the flag, not the file
+                parts.append(f"{where}: {msg}" if len(loc) == 1 else f"{where}: {key}: {msg}")
+            elif loc:
+                parts.append(f"{source}: {key}: {msg}{_shown(err.get('input'))}")
+            else:  # the values together (window and overlap): the file alone passed, so name the flags given
+                given = [v for k, v in sources.items() if k in data]
+                parts.append(f"{', '.join(given or [source])}: {msg}")
+        if unknown:
+            known = known_keys(unknown[0]) if known_keys else model.model_fields
+            words = "unknown key" + ("s " if len(unknown) > 1 else " ") + ", ".join(repr(k) for k in unknown)
+            parts[parts.index("")] = f"{source}: {words} (known: {', '.join(known)})"
+        raise ConfigError("; ".join(parts)) from e
 
 
-def load_config(path: str | Path | None = None, **overrides: Any) -> SegmentConfig:
-    """YAML file (default configs/segment.yaml) then overrides; None-valued overrides are ignored."""
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative paths in a config file are relative to the file's folder, not to where the command runs."""
+    out = dict(data)
+    if isinstance(out.get("scratch_dir"), str) and out["scratch_dir"] and not Path(out["scratch_dir"]).is_absolute():
+        out["scratch_dir"] = str((base / out["scratch_dir"]).resolve())
+    return out
+
+
+def load_config(path: str | Path | None = None, flags: dict[str, str] | None = None, **overrides: Any) -> SegmentConfig:
+    """The documented defaults, then the YAML file's overrides (if any), then `overrides` (None values ignored).
+
+    flags maps an override key to the flag that gave it (e.g. {"window": "--window"}), so an error names the flag.
+    """
     data: dict[str, Any] = {}
     source = "defaults"
-    p = Path(path) if path else DEFAULT_CONFIG
-    if path or p.is_file():
-        data, source = read_yaml_mapping(p), str(p)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return build_config(SegmentConfig, data, source)
+    if path:
+        p = Path(path)
+        data, source = _resolve_paths(read_yaml_mapping(p), p.resolve().parent), str(p)
+        build_config(SegmentConfig, data, source)  # the file alone first: its errors name the file
+    given = {k: v for k, v in overrides.items() if v is not None}
+    data.update(given)
+    names = {k: f"{(flags or {}).get(k, k)} {v}" if (flags or {}).get(k) else k for k, v in given.items()}
+    return build_config(SegmentConfig, data, source, sources={k: names[k] for k in given if (flags or {}).get(k)})
+
+
+def clamp_window(cfg: SegmentConfig, height: int, width: int, scale: float = 1.0) -> SegmentConfig:
+    """A window no bigger than the scene (in model pixels, rounded up to 32): one window covers a small scene,
+    instead of a window of --window pixels padded around it."""
+    side = max(32, math.ceil(max(height, width) * scale / 32) * 32)
+    if cfg.window <= side:
+        return cfg
+    overlap = min(cfg.overlap, side // 2 - 1)
+    return cfg.model_copy(update={"window": side, "overlap": overlap})
+
+
+# Keys that change how fast a run goes or where it works, never what it writes.
+OUTPUT_NEUTRAL_KEYS = frozenset({"device", "compile", "readers", "batch", "gdal_cache_mb", "post_threads", "scratch_dir"})
+
+
+def output_parameters(cfg: SegmentConfig) -> dict[str, Any]:
+    """The parameters that change a run's output: what an up-to-date check must compare (JSON-ready)."""
+    return {k: v for k, v in cfg.model_dump(mode="json").items() if k not in OUTPUT_NEUTRAL_KEYS}

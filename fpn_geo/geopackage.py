@@ -6,10 +6,9 @@ the end: a failed run never leaves half a GeoPackage, nor touches an existing go
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import sqlite3
-import uuid
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 from collections.abc import Sequence
@@ -18,8 +17,11 @@ from pathlib import Path
 import geopandas as gpd
 import pandas as pd
 import pyogrio
+import pyogrio.errors
 
 from fpn_geo.errors import OutputError
+
+from fpn_geo.outputs import PendingOutput, atomic_output, check_output_paths, temp_path, verify_geopackage
 
 STYLE_QML = (Path(__file__).parent / "styles" / "buildings.qml").read_text()
 BUILDINGS = "buildings"
@@ -32,24 +34,28 @@ PROVENANCE_URI = "https://github.com/fpn-geo/fpn-geo/provenance/1"
 QGIS_METADATA_URI = "http://mrcc.com/qgis.dtd"  # what QGIS looks for to fill Layer Properties > Metadata
 
 
-def temp_sibling(final: Path, suffix: str) -> Path:
-    """A hidden file in the target's folder, so the final rename never crosses filesystems."""
-    return final.with_name(f".{final.stem}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
+def temp_sibling(final: Path, suffix: str = "") -> Path:
+    """A hidden file in the target's folder (`fpn_geo.outputs.temp_path`; `suffix` is kept for old callers)."""
+    return temp_path(final)
 
 
 def check_writable(final: Path) -> None:
-    """Fail before any work if the folder cannot take the output (root ignores permission bits, so try it)."""
-    parent = final.parent
+    """Fail before any work if `final` is not a new path or a regular file in a folder that takes files."""
+    check_output_paths({}, {"output": final})
+
+
+WRITE_ERRORS = (OSError, sqlite3.Error, pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError,
+                pyogrio.errors.FieldError, pyogrio.errors.FeatureError)
+
+
+@contextlib.contextmanager
+def write_errors(final: Path):
+    """GDAL, SQLite and OS write failures (a full disk, above all) as one-line OutputErrors."""
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"output folder {parent} cannot be created: {e.strerror or e}; it or a parent is not a folder") from e
-    probe = temp_sibling(final, ".probe")
-    try:
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise OutputError(f"output folder {parent} cannot be written: {e.strerror}") from e
+        yield
+    except WRITE_ERRORS as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise OutputError(f"cannot write {final}: {first[:200]}; nothing was replaced") from e
 
 
 class GeoPackageWriter:
@@ -58,12 +64,17 @@ class GeoPackageWriter:
     def __init__(self, path: str | Path, crs) -> None:
         self.final = Path(path)
         check_writable(self.final)
-        self.tmp = temp_sibling(self.final, ".gpkg")
+        self.pending = PendingOutput(self.final, verify=verify_geopackage)
+        self.tmp = self.pending.tmp
         self.crs = crs
         self.count = 0
 
     def append(self, buildings: gpd.GeoDataFrame) -> None:
         """Ids are given in arrival order, which is deterministic: the same inputs give the same ids."""
+        with write_errors(self.final):
+            self._append(buildings)
+
+    def _append(self, buildings: gpd.GeoDataFrame) -> None:
         if buildings.empty and self.count == 0 and self.tmp.exists():
             return
         gdf = buildings.copy()
@@ -76,20 +87,36 @@ class GeoPackageWriter:
         )
         self.count += len(gdf)
 
-    def commit(self, provenance: dict) -> Path:
+    def finish(self, provenance: dict) -> None:
+        """Write provenance, metadata and style into the temporary file and verify it; nothing is renamed yet.
+
+        Use with other outputs that must appear together: finish (and verify) them all, then `commit()` each,
+        under `fpn_geo.signals.interrupts_deferred()`.
+        """
+        with write_errors(self.final):
+            self._finish(provenance)
+        self.pending.verify(self.tmp)
+        self.finished = True
+
+    def commit(self, provenance: dict | None = None) -> Path:
+        """Finish the GeoPackage (unless `finish` did), verify it and rename it into place."""
+        if not getattr(self, "finished", False):
+            if provenance is None:
+                raise ValueError("commit() needs the provenance record unless finish(provenance) was called")
+            self.finish(provenance)
+        return self.pending.commit(verify=False)  # finish() verified it
+
+    def _finish(self, provenance: dict) -> None:
         if not self.tmp.exists():
             self.append(gpd.GeoDataFrame({"score": [], "area_m2": []}, geometry=[], crs=self.crs))
         row = {k: (json.dumps(v, default=str) if isinstance(v, (dict, list, tuple)) else v) for k, v in provenance.items()}
         pyogrio.write_dataframe(pd.DataFrame([row]), self.tmp, layer=PROVENANCE, driver="GPKG")
-        with sqlite3.connect(self.tmp) as db:
+        with contextlib.closing(sqlite3.connect(self.tmp)) as db, db:
             register_metadata(db, provenance, crs=self.crs)
             register_style(db)
-        os.replace(self.tmp, self.final)
-        return self.final
 
     def abort(self) -> None:
-        for p in (self.tmp, Path(f"{self.tmp}-journal"), Path(f"{self.tmp}-wal"), Path(f"{self.tmp}-shm")):
-            p.unlink(missing_ok=True)
+        self.pending.discard()
 
     def __enter__(self) -> "GeoPackageWriter":
         return self
@@ -271,12 +298,30 @@ def read_provenance(gpkg: str | Path) -> dict | None:
     return df.iloc[-1].to_dict() if len(df) else None
 
 
-def is_up_to_date(gpkg: str | Path, input_sha256: str | None, checkpoint_sha256: str | None) -> bool:
-    """True when `gpkg` was made from exactly these input bytes and these weights; remote inputs never are."""
+def is_up_to_date(
+    gpkg: str | Path, input_sha256: str | None, checkpoint_sha256: str | None, parameters: dict | None = None,
+    also: Sequence[str | Path] = (),
+) -> bool:
+    """True when `gpkg` was made from exactly these input bytes, these weights and these output parameters
+    (`fpn_geo.config.output_parameters`), and every path in `also` (e.g. its probability COG) exists.
+    Remote inputs (no sha256) never are."""
     if not input_sha256 or not checkpoint_sha256 or not Path(gpkg).is_file():
         return False
+    if any(not Path(p).is_file() for p in also):
+        return False
     prov = read_provenance(gpkg)
-    return bool(prov) and prov.get("input_sha256") == input_sha256 and prov.get("checkpoint_sha256") == checkpoint_sha256
+    if not prov or prov.get("input_sha256") != input_sha256 or prov.get("checkpoint_sha256") != checkpoint_sha256:
+        return False
+    if parameters is None:
+        return True
+    recorded = prov.get("parameters")
+    try:
+        recorded = json.loads(recorded) if isinstance(recorded, str) else recorded
+    except ValueError:
+        return False
+    if not isinstance(recorded, dict):
+        return False
+    return all(json.dumps(recorded.get(k), sort_keys=True) == json.dumps(v, sort_keys=True) for k, v in parameters.items())
 
 
 def merge_geopackages(parts: Sequence[tuple[str, str | Path]], out: str | Path, crs: str = "EPSG:4326") -> int:
@@ -295,14 +340,10 @@ def merge_geopackages(parts: Sequence[tuple[str, str | Path]], out: str | Path, 
     else:
         merged = gpd.GeoDataFrame({"scene": [], "scene_id": [], "score": [], "area_m2": []}, geometry=[], crs=crs)
     merged.insert(0, "id", range(len(merged)))
-    tmp = temp_sibling(out, ".gpkg")
-    try:
+    with atomic_output(out, verify=verify_geopackage) as tmp, write_errors(out):
         pyogrio.write_dataframe(
             merged, tmp, layer=BUILDINGS, driver="GPKG", geometry_type="Polygon", dataset_options={"VERSION": GPKG_VERSION}
         )
-        with sqlite3.connect(tmp) as db:
+        with contextlib.closing(sqlite3.connect(tmp)) as db, db:
             register_style(db)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return len(merged)

@@ -17,6 +17,7 @@ import torch
 
 from fpn_geo.device import reader_threads
 from fpn_geo.predictor import Predictor
+from fpn_geo.radiometry import Radiometry
 from fpn_geo.reading import WindowData, read_window
 from fpn_geo.streaming import in_order
 from fpn_geo.tiling import GridWindow
@@ -36,7 +37,7 @@ def _batches(items: Iterable, n: int) -> Iterator[list]:
 
 def read_batches(
     path: str, windows: Iterable[GridWindow], bands: tuple[int, ...], model_size: int, scale: float, batch: int,
-    times: StageTimes, readers: int = 1, grid_hw: tuple[int, int] | None = None,
+    times: StageTimes, readers: int = 1, grid_hw: tuple[int, int] | None = None, radiometry: Radiometry | None = None,
 ) -> Iterator[tuple[list[GridWindow], list[WindowData]]]:
     """Yield (windows asked, windows with data) per batch, in order; all-nodata windows are dropped here.
 
@@ -51,7 +52,7 @@ def read_batches(
             with lock:
                 opened.append(local.src)
         t0 = time.perf_counter()
-        data = [d for d in (read_window(local.src, w, bands, model_size, scale, grid_hw) for w in group) if d is not None]
+        data = [d for d in (read_window(local.src, w, bands, model_size, scale, grid_hw, radiometry) for w in group) if d is not None]
         with lock:  # reader-seconds summed over threads
             times["read"] = times.get("read", 0.0) + time.perf_counter() - t0
         return group, data
@@ -78,15 +79,17 @@ def predict_windows(
     times: StageTimes | None = None,
     readers: int = 0,
     grid_hw: tuple[int, int] | None = None,
+    radiometry: Radiometry | None = None,
 ) -> Iterator[WindowProbs]:
     """Yield (window, probabilities of its in-grid part, 0 under nodata) for every window; (window, None) if all nodata.
 
-    readers: reader threads; 0 chooses by the predictor's device (`reader_threads`).
+    readers: reader threads; 0 chooses by the predictor's device (`reader_threads`). radiometry: the scene's
+    values mapped to the model's range (`ScenePlan.radiometry`); None feeds them as they are.
     """
     times = times if times is not None else StageTimes()
     device = torch.device(getattr(predictor, "device", "cpu"))
     readers = reader_threads(readers, str(device))
-    for group, data in read_batches(path, windows, bands, model_size, scale, batch, times, readers, grid_hw):
+    for group, data in read_batches(path, windows, bands, model_size, scale, batch, times, readers, grid_hw, radiometry):
         by_window: dict[GridWindow, np.ndarray | torch.Tensor] = {}
         if data:
             with times.time("model"):

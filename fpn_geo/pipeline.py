@@ -13,11 +13,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import pickle
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,18 +27,22 @@ from typing import TYPE_CHECKING
 
 import geopandas as gpd
 import numpy as np
+import rasterio
 import shapely
 
-from fpn_geo.config import SegmentConfig
+from fpn_geo.config import SegmentConfig, clamp_window
 from fpn_geo.device import post_threads
-from fpn_geo.errors import FpnGeoError, OutputError
-from fpn_geo.geopackage import GeoPackageWriter, temp_sibling
+from fpn_geo.errors import FpnGeoError
+from fpn_geo.geopackage import GeoPackageWriter, write_errors
 from fpn_geo.georef import Georef, is_local, model_scale, scaled_shape
 from fpn_geo.hashing import sha256_file
 from fpn_geo.model.meta import ModelMeta, read_verified_meta
+from fpn_geo.outputs import PendingOutput, check_output_paths, scratch_space, sweep_output_folders, verify_raster
 from fpn_geo.probability import assemble_cog, encode_tile, write_probability_style, write_tile
+from fpn_geo.radiometry import IDENTITY, Radiometry, resolve_radiometry
 from fpn_geo.provenance import build_record, new_run_id, utc_now
 from fpn_geo.scene import SceneInfo, open_scene
+from fpn_geo.signals import interrupts_deferred
 from fpn_geo.streaming import in_order
 from fpn_geo.tiling import Block, BlockLayout, Grid, GridWindow, make_blocks, make_grid
 from fpn_geo.timing import StageTimes
@@ -54,6 +58,8 @@ if TYPE_CHECKING:
 # writes, starts about 4 s sooner without it.
 
 log = logging.getLogger("fpn_geo")
+
+APPLIES_RADIOMETRY = True  # every window read maps the scene's values to the model's range (plan.radiometry)
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,7 @@ class ScenePlan:
     blocks: BlockLayout
     georef: Georef  # the model's grid on the ground
     checkpoint_path: str | None = None
+    radiometry: Radiometry = IDENTITY  # the scene's pixel values -> the model's input range
 
     @property
     def channels(self) -> int:
@@ -124,11 +131,15 @@ class ScenePlan:
 def plan_scene(scene_path: str, meta: ModelMeta, cfg: SegmentConfig, checkpoint_path: str | None = None) -> ScenePlan:
     """Check the scene against the model and lay out the work; a bad input fails here, before any pixel is read."""
     scene = open_scene(scene_path, meta.bands)
+    with rasterio.open(scene.path) as src:
+        radiometry = resolve_radiometry(src, meta.bands, meta.input_range, cfg.radiometry)
     scale = model_scale(scene.gsd_m, meta.gsd_m, cfg.match_gsd)
+    cfg = clamp_window(cfg, scene.height, scene.width, scale)
     height, width = scaled_shape(scene.height, scene.width, scale)
     grid = make_grid(height, width, cfg.window, cfg.overlap)
     georef = scene.georef().scaled(scale, height, width)
-    return ScenePlan(scene, meta, cfg, scale, grid, make_blocks(grid, cfg.block_windows), georef, checkpoint_path)
+    blocks = make_blocks(grid, cfg.block_windows)
+    return ScenePlan(scene, meta, cfg, scale, grid, blocks, georef, checkpoint_path, radiometry)
 
 
 def plan_from_checkpoint(scene_path: str, checkpoint: str | Path, cfg: SegmentConfig) -> ScenePlan:
@@ -229,7 +240,7 @@ def blend_block(
     todo = [w for w in windows if cached[w] is KeyError]
     predicted = predict_windows(
         plan.scene.path, todo, plan.meta.bands, segmenter.predictor, cfg.window, plan.scale, cfg.batch, times,
-        readers=cfg.readers, grid_hw=plan.grid_hw,
+        readers=cfg.readers, grid_hw=plan.grid_hw, radiometry=plan.radiometry,
     )
     canvas = BlockCanvas(area, plan.channels, plan.grid, *plan.blocks.window_ranges(block), segmenter.device)
     nodata = 0
@@ -354,8 +365,15 @@ class SceneWriter:
         self.plan = plan
         self.out = Path(out)
         self.prob_final = Path(probability_out) if probability_out else default_probability_path(self.out)
-        self.writer = GeoPackageWriter(self.out, plan.scene.crs)
-        self._scratch = tempfile.TemporaryDirectory(prefix="fpn-geo-", dir=_scratch_dir())
+        want_cog = plan.cfg.probability == "cog"
+        check_output_paths(
+            {"scene": plan.scene.path, "checkpoint": plan.checkpoint_path},
+            {"out": self.out, "probability": self.prob_final if want_cog else None}, kinds={"out": "gpkg", "probability": "tif"},
+        )
+        sweep_output_folders([self.out, self.prob_final if want_cog else None])
+        self._stack = contextlib.ExitStack()
+        self.writer = self._stack.enter_context(GeoPackageWriter(self.out, plan.scene.crs))
+        self.scratch = self._stack.enter_context(scratch_space(plan.cfg.scratch_dir)) if want_cog else None
         self.tiles: list[tuple[Block, Path]] = []
         self.joiner = EdgeJoiner(plan.grid_hw)
         self.pending: dict[tuple[int, int], BlockResult] = {}
@@ -373,8 +391,8 @@ class SceneWriter:
         self.close()
 
     def close(self) -> None:
-        self.writer.__exit__(None, None, None)
-        self._scratch.cleanup()
+        """Remove whatever was not committed: the temporary GeoPackage, the tiles."""
+        self._stack.close()
 
     def add(self, result: BlockResult) -> None:
         b = result.block
@@ -396,7 +414,7 @@ class SceneWriter:
             with self.times.time("write"):
                 self.writer.append(r.buildings.to_frame(self.plan.scene.crs))
                 if r.tile is not None:
-                    self.tiles.append((r.block, write_tile(r.tile, Path(self._scratch.name), r.block)))
+                    self.tiles.append((r.block, write_tile(r.tile, self.scratch, r.block)))
         with self.times.time("join"):
             done = self.joiner.add_row([p for r in row for p in r.edges], row[0].block.y1)
             buildings = to_buildings(done, self.plan.georef, cfg.simplify_m, cfg.min_area_m2, cfg.regularize)
@@ -412,13 +430,16 @@ class SceneWriter:
         self.writer.append(buildings)
         if self.nodata == len(plan.grid):
             log.warning("scene %s holds no valid pixels (all nodata): writing an empty GeoPackage", plan.scene.path)
-        prob_tmp = None
+        prob = None
         try:
             if cfg.probability == "cog":
-                with self.times.time("cog"):
-                    prob_tmp = temp_sibling(self.prob_final, ".tif")
-                    native = plan.scene.georef() if cfg.probability_grid == "native" and plan.scale != 1.0 else None
-                    assemble_cog(self.tiles, plan.georef, plan.channels, prob_tmp, native)
+                native = plan.scene.georef() if cfg.probability_grid == "native" and plan.scale != 1.0 else None
+                target = native or plan.georef
+                prob = PendingOutput(self.prob_final, functools.partial(
+                    verify_raster, width=target.width, height=target.height, count=plan.channels))
+                with self.times.time("cog"), write_errors(self.prob_final):
+                    assemble_cog(self.tiles, plan.georef, plan.channels, prob.tmp, native)
+                prob.verify(prob.tmp)  # GDAL may only warn when the disk fills up: read it back
             with self.times.time("hash"):
                 scene_sha = input_sha256 or scene_sha256(plan.scene.path)
             seconds = time.perf_counter() - t0
@@ -426,19 +447,22 @@ class SceneWriter:
             record = build_record(
                 run_id=new_run_id(), started=started, finished=utc_now(), scene=plan.scene, scene_sha256=scene_sha,
                 checkpoint_path=plan.checkpoint_path, meta=plan.meta,
-                parameters={**cfg.model_dump(), "scale_to_model_gsd": plan.scale, "model_grid": [g.height, g.width],
-                            "blocks": [plan.blocks.rows, plan.blocks.cols]},
+                parameters={**cfg.model_dump(mode="json"), "scale_to_model_gsd": plan.scale,
+                            "model_grid": [g.height, g.width], "blocks": [plan.blocks.rows, plan.blocks.cols]},
                 device=",".join(sorted(self.devices)) or "none",
                 results={"windows": len(g), "windows_nodata": self.nodata, "buildings": self.writer.count,
                          "seconds": round(seconds, 3)},
             )
-            if prob_tmp is not None:
-                os.replace(prob_tmp, self.prob_final)
-                write_probability_style(self.prob_final)
-            self.writer.commit(record)
-        finally:
-            if prob_tmp is not None and prob_tmp.exists():
-                prob_tmp.unlink()
+            self.writer.finish(record)  # written and verified, not yet in place
+            with interrupts_deferred():  # both outputs appear, or neither
+                if prob is not None:
+                    prob.commit(verify=False)
+                    write_probability_style(self.prob_final)
+                self.writer.commit()
+        except BaseException:
+            if prob is not None:
+                prob.discard()
+            raise
         return RunSummary(
             record["run_id"], self.out, self.prob_final if cfg.probability == "cog" else None, len(plan.grid),
             self.nodata, self.writer.count, time.perf_counter() - t0, plan.scene.megapixels, dict(self.times),
@@ -464,11 +488,3 @@ def segment(
         for result in process_blocks(plan, plan.blocks, segmenter, on_batch):
             writer.add(result)
         return writer.finish(t0, started)
-
-
-def _scratch_dir() -> str | None:
-    """Scratch space for the blocks' compressed tiles: FPN_GEO_TMPDIR, else the system temp folder."""
-    d = os.environ.get("FPN_GEO_TMPDIR")
-    if d and not os.path.isdir(d):
-        raise OutputError(f"FPN_GEO_TMPDIR={d} is not a folder")
-    return d

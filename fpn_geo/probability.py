@@ -6,7 +6,6 @@ No uncompressed full-scene raster is ever made, and no process has to hold or bl
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -20,6 +19,7 @@ from rasterio.shutil import copy as rio_copy
 from rasterio.vrt import WarpedVRT
 
 from fpn_geo.georef import Georef
+from fpn_geo.outputs import write_text_atomic
 from fpn_geo.tiling import Block
 
 BAND_NAMES = ("building_probability", "contact_probability")
@@ -93,7 +93,4 @@ def write_tile(data: bytes, folder: Path, block: Block) -> Path:
 def write_probability_style(prob_path: Path) -> Path:
     """A QML beside the COG: QGIS loads NAME.qml as the default style of NAME.tif (a pseudocolour ramp on band 1)."""
     qml = prob_path.with_suffix(".qml")
-    tmp = qml.with_name(f".{qml.name}.tmp")
-    tmp.write_text((Path(__file__).parent / "styles" / "probability.qml").read_text())
-    os.replace(tmp, qml)
-    return qml
+    return write_text_atomic(qml, (Path(__file__).parent / "styles" / "probability.qml").read_text())

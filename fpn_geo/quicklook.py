@@ -14,6 +14,7 @@ import rasterio
 from rasterio.enums import Resampling
 
 from fpn_geo.geopackage import BUILDINGS
+from fpn_geo.outputs import atomic_output
 
 
 def _stretch(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -59,6 +60,28 @@ def render_quicklook(
     if title:
         fig.suptitle(title, fontsize=8, y=0.995)
     png_path = Path(png_path)
-    fig.savefig(png_path, dpi=dpi)
-    plt.close(fig)
+    try:
+        with atomic_output(png_path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
     return png_path
+
+
+def embeddable_jpeg(image_path: str | Path, max_px: int = 1024, max_bytes: int = 400_000) -> bytes:
+    """The quicklook as a JPEG of at most `max_px` a side and `max_bytes`, to embed in a report (Prefect's
+    markdown artifacts take about 400 KB): the quality steps down until it fits."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(image_path) as im:
+        im = im.convert("RGB")
+        im.thumbnail((max_px, max_px))
+        for quality in (85, 75, 60, 45, 30):
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=quality, optimize=True)
+            if buf.tell() <= max_bytes:
+                return buf.getvalue()
+            im = im.resize((max(1, im.width * 3 // 4), max(1, im.height * 3 // 4)))
+    return buf.getvalue()

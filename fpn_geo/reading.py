@@ -8,10 +8,11 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
 
 from fpn_geo.errors import InputError
+from fpn_geo.radiometry import Radiometry
 from fpn_geo.tiling import GridWindow
-from rasterio.windows import Window
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class WindowData:
     """A window ready for the model. `valid` covers its in-grid part; `model_hw` is that part's size in `image`."""
 
     window: GridWindow
-    image: np.ndarray  # (bands, M, M) in the source dtype, M = model window side
+    image: np.ndarray  # (bands, M, M): the source dtype, or float32 in the model's range when a radiometry maps it
     valid: np.ndarray  # (h, w) bool on the model grid: False under nodata, internal mask or alpha
     model_hw: tuple[int, int]
 
@@ -46,8 +47,13 @@ def read_window(
     model_size: int,
     scale: float = 1.0,
     grid_hw: tuple[int, int] | None = None,
+    radiometry: Radiometry | None = None,
 ) -> WindowData | None:
-    """Read a model-grid window (grid_hw: the grid's size; default the scene's); None when it is all nodata."""
+    """Read a model-grid window (grid_hw: the grid's size; default the scene's); None when it is all nodata.
+
+    radiometry: the scene's mapping to the model's input range (`fpn_geo.radiometry.resolve_radiometry`),
+    applied after resampling; None feeds the values as they are.
+    """
     grid_hw = grid_hw or (src.height, src.width)
     win, (mh, mw) = scene_window(window, grid_hw, scale, (src.height, src.width))
     try:
@@ -57,6 +63,13 @@ def read_window(
         image = src.read(list(bands), window=win, out_shape=(len(bands), mh, mw), resampling=Resampling.bilinear)
     except RasterioIOError as e:
         raise InputError(f"cannot read window at row {window.row_off}, col {window.col_off} of {src.name}: {e}") from e
+    if radiometry is not None:
+        image = radiometry.apply(image)
+    elif image.dtype.kind == "f":  # a caller that does not map radiometry: real values would be fed unscaled
+        raise InputError(
+            f"{src.name} has {image.dtype} pixels; map them to the model's input range with a radiometry rule "
+            "(fpn_geo.radiometry.resolve_radiometry), e.g. {rule: linear, scale: 255} for reflectance in 0-1"
+        )
     if (mh, mw) != (model_size, model_size):
         # Mirror, not zeros: the model sees plausible context at the scene edge; the blend crops it off.
         image = np.pad(image, ((0, 0), (0, model_size - mh), (0, model_size - mw)), mode="symmetric")

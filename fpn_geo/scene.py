@@ -53,7 +53,7 @@ def open_scene(path: str, bands: tuple[int, ...] | None = None) -> SceneInfo:
                 info = _describe(src, path)
                 _probe_last_block(src, path)
     except RasterioIOError as e:
-        raise InputError(f"scene {path} is not a readable raster: {str(e).splitlines()[0]}") from e
+        raise InputError(f"scene {path} is not a readable raster: {gdal_reason(e)}") from e
     if bands is not None:
         missing = [b for b in bands if b < 1 or b > info.count]
         if missing:
@@ -71,8 +71,8 @@ def _describe(src: rasterio.DatasetReader, path: str) -> SceneInfo:
         raise InputError(f"scene {path} has no geotransform; georeference it first (gdal_translate -a_ullr ...)")
     if src.transform.b != 0 or src.transform.d != 0:
         raise InputError(f"scene {path} has a rotated geotransform; warp it north-up first (gdalwarp)")
-    if np.dtype(src.dtypes[0]).kind not in "ui":
-        raise InputError(f"scene {path} is {src.dtypes[0]}; expected integer pixels (uint8 or uint16)")
+    if np.dtype(src.dtypes[0]).kind not in "uif":
+        raise InputError(f"scene {path} is {src.dtypes[0]}; expected integer or real pixels (convert: gdal_translate -ot Float32)")
     return SceneInfo(
         path=path,
         width=src.width,
@@ -86,6 +86,20 @@ def _describe(src: rasterio.DatasetReader, path: str) -> SceneInfo:
     )
 
 
+def gdal_reason(e: BaseException) -> str:
+    """The first line of GDAL's own reason: rasterio wraps it as "Read failed. See previous exception" (e.g. the
+    missing source file of a VRT), so follow the chain to the first message that says something."""
+    messages = []
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        first = (str(e).splitlines() or [""])[0]
+        if first and "see previous exception" not in first.lower():
+            messages.append(first)
+        e = e.__cause__ or e.__context__
+    return messages[-1] if messages else "unknown GDAL error"
+
+
 def _probe_last_block(src: rasterio.DatasetReader, path: str) -> None:
     """A truncated TIFF opens fine and fails at its last blocks: read one now, not an hour in."""
     h, w = src.block_shapes[0]
@@ -93,4 +107,7 @@ def _probe_last_block(src: rasterio.DatasetReader, path: str) -> None:
     try:
         src.read(1, window=win)
     except RasterioIOError as e:
-        raise InputError(f"scene {path} is corrupt or truncated: {str(e).splitlines()[0]}") from e
+        reason = gdal_reason(e)
+        if path.lower().endswith(".vrt") or src.driver == "VRT":
+            raise InputError(f"scene {path} cannot be read: {reason}; a VRT's source files must exist and be readable") from e
+        raise InputError(f"scene {path} is corrupt or truncated: {reason}") from e

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from pathlib import Path
 
 import torch
@@ -15,6 +13,7 @@ from fpn_geo.errors import CheckpointError
 from fpn_geo.hashing import sha256_file
 from fpn_geo.model.meta import FORMAT, ModelMeta, meta_path, read_verified_meta
 from fpn_geo.model.segmenter import BuildingSegmenter
+from fpn_geo.outputs import atomic_output, write_json_atomic
 
 __all__ = ["build_model", "load_checkpoint", "save_checkpoint"]
 
@@ -30,18 +29,27 @@ def build_model(meta: ModelMeta) -> BuildingSegmenter:
 
 
 def save_checkpoint(model: torch.nn.Module, meta: ModelMeta, path: str | Path) -> ModelMeta:
-    """Write weights + metadata atomically; returns the metadata with the weights' sha256 filled in."""
+    """Write weights + metadata, each atomically (weights first, so a reader never sees new metadata with old
+    weights pass the sha256 check); returns the metadata with the weights' sha256 filled in."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"format": FORMAT})
-    meta = dataclasses.replace(meta, weights_sha256=sha256_file(tmp))
-    tmp_meta = tmp.with_suffix(".json.tmp")
-    tmp_meta.write_text(json.dumps(meta.to_dict(), indent=2))
-    os.replace(tmp, path)
-    os.replace(tmp_meta, meta_path(path))
+    _check_finite(state, path)
+    with atomic_output(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+        meta = dataclasses.replace(meta, weights_sha256=sha256_file(tmp))
+    write_json_atomic(meta_path(path), meta.to_dict())
     return meta
+
+
+def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(
+                f"checkpoint {path}: weight {name} holds {bad} NaN or infinite value(s); the model is broken, retrain or "
+                "use an earlier checkpoint"
+            )
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[BuildingSegmenter, ModelMeta]:
@@ -54,6 +62,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[Buildi
         state = load_file(str(path), device=map_location)
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {e}") from e
+    _check_finite(state, path)
     model = build_model(meta)
     try:
         model.load_state_dict(state, strict=True)

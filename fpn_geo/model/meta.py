@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from dataclasses import dataclass, field
+from numbers import Real
 from pathlib import Path
 
 from fpn_geo.errors import CheckpointError
@@ -18,6 +21,11 @@ FORMAT = "fpn-geo-checkpoint/1"
 CLASSES_2 = ("background", "building")
 CLASSES_3 = ("background", "building", "contact")
 CONTACT_NAMES = ("contact", "separator")  # the third class: where two buildings touch
+DEPTHS = (18, 34, 50, 101)
+MAX_BANDS = 64
+MAX_CHANNELS = 4096
+MAX_META_BYTES = 16 * 1024 * 1024
+DEFAULT_INPUT_RANGE = (0.0, 255.0)  # what checkpoints without `input_range` were trained on: 8-bit imagery
 
 
 @dataclass(frozen=True)
@@ -34,12 +42,10 @@ class ModelMeta:
     head_channels: int = 128
     weights_sha256: str = ""
     extra: dict = field(default_factory=dict)  # training record: data, epochs, metrics...
+    input_range: tuple[float, float] = DEFAULT_INPUT_RANGE  # pixel values the model was trained on (digital numbers)
 
     def __post_init__(self) -> None:
-        if not (len(self.bands) == len(self.mean) == len(self.std)):
-            raise CheckpointError(
-                f"metadata lists {len(self.bands)} bands but {len(self.mean)} means and {len(self.std)} stds"
-            )
+        validate_meta(self)
 
     @property
     def contact_index(self) -> int | None:
@@ -61,7 +67,11 @@ class ModelMeta:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelMeta":
-        if d.get("p6"):  # an option that was removed: P6 was computed and never read by the head
+        if not isinstance(d, dict):
+            raise CheckpointError(f"checkpoint metadata must be a JSON object, got {type(d).__name__}")
+        if "format" in d and d["format"] != FORMAT:
+            raise CheckpointError(f"checkpoint metadata format is {str(d['format'])[:40]!r}; this fpn-geo reads {FORMAT!r}")
+        if d.get("p6") is True:  # an option that was removed: P6 was computed and never read by the head
             raise CheckpointError("checkpoint metadata asks for p6: true; P6 is no longer built: retrain without p6")
         d = {k: v for k, v in d.items() if k != "p6"}  # "p6": false, in older checkpoints, changes nothing
         names = {f.name for f in dataclasses.fields(cls)}
@@ -71,8 +81,72 @@ class ModelMeta:
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}
         try:
             return cls(**kw)
-        except TypeError as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise CheckpointError(f"bad checkpoint metadata: {e}") from e
+
+
+def _bad(key: str, value, expected: str) -> CheckpointError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return CheckpointError(f"checkpoint metadata: {key} is {shown}; expected {expected}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    if not isinstance(v, Real) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:  # an integer of hundreds of digits
+        return False
+
+
+def _numbers(key: str, values, n: int | None = None) -> tuple[float, ...]:
+    if not isinstance(values, (tuple, list)) or not values or not all(_is_number(v) for v in values):
+        raise _bad(key, values, "a non-empty list of finite numbers")
+    if n is not None and len(values) != n:
+        raise _bad(key, values, f"{n} values, one per band")
+    return tuple(float(v) for v in values)
+
+
+def validate_meta(m: ModelMeta) -> None:
+    """Every field of a checkpoint's metadata has a type and a range the model can run with; one-line errors."""
+    if not _is_int(m.depth) or m.depth not in DEPTHS:
+        raise _bad("depth", m.depth, f"a ResNet depth, one of {list(DEPTHS)}")
+    if not isinstance(m.bands, (tuple, list)) or not 1 <= len(m.bands) <= MAX_BANDS:
+        raise _bad("bands", m.bands, f"a list of 1 to {MAX_BANDS} band numbers")
+    if not all(_is_int(b) and 1 <= b <= 65535 for b in m.bands) or len(set(m.bands)) != len(m.bands):
+        raise _bad("bands", m.bands, "distinct 1-based band numbers, e.g. [1, 2, 3]")
+    n = len(m.bands)
+    if not isinstance(m.input_range, (tuple, list)) or len(m.input_range) != 2 or not all(_is_number(v) for v in m.input_range):
+        raise _bad("input_range", m.input_range, "[low, high], two finite numbers, e.g. [0, 255]")
+    lo, hi = (float(v) for v in m.input_range)
+    if not lo < hi or max(abs(lo), abs(hi)) > 1e12:
+        raise _bad("input_range", m.input_range, "[low, high] with low < high, e.g. [0, 255]")
+    span = hi - lo
+    mean = _numbers("mean", m.mean, n)
+    std = _numbers("std", m.std, n)
+    if not all(lo - span <= v <= hi + span for v in mean):
+        raise _bad("mean", m.mean, f"per-band means inside the input range [{lo:g}, {hi:g}]")
+    if not all(0 < v <= 2 * span for v in std):
+        raise _bad("std", m.std, f"per-band standard deviations > 0 and at most the input range's width ({span:g})")
+    classes = tuple(m.classes) if isinstance(m.classes, (tuple, list)) else None
+    allowed = [CLASSES_2, *(CLASSES_2 + (c,) for c in CONTACT_NAMES)]
+    if classes not in allowed:
+        raise _bad("classes", m.classes, " or ".join(str(list(c)) for c in allowed))
+    if m.gsd_m is not None and not (_is_number(m.gsd_m) and 0 < m.gsd_m <= 10_000):
+        raise _bad("gsd_m", m.gsd_m, "the ground sample distance in metres, > 0 (e.g. 0.3), or null to use the scene's")
+    for key in ("fpn_channels", "head_channels"):
+        v = getattr(m, key)
+        if not _is_int(v) or not 32 <= v <= MAX_CHANNELS or v % 32:
+            raise _bad(key, v, f"a multiple of 32 from 32 to {MAX_CHANNELS}")
+    if not isinstance(m.weights_sha256, str) or not re.fullmatch(r"(|[0-9a-f]{64})", m.weights_sha256):
+        raise _bad("weights_sha256", m.weights_sha256, "a sha256 of 64 lowercase hex digits")
+    if not isinstance(m.extra, dict):
+        raise _bad("extra", m.extra, "a JSON object")
 
 
 def meta_path(weights: str | Path) -> Path:
@@ -83,10 +157,19 @@ def read_meta(path: str | Path) -> ModelMeta:
     mp = meta_path(path)
     if not mp.is_file():
         raise CheckpointError(f"checkpoint metadata {mp} is missing; a checkpoint is NAME.safetensors + NAME.json")
+    size = mp.stat().st_size
+    if size > MAX_META_BYTES:
+        raise CheckpointError(f"checkpoint metadata {mp} is {size} bytes; metadata over {MAX_META_BYTES} bytes is refused")
     try:
-        return ModelMeta.from_dict(json.loads(mp.read_text()))
+        data = json.loads(mp.read_bytes())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"checkpoint metadata {mp} is not valid JSON: {e}") from e
+    except (ValueError, RecursionError, UnicodeDecodeError) as e:  # 5000-digit integers, nesting too deep, not UTF-8
+        raise CheckpointError(f"checkpoint metadata {mp} cannot be read: {str(e).splitlines()[0][:120]}") from e
+    try:
+        return ModelMeta.from_dict(data)
+    except CheckpointError as e:
+        raise CheckpointError(f"{mp}: {e}") from e
 
 
 def read_verified_meta(path: str | Path) -> ModelMeta:

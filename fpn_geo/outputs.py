@@ -1,0 +1,396 @@
+"""Writing outputs safely: one atomic write, output paths checked before any work, verified files, no leftovers.
+
+Use `atomic_output(final)` for every file fpn-geo writes. It hands out a hidden temporary path beside the
+target (same folder, so the rename never crosses filesystems), and only when the block ends without an
+exception does it verify the file, fsync it and rename it into place. On any exception, KeyboardInterrupt
+and (with `fpn_geo.signals.terminate_as_interrupt`) SIGTERM included, the temporary file and its SQLite side
+files are removed and the old output is left untouched. A run killed with SIGKILL leaves its temporary
+file; `sweep_stale_temps(folder)` removes such files once their process is gone.
+
+Temporary names: `.NAME.fpn-geo-PID-RANDOM.tmpSUFFIX` (SUFFIX: the target's, so drivers that go by the
+extension still see it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sqlite3
+import stat
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from fpn_geo.errors import OutputError
+
+# Files that SQLite (a GeoPackage) and GDAL (a COG's overviews while they are built) put beside a file.
+SIDE_FILES = ("-journal", "-wal", "-shm", ".ovr.tmp", ".ovr", ".aux.xml", ".msk")
+TEMP_RE = re.compile(r"^\.(?P<name>.+)\.fpn-geo-(?P<pid>\d+)-(?P<rand>[0-9a-f]{8})\.tmp(?P<rest>.*)$")
+STALE_AFTER_S = 60.0  # a dead process's temp this old is left over; younger, it may be a pid from another container
+ABANDONED_AFTER_S = 7 * 24 * 3600.0  # untouched this long: left over whatever its pid says (pids are reused)
+VECTOR_SUFFIXES_REFUSED = {".shp": "an ESRI Shapefile", ".geojson": "GeoJSON", ".json": "JSON", ".gml": "GML",
+                           ".kml": "KML", ".csv": "CSV", ".fgb": "FlatGeobuf", ".tif": "a GeoTIFF", ".tiff": "a GeoTIFF"}
+
+Verifier = Callable[[Path], None]
+
+
+def temp_path(final: str | Path) -> Path:
+    """A hidden, unique temporary path beside `final`, with `final`'s suffix last."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.fpn-geo-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{final.suffix}")
+
+
+def remove_temp(tmp: Path) -> None:
+    """Remove a temporary file and the SQLite side files GDAL or sqlite3 may have left beside it."""
+    for p in (tmp, *(Path(f"{tmp}{s}") for s in SIDE_FILES)):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PendingOutput:
+    """A temporary file that becomes `final` on `commit()`, or disappears on `discard()`.
+
+    Use it where a file is written in one place and committed in another (a GeoPackage streamed for minutes,
+    committed with its provenance); everywhere else `atomic_output` is simpler.
+    """
+
+    def __init__(self, final: str | Path, verify: Verifier | None = None) -> None:
+        self.final = Path(final)
+        self.tmp = temp_path(self.final)
+        self.verify = verify
+        self.committed = False
+
+    def commit(self, verify: bool = True) -> Path:
+        """Verify (unless already done: verify=False), fsync and rename into place. Raises OutputError (and
+        removes the temp) if any step fails."""
+        try:
+            if not self.tmp.is_file():
+                raise OutputError(f"{self.final}: nothing was written (no temporary file {self.tmp.name})")
+            if verify and self.verify is not None:
+                self.verify(self.tmp)
+            _fsync_path(self.tmp)
+            os.replace(self.tmp, self.final)
+            for s in SIDE_FILES:
+                Path(f"{self.tmp}{s}").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # some filesystems cannot fsync a folder; the rename still happened
+                _fsync_path(self.final.parent, directory=True)
+        except OSError as e:
+            self.discard()
+            raise OutputError(f"cannot write {self.final}: {e.strerror or e}; nothing was replaced") from e
+        except BaseException:
+            self.discard()
+            raise
+        self.committed = True
+        return self.final
+
+    def discard(self) -> None:
+        remove_temp(self.tmp)
+
+
+@contextlib.contextmanager
+def atomic_output(final: str | Path, verify: Verifier | None = None) -> Iterator[Path]:
+    """Yield a temporary path to write `final` into; on success verify, fsync and rename it into place.
+
+    On any exception (KeyboardInterrupt included) the temporary file and its side files are removed and an
+    existing `final` is left as it was. `verify(tmp)` raises if the file is incomplete (see `verify_raster`,
+    `verify_geopackage`, `verify_json`). Disk-full and other OS errors become one-line OutputErrors.
+    """
+    out = PendingOutput(final, verify)
+    try:
+        yield out.tmp
+    except OSError as e:
+        out.discard()
+        raise OutputError(f"cannot write {out.final}: {e.strerror or e}; nothing was replaced") from e
+    except BaseException:
+        out.discard()
+        raise
+    out.commit()
+
+
+def write_text_atomic(final: str | Path, text: str, verify: Verifier | None = None) -> Path:
+    with atomic_output(final, verify) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+    return Path(final)
+
+
+def write_json_atomic(final: str | Path, data: Any, indent: int | None = 2) -> Path:
+    """Write `data` as JSON, verified by reading it back, then renamed into place."""
+    return write_text_atomic(final, json.dumps(data, indent=indent, default=str) + "\n", verify=verify_json)
+
+
+# --- verification: a write is complete only once it reads back --------------------------------------------
+
+
+def verify_json(path: Path) -> None:
+    try:
+        json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise OutputError(f"{path} did not read back as JSON ({e}); the disk may be full") from e
+
+
+def verify_geopackage(path: Path) -> None:
+    """SQLite's quick_check on the finished file: a truncated or torn GeoPackage fails it."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            rows = db.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.Error as e:
+        raise OutputError(f"{path} is not a complete GeoPackage ({e}); the disk may be full") from e
+    if rows != [("ok",)]:
+        raise OutputError(f"{path} failed SQLite's integrity check ({rows[0][0]}); the disk may be full")
+
+
+def verify_raster(path: Path, width: int | None = None, height: int | None = None, count: int | None = None) -> None:
+    """A GeoTIFF is complete: it opens with the expected shape, every tile of every band and overview lies
+    inside the file, and the last block of each level decodes. GDAL only warns on some failed writes."""
+    import rasterio
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window
+
+    size = os.path.getsize(path)
+    try:
+        with rasterio.Env(), rasterio.open(path) as src:
+            got = (src.width, src.height, src.count)
+            want = (width or src.width, height or src.height, count or src.count)
+            if got != want:
+                raise OutputError(f"{path} is {got[0]}x{got[1]}x{got[2]}, expected {want[0]}x{want[1]}x{want[2]}")
+            levels = [None, *range(len(src.overviews(1)))]
+        for level in levels:
+            with rasterio.open(path, overview_level=level) if level is not None else rasterio.open(path) as src:
+                _check_blocks_inside(src, size, path)
+                bh, bw = src.block_shapes[0]
+                win = Window(max(0, src.width - bw), max(0, src.height - bh), min(bw, src.width), min(bh, src.height))
+                src.read(window=win)
+    except (RasterioError, OSError) as e:
+        raise OutputError(f"{path} is incomplete: {str(e).splitlines()[0]}; the disk may be full") from e
+
+
+def _check_blocks_inside(src, size: int, path: Path) -> None:
+    if src.driver != "GTiff":
+        return
+    bh, bw = src.block_shapes[0]
+    bands = [1] if src.interleaving and src.interleaving.name == "PIXEL" else range(1, src.count + 1)
+    for b in bands:
+        for y in range((src.height + bh - 1) // bh):
+            for x in range((src.width + bw - 1) // bw):
+                off = src.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=b)
+                n = src.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=b)
+                if off is None or n is None:
+                    return  # not exposed by this GDAL: the read-back below still checks
+                if int(off) + int(n) > size:
+                    raise OutputError(
+                        f"{path} is truncated: block {x},{y} of band {b} ends at byte {int(off) + int(n)}, the file has {size}; "
+                        "the disk may be full"
+                    )
+
+
+# --- checking output paths before any work ------------------------------------------------------------------
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output_paths(
+    inputs: dict[str, str | Path], outputs: dict[str, str | Path | None], kinds: dict[str, str] | None = None
+) -> None:
+    """Refuse, before any work, outputs that would destroy an input, each other, or something that is not a file.
+
+    inputs and outputs map a name for messages (a flag such as "--out") to a path; None outputs are skipped.
+    kinds maps an output name to what it is ("gpkg", "tif"), so a GeoPackage aimed at a `.shp` name is refused.
+    Each output must be a new path or an existing regular file, in a folder that exists (or can be made) and
+    can be written. Raises OutputError naming the flag.
+    """
+    kinds = kinds or {}
+    seen: dict[Path, str] = {}
+    real_inputs = {name: Path(p) for name, p in inputs.items() if p is not None and _is_local(str(p))}
+    for name, value in outputs.items():
+        if value is None:
+            continue
+        out = Path(value)
+        resolved = out.resolve()
+        for in_name, inp in real_inputs.items():
+            if resolved == inp.resolve() or _same_file(out, inp):
+                raise OutputError(f"{name} {out} is the input {in_name} {inp}; choose another output path")
+        if resolved in seen:
+            raise OutputError(f"{name} {out} is the same path as {seen[resolved]}; give each output its own path")
+        seen[resolved] = name
+        if out.is_symlink() or out.exists():
+            st = os.stat(out)
+            if stat.S_ISDIR(st.st_mode):
+                raise OutputError(f"{name} {out} is an existing folder; give a file name, e.g. {out / 'buildings.gpkg'}")
+            if not stat.S_ISREG(st.st_mode):
+                raise OutputError(f"{name} {out} exists and is not a regular file (a device, pipe or socket); choose a file path")
+        kind = kinds.get(name)
+        refused = VECTOR_SUFFIXES_REFUSED.get(out.suffix.lower())
+        if kind == "gpkg" and out.suffix.lower() != ".gpkg":
+            if refused:
+                raise OutputError(f"{name} {out}: fpn-geo writes a GeoPackage, not {refused}; name it {out.with_suffix('.gpkg').name}")
+            raise OutputError(f"{name} {out} must end in .gpkg (fpn-geo writes a GeoPackage)")
+        if kind == "tif" and out.suffix.lower() not in (".tif", ".tiff"):
+            raise OutputError(f"{name} {out} must end in .tif (a Cloud-Optimized GeoTIFF)")
+        check_folder_writable(out, name)
+
+
+def check_folder_writable(final: Path, name: str = "output") -> None:
+    """The folder of `final` exists (or is made) and takes a file; root ignores permission bits, so try it."""
+    parent = final.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{name}: folder {parent} cannot be created ({e.strerror or e}); it or a parent is not a folder") from e
+    probe = temp_path(final)
+    try:
+        probe.touch()
+    except OSError as e:
+        raise OutputError(f"{name}: folder {parent} cannot be written ({e.strerror or e})") from e
+    finally:
+        with contextlib.suppress(OSError):  # a read-only filesystem refuses even the unlink of a missing file
+            probe.unlink()
+
+
+def _is_local(path: str) -> bool:
+    return not (path.startswith("/vsi") or "://" in path)
+
+
+# --- leftovers of killed runs ---------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_temps(folder: str | Path, now: float | None = None) -> list[Path]:
+    """Remove fpn-geo temporary files in `folder` that a killed run left; returns what was removed.
+
+    Only files named by `temp_path` are touched, and only when their process is gone (and the file is over a
+    minute old) or the file has not changed for a week. Never raises: a sweep must not fail a run.
+    """
+    folder = Path(folder)
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = TEMP_RE.match(entry.name)
+        if not m:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            age = now - st.st_mtime
+            pid = int(m["pid"])
+            if age > ABANDONED_AFTER_S or (age > STALE_AFTER_S and pid != os.getpid() and not _pid_alive(pid)):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
+
+
+def sweep_output_folders(paths: Iterable[str | Path | None]) -> list[Path]:
+    """`sweep_stale_temps` on the folder of each output path (each folder once)."""
+    removed: list[Path] = []
+    for folder in dict.fromkeys(Path(p).parent for p in paths if p is not None):
+        removed += sweep_stale_temps(folder)
+    return removed
+
+
+# --- scratch space ----------------------------------------------------------------------------------------------
+
+
+def scratch_folder(scratch_dir: str | Path | None) -> Path:
+    """The folder for scratch files: the config's `scratch_dir`, else the system temp folder."""
+    import tempfile
+
+    if scratch_dir is None:
+        return Path(tempfile.gettempdir())
+    d = Path(scratch_dir)
+    if not d.is_dir():
+        raise OutputError(f"scratch_dir {d} is not a folder; create it or set scratch_dir to an existing folder")
+    return d
+
+
+def check_scratch_space(scratch_dir: str | Path | None, need_bytes: int, what: str = "scratch files") -> Path:
+    """Fail before any work when the scratch folder cannot hold `need_bytes` (plus 5 %); returns the folder."""
+    folder = scratch_folder(scratch_dir)
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return folder
+    free = st.f_bavail * st.f_frsize
+    need = int(need_bytes * 1.05)
+    if need > free:
+        raise OutputError(
+            f"{what} needs about {need / 1e9:.2f} GB in {folder}, which has {free / 1e9:.2f} GB free; "
+            "set scratch_dir (config) to a folder with more space"
+        )
+    return folder
+
+
+SCRATCH_RE = re.compile(r"^fpn-geo-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+
+
+@contextlib.contextmanager
+def scratch_space(scratch_dir: str | Path | None = None) -> Iterator[Path]:
+    """A private scratch folder (`fpn-geo-PID-RANDOM` in `scratch_dir` or the system temp folder), removed when
+    the block ends however it ends; what a SIGKILLed run left is removed by `sweep_stale_scratch` (called here)."""
+    import shutil
+    import tempfile
+
+    parent = scratch_folder(scratch_dir)
+    sweep_stale_scratch(parent)
+    path = Path(tempfile.mkdtemp(prefix=f"fpn-geo-{os.getpid()}-", dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def sweep_stale_scratch(folder: str | Path, now: float | None = None) -> list[Path]:
+    """Remove `fpn-geo-PID-*` scratch folders whose process is gone (and that are over a minute old)."""
+    import shutil
+
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = SCRATCH_RE.match(entry.name)
+        try:
+            if not m or not entry.is_dir(follow_symlinks=False):
+                continue
+            pid = int(m["pid"])
+            if now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S and pid != os.getpid() and not _pid_alive(pid):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
