@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from fpn_geo.cli import main
-from tests.conftest import REPO
+from tests.doubles import REPO
 
 TEMP_MARK = ".fpn-geo-"
 

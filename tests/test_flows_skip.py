@@ -20,9 +20,9 @@ SMALL = {"window": 256, "overlap": 32, "batch": 2}
 
 def test_output_parameters_leave_out_only_what_does_not_change_the_output():
     keys = set(output_parameters(load_config()))
-    assert {"threshold", "min_area_m2", "simplify_m", "window", "overlap", "strip_rows", "match_gsd", "radiometry",
+    assert {"threshold", "min_area_m2", "simplify_m", "window", "overlap", "block_windows", "match_gsd", "radiometry",
             "separate_touching", "probability"} <= keys
-    assert not keys & {"device", "batch", "readers", "compile", "scratch_dir", "gdal_cache_mb", "vectorize_workers"}
+    assert not keys & {"device", "batch", "readers", "compile", "scratch_dir", "gdal_cache_mb", "post_threads"}
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from fpn_geo.errors import CheckpointError
 from fpn_geo.hashing import sha256_file
 from fpn_geo.model.meta import ModelMeta, read_meta
-from tests.conftest import make_checkpoint
+from tests.doubles import make_checkpoint
 from tests.hostile import assert_one_line_failure, digest, run_inprocess, temps
 
 

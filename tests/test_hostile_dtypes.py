@@ -14,7 +14,7 @@ import fpn_geo.pipeline
 from fpn_geo.radiometry import RadiometryConfig, resolve_radiometry
 from fpn_geo.reading import read_window
 from fpn_geo.tiling import make_grid
-from tests.conftest import write_raster
+from tests.doubles import write_raster
 from tests.hostile import assert_one_line_failure, digest, run_inprocess, temps
 
 AUTO_REFUSED = ["uint16", "int8", "int16", "uint32", "int32", "float32", "float64"]

@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import REPO
+from tests.doubles import REPO
 from tests.flows.helpers import wait_for
 
 pytestmark = pytest.mark.slow

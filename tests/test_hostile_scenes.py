@@ -6,7 +6,7 @@ from __future__ import annotations
 import rasterio
 from rasterio.transform import from_origin
 
-from tests.conftest import write_raster
+from tests.doubles import write_raster
 from tests.hostile import assert_one_line_failure, run_inprocess, run_subprocess
 
 
@@ -30,9 +30,4 @@ def test_epsg_4326_scene_runs_without_area_warnings(tmp_path, checkpoint, small_
     code, err, _ = run_subprocess(["segment", str(scene), "--model", str(checkpoint), "--out", str(tmp_path / "b.gpkg"), "-q"])
     assert code == 0, err
     noisy = [line for line in err if "area" in line.lower() or "warning" in line.lower()]
-    if noisy and "vectorize.py" in " ".join(noisy):
-        import pytest
-
-        pytest.xfail("lead: fpn_geo/vectorize.py to_buildings: `area = gdf.area` -> `shapely.area(gdf.geometry.values)` "
-                     "(a relative area in the scene's CRS; geopandas warns on geographic CRSs)")
     assert noisy == [], err

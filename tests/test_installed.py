@@ -16,7 +16,7 @@ import pyogrio
 import pytest
 
 from fpn_geo.config import SegmentConfig, output_parameters
-from tests.conftest import REPO
+from tests.doubles import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -101,10 +101,12 @@ def test_the_native_option_puts_the_cog_on_the_scene_grid(tmp_path):
 
 
 def test_uint16_single_band_scene_with_a_one_band_model(tmp_path):
+    """uint16 needs a declared rule for an 8-bit model (see tests/test_hostile_dtypes.py); with one it runs."""
     rng = np.random.default_rng(0)
     scene = write_raster(tmp_path / "pan.tif", rng.integers(0, 2000, (1, 200, 260), dtype=np.uint16), nodata=0)
     ckpt = make_checkpoint(tmp_path / "c" / "pan.safetensors", bands=1)
-    summary = segment(str(scene), load_segmenter(ckpt, "cpu"), tmp_path / "pan.gpkg", load_config(window=128, overlap=32))
+    cfg = load_config(window=128, overlap=32, radiometry={"rule": "percentile"})
+    summary = segment(str(scene), load_segmenter(ckpt, "cpu"), tmp_path / "pan.gpkg", cfg)
     assert summary.windows == 6
     assert pyogrio.read_info(tmp_path / "pan.gpkg", layer="buildings")["crs"] == "EPSG:32636"
 

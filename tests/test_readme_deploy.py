@@ -15,7 +15,7 @@ from pathlib import Path
 import pyogrio
 import pytest
 
-from tests.conftest import REPO
+from tests.doubles import REPO
 from tests.flows.helpers import BIN, free_port, stop, wait_for
 
 pytestmark = pytest.mark.slow
