@@ -50,16 +50,10 @@ def check_segment_run(args: argparse.Namespace, cfg):
 def _check_radiometry(path: str, meta, cfg) -> None:
     import rasterio
 
-    from fpn_geo import pipeline
-    from fpn_geo.errors import ConfigError
     from fpn_geo.radiometry import resolve_radiometry
 
-    with rasterio.open(path) as src:
-        mapping = resolve_radiometry(src, meta.bands, meta.input_range, cfg.radiometry)
-    if not mapping.is_identity and not getattr(pipeline, "APPLIES_RADIOMETRY", False):
-        # Until the pipeline passes the mapping to every window read, refuse rather than feed unmapped values.
-        raise ConfigError(f"radiometry rule {cfg.radiometry.rule!r} is not applied by this pipeline yet; convert the scene "
-                          "to the model's range first (gdal_translate -scale)")
+    with rasterio.open(path) as src:  # raises, with the rule to set, when the scene's values need one
+        resolve_radiometry(src, meta.bands, meta.input_range, cfg.radiometry)
 
 
 def _segment(args: argparse.Namespace) -> int:

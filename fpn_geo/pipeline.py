@@ -59,8 +59,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fpn_geo")
 
-APPLIES_RADIOMETRY = True  # every window read maps the scene's values to the model's range (plan.radiometry)
-
 
 @dataclass(frozen=True)
 class Segmenter:

@@ -3,14 +3,11 @@ radiometry rule, or refused on one line that says how to map it. Never read sile
 
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 import pytest
 import rasterio
 
-import fpn_geo.inference
-import fpn_geo.pipeline
 from fpn_geo.radiometry import RadiometryConfig, resolve_radiometry
 from fpn_geo.reading import read_window
 from fpn_geo.tiling import make_grid
@@ -97,16 +94,12 @@ def test_percentile_stretch_maps_the_scene_into_the_model_range(base, tmp_path):
 
 @pytest.mark.parametrize("dtype,rule", MAPPED[:2], ids=[m[0] for m in MAPPED[:2]])
 def test_end_to_end_mapped_scene_gives_the_8_bit_result(base, tmp_path, checkpoint, capsys, monkeypatch, dtype, rule):
-    """Through the CLI, with the mapping applied at every window read (as the pipeline does once wired)."""
+    """Through the CLI: the plan resolves the mapping and every window read applies it."""
     ref = as_dtype(base, tmp_path, "uint8", CONVERT["uint8"])
     scene = as_dtype(base, tmp_path, dtype, CONVERT[dtype])
     cfg = tmp_path / "c.yaml"
     cfg.write_text("radiometry: " + str(rule).replace("'", "") + "\n")
-    with rasterio.open(scene) as src:
-        mapping = resolve_radiometry(src, (1, 2, 3), (0.0, 255.0), RadiometryConfig(**rule))
     assert run_inprocess(["segment", str(ref), "--model", str(checkpoint), "--out", str(tmp_path / "ref.gpkg"), "-q"], capsys)[0] == 0
-    monkeypatch.setattr(fpn_geo.pipeline, "APPLIES_RADIOMETRY", True, raising=False)
-    monkeypatch.setattr(fpn_geo.inference, "read_window", functools.partial(read_window, radiometry=mapping))
     code, err = run_inprocess(
         ["segment", str(scene), "--model", str(checkpoint), "--out", str(tmp_path / "m.gpkg"), "--config", str(cfg), "-q"], capsys
     )
@@ -115,22 +108,8 @@ def test_end_to_end_mapped_scene_gives_the_8_bit_result(base, tmp_path, checkpoi
         assert np.abs(a.read().astype(int) - b.read().astype(int)).max() <= 1
 
 
-def test_a_mapping_the_pipeline_does_not_apply_is_refused_not_ignored(base, tmp_path, checkpoint, capsys, monkeypatch):
-    monkeypatch.delattr(fpn_geo.pipeline, "APPLIES_RADIOMETRY", raising=False)
-    scene = as_dtype(base, tmp_path, "uint16", CONVERT["uint16"])
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("radiometry: {rule: linear, scale: 0.00389}\n")
-    code, err = run_inprocess(
-        ["segment", str(scene), "--model", str(checkpoint), "--out", str(tmp_path / "b.gpkg"), "--config", str(cfg), "-q"], capsys
-    )
-    if getattr(fpn_geo.pipeline, "APPLIES_RADIOMETRY", False):
-        assert code == 0
-    else:
-        assert_one_line_failure(code, err, "not applied")
-
-
 def test_a_reader_without_a_mapping_refuses_real_pixels(base, tmp_path):
-    """The flows and library callers that do not pass a radiometry yet: float scenes fail, never run unscaled."""
+    """A caller of read_window that passes no mapping: float scenes fail, never run unscaled."""
     from fpn_geo.errors import InputError
 
     scene = as_dtype(base, tmp_path, "float32", CONVERT["float32"])

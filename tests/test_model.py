@@ -27,7 +27,7 @@ def test_pyramid_levels_have_geometric_names_and_strides():
 def test_old_metadata_with_p6_false_loads_and_p6_true_is_refused():
     d = ModelMeta(depth=18).to_dict()
     assert ModelMeta.from_dict({**d, "p6": False}) == ModelMeta(depth=18)
-    with pytest.raises(CheckpointError, match="p6: true.*retrain without p6"):
+    with pytest.raises(CheckpointError, match="p6 = .True.*retrain without it"):
         ModelMeta.from_dict({**d, "p6": True})
 
 

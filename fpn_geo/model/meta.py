@@ -71,8 +71,9 @@ class ModelMeta:
             raise CheckpointError(f"checkpoint metadata must be a JSON object, got {type(d).__name__}")
         if "format" in d and d["format"] != FORMAT:
             raise CheckpointError(f"checkpoint metadata format is {str(d['format'])[:40]!r}; this fpn-geo reads {FORMAT!r}")
-        if d.get("p6") is True:  # an option that was removed: P6 was computed and never read by the head
-            raise CheckpointError("checkpoint metadata asks for p6: true; P6 is no longer built: retrain without p6")
+        if "p6" in d and d["p6"] is not False:  # an option that was removed: P6 was computed and never read by the head
+            raise CheckpointError(f"checkpoint metadata has p6 = {str(d['p6'])[:20]!r}; P6 is no longer built: "
+                                  "retrain without it, or remove the key (false is accepted)")
         d = {k: v for k, v in d.items() if k != "p6"}  # "p6": false, in older checkpoints, changes nothing
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names - {"format", "architecture"}
