@@ -52,7 +52,7 @@ def is_own_output(path: str) -> bool:
     """A probability raster fpn-geo wrote (NAME.probability.tif whose bands say so), not a scene to segment."""
     if not path.lower().endswith(PROBABILITY_SUFFIX):
         return False
-    if _remote(path):
+    if not is_local(path):
         return True
     try:
         import rasterio
