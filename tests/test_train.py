@@ -7,6 +7,7 @@ slim ResNet-18 FPN, so the whole file stays well under a minute on 2 cores.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,7 +59,7 @@ def test_default_config_is_valid():
     cfg = load_train_config(DATA.parent / "configs" / "train_default.yaml")
     assert cfg.chip % 32 == 0 and cfg.gsd_m == 0.3
     assert any(s.val_block for s in cfg.sources)
-    rio = {s.name: len(s.pairs()) for s in cfg.sources if s.place == "rio"}
+    rio = {s.name: len(s.pairs(cfg.root)) for s in cfg.sources if s.place == "rio"}
     assert rio == {"rio": 1, "rio_a": 9, "rio_b": 5, "rio_aoi0": 7}  # 15 + 7 tiles, the held-out one exactly once
 
 
@@ -93,7 +94,24 @@ def test_source_errors_are_clear(tmp_path, crop_tif):
         load_train_config(**tiny_config(crop_tif, tmp_path, sources=[src]))
     cfg = load_train_config(**tiny_config(crop_tif, tmp_path, sources=[{**src, "image": "nowhere/*.tif", "val_block": [0.5, 0, 1, 1]}]))
     with pytest.raises(ConfigError, match="no image matches 'nowhere/\\*.tif'"):
-        cfg.sources[0].pairs()
+        cfg.sources[0].pairs(cfg.root)
+
+
+def test_relative_paths_resolve_against_the_config_files_folder(tmp_path, crop_tif, monkeypatch):
+    """A training config in another folder finds its data beside it, wherever it is run from."""
+    folder = tmp_path / "project" / "cfg"
+    (folder / "imgs").mkdir(parents=True)
+    (folder / "imgs" / "a.tif").write_bytes(crop_tif.read_bytes())
+    (folder / "labels.geojson").write_bytes(KAMPALA_LABELS.read_bytes())
+    data = tiny_config(crop_tif, "out", sources=[{"name": "k", "image": "imgs/*.tif", "labels": "labels.geojson",
+                                                  "val_block": [0.5, 0, 1, 1]}])
+    path = write_yaml(folder / "train.yaml", data)
+    monkeypatch.chdir(tmp_path)  # somewhere else
+    cfg = load_train_config(path)
+    assert cfg.root == folder.resolve()
+    assert cfg.sources[0].pairs(cfg.root) == [(folder.resolve() / "imgs" / "a.tif", folder.resolve() / "labels.geojson", "labels")]
+    flagged = load_train_config(path, out_dir="elsewhere")  # a command-line path: relative to where it is typed
+    assert Path(flagged.out_dir) == tmp_path.resolve() / "elsewhere"
 
 
 def test_config_that_is_not_a_mapping(tmp_path):

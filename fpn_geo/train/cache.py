@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fpn_geo.train.config import REPO, TrainConfig
+from fpn_geo.train.config import TrainConfig
 from fpn_geo.train.samplers import fraction_block
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,9 @@ def cache_source(
     return record, arrays, stats
 
 
-def prepare_cache(cfg: TrainConfig, out: str | Path, root: Path = REPO) -> Path:
+def prepare_cache(cfg: TrainConfig, out: str | Path, root: Path | None = None) -> Path:
     """Decode every source of ``cfg`` once and write the cache to ``out``; returns the path."""
+    root = cfg.root if root is None else root
     records, arrays = [], {}
     mean_acc: dict[str, list] = {}
     for sc in cfg.sources:

@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from fpn_geo.config import build_config, read_yaml_mapping
 from fpn_geo.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 class SourceConfig(BaseModel):
@@ -26,7 +25,7 @@ class SourceConfig(BaseModel):
 
     name: str
     place: str | None = Field(None, description="place this source belongs to (held-out scores are per place); default: name")
-    image: str = Field(description="GeoTIFF path or glob, relative to the repository root or absolute")
+    image: str = Field(description="GeoTIFF path or glob, relative to the config file's folder or absolute")
     labels: str | None = Field(None, description="vector labels (GeoJSON, GPKG, Shapefile), any CRS")
     mask: str | None = Field(None, description="building mask raster (0/1 or 0/255) on the image grid")
     weight: float = Field(1.0, gt=0, description="share of training chips drawn from this source")
@@ -47,7 +46,7 @@ class SourceConfig(BaseModel):
                 )
         return self
 
-    def pairs(self, root: Path = REPO) -> list[tuple[Path, Path, str]]:
+    def pairs(self, root: Path) -> list[tuple[Path, Path, str]]:
         """(image, label file, 'labels'|'mask') for every image the path or glob names."""
         pattern = self.image if Path(self.image).is_absolute() else str(root / self.image)
         images = sorted(Path(p) for p in glob.glob(pattern)) if glob.has_magic(pattern) else [Path(pattern)]
@@ -106,6 +105,14 @@ class TrainConfig(BaseModel):
     seed: int = 0
     resume: str | None = Field(None, description="last.safetensors of an earlier run to continue from")
     init: str | None = Field(None, description="start from these weights (a checkpoint), not from scratch")
+    base_dir: str | None = Field(
+        None, description="the folder relative paths (sources, out_dir, resume, init) resolve against; "
+        "load_train_config sets it to the YAML file's folder, else the working directory",
+    )
+
+    @property
+    def root(self) -> Path:
+        return Path(self.base_dir) if self.base_dir else Path.cwd()
 
     @field_validator("chip", "val_chip")
     @classmethod
@@ -128,12 +135,23 @@ class TrainConfig(BaseModel):
         return self
 
 
+PATH_KEYS = ("out_dir", "resume", "init")
+
+
 def load_train_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
-    """YAML file then overrides (None-valued overrides are ignored); raises ConfigError naming the bad key."""
+    """YAML file then overrides (None-valued overrides are ignored); raises ConfigError naming the bad key.
+
+    Relative paths in the file resolve against the file's folder (`base_dir`); path overrides (command-line
+    flags) against the working directory.
+    """
     data: dict[str, Any] = {}
     source = "overrides"
     if path is not None:
         data, source = read_yaml_mapping(Path(path), "training config"), str(path)
+        data.setdefault("base_dir", str(Path(path).resolve().parent))
+    for key in PATH_KEYS:
+        if isinstance(overrides.get(key), str | Path):
+            overrides[key] = str(Path(overrides[key]).resolve())
     data.update({k: v for k, v in overrides.items() if v is not None})
     return build_config(
         TrainConfig, data, source, lambda key: SourceConfig.model_fields if "sources" in key else TrainConfig.model_fields

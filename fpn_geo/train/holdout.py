@@ -18,16 +18,17 @@ import shapely
 
 from fpn_geo.errors import ConfigError, FpnGeoError
 from fpn_geo.truth import read_labels
-from fpn_geo.train.config import REPO, TrainConfig, load_train_config
+from fpn_geo.train.config import TrainConfig, load_train_config
 from fpn_geo.train.samplers import fraction_block
 
 
-def export_holdout(cfg: TrainConfig, source: str, out_dir: str | Path, root: Path = REPO) -> tuple[Path, Path]:
+def export_holdout(cfg: TrainConfig, source: str, out_dir: str | Path, root: Path | None = None) -> tuple[Path, Path]:
     """Write ``SOURCE_holdout.tif`` (scene pixels of the block) and ``SOURCE_holdout_labels.gpkg``; returns both paths.
 
     The block is ``val_block``'s fractions of the scene's own pixel grid, rounded outwards: the training cache
     blanks the same fractions (plus a margin) on every model grid, so no training chip sees these pixels.
     """
+    root = cfg.root if root is None else root
     matches = [s for s in cfg.sources if s.name == source]
     if not matches or matches[0].val_block is None:
         have = [s.name for s in cfg.sources if s.val_block]

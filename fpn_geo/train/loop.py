@@ -26,7 +26,7 @@ from fpn_geo.errors import ConfigError
 from fpn_geo.device import resolve_device
 from fpn_geo.model import CLASSES_3, ModelMeta, build_model, load_checkpoint, save_checkpoint
 from fpn_geo.train.augment import Augment
-from fpn_geo.train.config import REPO, TrainConfig
+from fpn_geo.train.config import TrainConfig
 from fpn_geo.train.dataset import ChipDataset, Source, collate, load_source, normalization_stats
 from fpn_geo.train.history import append_row, plot_curve, truncate_after
 from fpn_geo.train.losses import CEDiceLoss
@@ -50,8 +50,9 @@ class TrainResult:
     chips_per_s: float
 
 
-def load_sources(cfg: TrainConfig, root: Path = REPO) -> list[Source]:
+def load_sources(cfg: TrainConfig, root: Path | None = None) -> list[Source]:
     """Every configured image (globs expanded) at the model GSD, with its labels burnt in."""
+    root = cfg.root if root is None else root
     sources = []
     for sc in cfg.sources:
         pairs = sc.pairs(root)
@@ -100,8 +101,9 @@ def _check_same_arch(meta: ModelMeta, cfg: TrainConfig, path: str) -> None:
         raise ConfigError(f"checkpoint {path} is {meta.architecture} bands {list(meta.bands)}; the config asks for {want[:4]}; match depth/bands/channels")
 
 
-def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None = None, root: Path = REPO) -> TrainResult:
+def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None = None, root: Path | None = None) -> TrainResult:
     """Train per ``cfg``; returns where the checkpoints are and the per-epoch history."""
+    root = cfg.root if root is None else root
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     device = torch.device(resolve_device(cfg.device))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fpn_geo.train.config import REPO, TrainConfig
+from fpn_geo.train.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,9 @@ class HeldOutBlock:
     truth: Path
 
 
-def export_blocks(cfg: TrainConfig, out_dir: str | Path, root: Path = REPO) -> list[HeldOutBlock]:
+def export_blocks(cfg: TrainConfig, out_dir: str | Path, root: Path | None = None) -> list[HeldOutBlock]:
     """Cut every source's ``val_block`` into ``out_dir`` (once; existing files are reused)."""
+    root = cfg.root if root is None else root
     from fpn_geo.train.holdout import export_holdout
 
     blocks = []
