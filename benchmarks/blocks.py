@@ -137,6 +137,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", nargs="+", default=["e2e", "post", "rss", "flow"], choices=["e2e", "post", "rss", "flow"])
     ap.add_argument("--side", type=int, default=8192, help="side of the 0.30 m scene")
+    ap.add_argument("--rss-sides", type=int, nargs="+", default=[2048, 8192], help="rss row: 7.5 cm scene sides")
     ap.add_argument("--repeat", type=int, default=2, help="e2e rows: pairs of (e2e, model-only) runs")
     ap.add_argument("--json")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -176,11 +177,13 @@ def main() -> None:
               f"{r['buildings']} buildings, {r['seconds']:.1f} s end to end", flush=True)
     if "rss" in args.rows:
         rss = {}
-        for side in (2048, 8192):
+        for side in args.rss_sides:
             rss[side] = measure({"kind": "e2e", "scene": str(scenes.build_tiff(side)), "checkpoint": str(MODEL)})
         results["rss"] = rss
-        print(f"peak RSS, bundled model, 7.5 cm: 2048² {rss[2048]['peak_rss_mb']:.0f} MB, 8192² {rss[8192]['peak_rss_mb']:.0f} MB, "
-              f"ratio {rss[8192]['peak_rss_mb'] / rss[2048]['peak_rss_mb']:.3f}", flush=True)
+        first = args.rss_sides[0]
+        print("peak RSS, bundled model, 7.5 cm: " + ", ".join(
+            f"{side}² {r['peak_rss_mb']:.0f} MB (x{r['peak_rss_mb'] / rss[first]['peak_rss_mb']:.3f})" for side, r in rss.items()),
+            flush=True)
     if "flow" in args.rows:
         flow = {w: measure({"kind": "flow", "scene": str(big), "source": str(coarse), "workers": w}) for w in (1, 2)}
         results["flow"] = flow
