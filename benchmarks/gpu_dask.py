@@ -61,10 +61,10 @@ def main() -> None:
     from distributed import Client
 
     from benchmarks import scenes
-    from tests.doubles import make_checkpoint
     from fpn_geo.config import load_config
     from fpn_geo.pipeline import SceneWriter, load_segmenter, plan_from_checkpoint, segment
     from fpn_geo.streaming import in_order
+    from tests.doubles import make_checkpoint
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fpn-geo-gpu-dask-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -25,24 +25,34 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed
 from prefect_dask import DaskTaskRunner
 
-from flows.server import temporary_server
 from flows.cluster import current_client, describe_workers, gpu_annotation, task_runner
 from flows.scenes import artifact_key, drop_own_outputs, list_scenes, output_paths, scene_name
+from flows.server import temporary_server
 from fpn_geo.config import SegmentConfig, load_config, output_parameters
 from fpn_geo.geopackage import is_up_to_date, merge_geopackages
 from fpn_geo.model.meta import read_verified_meta
 from fpn_geo.pipeline import (
-    BlockResult, RunSummary, SceneWriter, ScenePlan, default_probability_path, plan_from_checkpoint, scene_sha256,
+    BlockResult,
+    RunSummary,
+    ScenePlan,
+    SceneWriter,
+    default_probability_path,
+    plan_from_checkpoint,
+    scene_sha256,
 )
 from fpn_geo.provenance import utc_now
 from fpn_geo.signals import Terminated, terminate_as_interrupt

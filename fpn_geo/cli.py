@@ -11,7 +11,6 @@ from pathlib import Path
 
 from fpn_geo.errors import FpnGeoError
 
-
 SEGMENT_FLAGS = {
     "window": "--window", "overlap": "--overlap", "batch": "--batch", "device": "--device", "threshold": "--threshold",
     "min_area_m2": "--min-area", "simplify_m": "--simplify", "compile": "--compile", "probability": "--no-probability",
@@ -23,9 +22,9 @@ def check_segment_run(args: argparse.Namespace, cfg):
     checkpoint's metadata, the scene, its radiometry, the window against the scene, and scratch space.
     Returns the config with the window clamped to the scene."""
     from fpn_geo.config import clamp_window
+    from fpn_geo.georef import model_scale
     from fpn_geo.model.meta import meta_path, read_meta
     from fpn_geo.outputs import check_output_paths, check_scratch_space, sweep_output_folders
-    from fpn_geo.georef import model_scale
     from fpn_geo.pipeline import default_probability_path
     from fpn_geo.scene import open_scene
 
@@ -208,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fpn-geo: error: {type(e).__name__}: {_first_line(e)}; no output written", file=sys.stderr)
         return 1
     except Exception as e:
-        if not type(e).__module__.split(".")[0] in ("rasterio", "pyogrio", "sqlite3", "fiona", "shapely"):
+        if type(e).__module__.split(".")[0] not in ("rasterio", "pyogrio", "sqlite3", "fiona", "shapely"):
             raise  # our own bug: the traceback is what a report needs
         print(f"fpn-geo: error: {_first_line(e)}; no output written", file=sys.stderr)
         return 1

@@ -68,7 +68,7 @@ class SegmentConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _check_window(self) -> "SegmentConfig":
+    def _check_window(self) -> SegmentConfig:
         if self.window % 32:
             raise ValueError(f"window {self.window} must be a multiple of 32, e.g. {max(32, round(self.window / 32) * 32)}")
         if self.overlap >= self.window // 2:

@@ -10,8 +10,8 @@ import contextlib
 import json
 import sqlite3
 import xml.etree.ElementTree as ET
-from datetime import datetime, timezone
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 import geopandas as gpd
@@ -20,7 +20,6 @@ import pyogrio
 import pyogrio.errors
 
 from fpn_geo.errors import OutputError
-
 from fpn_geo.outputs import PendingOutput, atomic_output, check_output_paths, temp_path, verify_geopackage
 
 STYLE_QML = (Path(__file__).parent / "styles" / "buildings.qml").read_text()
@@ -118,7 +117,7 @@ class GeoPackageWriter:
     def abort(self) -> None:
         self.pending.discard()
 
-    def __enter__(self) -> "GeoPackageWriter":
+    def __enter__(self) -> GeoPackageWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

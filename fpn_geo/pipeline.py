@@ -39,8 +39,8 @@ from fpn_geo.hashing import sha256_file
 from fpn_geo.model.meta import ModelMeta, read_verified_meta
 from fpn_geo.outputs import PendingOutput, check_output_paths, scratch_space, sweep_output_folders, verify_raster
 from fpn_geo.probability import assemble_cog, encode_tile, write_probability_style, write_tile
-from fpn_geo.radiometry import IDENTITY, Radiometry, resolve_radiometry
 from fpn_geo.provenance import build_record, new_run_id, utc_now
+from fpn_geo.radiometry import IDENTITY, Radiometry, resolve_radiometry
 from fpn_geo.scene import SceneInfo, open_scene
 from fpn_geo.signals import interrupts_deferred
 from fpn_geo.streaming import in_order
@@ -51,8 +51,8 @@ from fpn_geo.vectorize import EdgeJoiner, Piece, split_at_edges, to_buildings, t
 if TYPE_CHECKING:
     import torch
 
-    from fpn_geo.predictor import Predictor
     from fpn_geo.instances import LabelFn
+    from fpn_geo.predictor import Predictor
 
 # torch is imported only where a model runs (load_segmenter, process_blocks): the flow side, which plans and
 # writes, starts about 4 s sooner without it.
@@ -72,8 +72,8 @@ class Segmenter:
 
 def load_segmenter(checkpoint: str | Path, device: str = "auto", compile: bool = False) -> Segmenter:
     from fpn_geo.device import resolve_device
-    from fpn_geo.predictor import SegmenterPredictor
     from fpn_geo.model.checkpoint import load_checkpoint
+    from fpn_geo.predictor import SegmenterPredictor
 
     model, meta = load_checkpoint(checkpoint)
     dev = resolve_device(device)

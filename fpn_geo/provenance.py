@@ -13,8 +13,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from fpn_geo import __version__
-from fpn_geo.model.meta import ModelMeta
 from fpn_geo.georef import is_local
+from fpn_geo.model.meta import ModelMeta
 from fpn_geo.scene import SceneInfo
 
 

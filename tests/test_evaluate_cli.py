@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
-from tests.doubles import KAMPALA_LABELS, KAMPALA_Z20
 from fpn_geo.cli import main
+from tests.doubles import KAMPALA_LABELS, KAMPALA_Z20
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "metric"
 

@@ -30,7 +30,7 @@ def copy_checkpoint(src, dst_dir):
     return dst
 
 
-def edited(good, tmp_path, change) -> "Path":  # noqa: F821
+def edited(good, tmp_path, change) -> Path:  # noqa: F821
     ckpt = copy_checkpoint(good, tmp_path / "ckpt")
     meta = ckpt.with_suffix(".json")
     text = meta.read_text()

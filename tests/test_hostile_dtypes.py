@@ -3,7 +3,6 @@ radiometry rule, or refused on one line that says how to map it. Never read sile
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import rasterio

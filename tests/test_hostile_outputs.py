@@ -14,8 +14,8 @@ import pyogrio
 import pytest
 import rasterio
 
-from fpn_geo.outputs import atomic_output, check_output_paths, sweep_stale_temps, temp_path, verify_raster
 from fpn_geo.errors import OutputError
+from fpn_geo.outputs import atomic_output, check_output_paths, sweep_stale_temps, temp_path, verify_raster
 from tests.hostile import assert_one_line_failure, digest, run_inprocess, temps
 
 ROOT = os.geteuid() == 0

@@ -18,8 +18,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
 SIDE = 16384
 # The default 4x4-window blocks (1792² px on the model's grid, labelled with 64 px of context: 1920²) fit under

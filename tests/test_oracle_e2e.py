@@ -15,8 +15,8 @@ import shapely
 from fpn_geo.config import load_config
 from fpn_geo.evaluate import building_f1
 from fpn_geo.hashing import sha256_file
-from fpn_geo.truth import read_labels
 from fpn_geo.pipeline import load_segmenter, segment
+from fpn_geo.truth import read_labels
 from tests.doubles import KAMPALA, KAMPALA_LABELS, KAMPALA_Z20, REPO, oracle_segmenter
 
 

@@ -125,8 +125,8 @@ def test_same_inputs_give_the_same_polygons_and_ids(small_scene, checkpoint, tmp
 def test_parallel_readers_give_the_same_batches_in_the_same_order():
     """Several reader threads (the GPU default) must hand the model exactly what one reader does."""
     from fpn_geo.inference import read_batches
-    from fpn_geo.timing import StageTimes
     from fpn_geo.tiling import make_grid
+    from fpn_geo.timing import StageTimes
 
     with rasterio.open(KAMPALA_Z20) as src:
         grid = make_grid(src.height, src.width, 256, 32)

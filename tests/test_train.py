@@ -14,10 +14,9 @@ import rasterio
 import torch
 import yaml
 
-from tests.doubles import DATA, KAMPALA_LABELS, KAMPALA_Z20, write_raster
 from fpn_geo.cli import main
-from fpn_geo.evaluate import areas_m2
 from fpn_geo.errors import CheckpointError, ConfigError, InputError
+from fpn_geo.evaluate import areas_m2
 from fpn_geo.model import load_checkpoint
 from fpn_geo.train import load_train_config, train
 from fpn_geo.train.augment import Augment, dihedral
@@ -25,6 +24,7 @@ from fpn_geo.train.dataset import IGNORE, crop, load_source
 from fpn_geo.train.history import read_rows
 from fpn_geo.train.losses import CEDiceLoss
 from fpn_geo.train.samplers import Block, ChipQuery, Extent, GridChipSampler, RandomChipSampler
+from tests.doubles import DATA, KAMPALA_LABELS, KAMPALA_Z20, write_raster
 
 
 @pytest.fixture(scope="module")

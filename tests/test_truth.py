@@ -6,7 +6,6 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-import shapely
 from rasterio.transform import from_origin
 from shapely.geometry import GeometryCollection, LineString, Polygon, box
 

@@ -4,18 +4,16 @@ reads every new set with its labels on the imagery, and never holds a held-out b
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
-import rasterio
 import torch
 
-from tests.doubles import DATA
 from fpn_geo.cli import main
 from fpn_geo.model import ModelMeta, build_model, load_checkpoint, save_checkpoint
 from fpn_geo.train import load_train_config
 from fpn_geo.train.samplers import fraction_block
+from tests.doubles import DATA
 
 CONFIG = DATA.parent / "configs" / "train_default.yaml"
 

@@ -66,7 +66,7 @@ class ModelMeta:
         return {"format": FORMAT, "architecture": self.architecture, **d}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelMeta":
+    def from_dict(cls, d: dict) -> ModelMeta:
         if not isinstance(d, dict):
             raise CheckpointError(f"checkpoint metadata must be a JSON object, got {type(d).__name__}")
         if "format" in d and d["format"] != FORMAT:

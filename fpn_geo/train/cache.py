@@ -74,8 +74,8 @@ def cache_source(
     from rasterio.enums import Resampling
 
     from fpn_geo.errors import ConfigError, InputError
-    from fpn_geo.truth import rasterize_instances, read_labels
     from fpn_geo.scene import open_scene
+    from fpn_geo.truth import rasterize_instances, read_labels
 
     if label_path.suffix.lower() in (".tif", ".tiff"):
         raise ConfigError(f"source {name!r}: the training cache needs vector labels, not the mask {label_path.name}")

@@ -35,7 +35,7 @@ class SourceConfig(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _check(self) -> "SourceConfig":
+    def _check(self) -> SourceConfig:
         if (self.labels is None) == (self.mask is None):
             raise ValueError(f"source {self.name!r} needs exactly one of 'labels' (vector file) or 'mask' (raster)")
         if self.val_block is not None:
@@ -115,7 +115,7 @@ class TrainConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> TrainConfig:
         if self.val_overlap >= self.val_chip // 2:
             raise ValueError(f"val_overlap {self.val_overlap} must be less than half of val_chip ({self.val_chip // 2})")
         if self.fpn_channels % 32 or self.head_channels % 32:

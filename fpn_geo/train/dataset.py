@@ -20,10 +20,18 @@ from pyproj import CRS
 from rasterio.enums import Resampling
 
 from fpn_geo.errors import InputError
-from fpn_geo.truth import BUILDING, CONTACT, contact_from_instances, read_label_mask, read_labels, rasterize_instances, separator_target
 from fpn_geo.georef import model_scale, pixel_size_m, scaled_shape
 from fpn_geo.scene import open_scene
 from fpn_geo.train.samplers import Block, ChipQuery, fraction_block
+from fpn_geo.truth import (
+    BUILDING,
+    CONTACT,
+    contact_from_instances,
+    rasterize_instances,
+    read_label_mask,
+    read_labels,
+    separator_target,
+)
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import rasterio.windows
 import shapely
 
 from fpn_geo.errors import ConfigError, FpnGeoError
-from fpn_geo.truth import read_labels
 from fpn_geo.train.config import REPO, TrainConfig, load_train_config
 from fpn_geo.train.samplers import fraction_block
+from fpn_geo.truth import read_labels
 
 
 def export_holdout(cfg: TrainConfig, source: str, out_dir: str | Path, root: Path = REPO) -> tuple[Path, Path]:

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import yaml
 
-from fpn_geo.errors import ConfigError
 from fpn_geo.device import resolve_device
+from fpn_geo.errors import ConfigError
 from fpn_geo.model import CLASSES_3, ModelMeta, build_model, load_checkpoint, save_checkpoint
 from fpn_geo.train.augment import Augment
 from fpn_geo.train.config import REPO, TrainConfig

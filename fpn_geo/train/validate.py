@@ -47,8 +47,8 @@ def segmenter_from_model(model: Any, meta: Any, device: str = "cpu") -> Any:
     The ONE place that builds the pipeline's segmenter from a model rather than a checkpoint file: adapt it
     here if the pipeline's ``Segmenter`` changes. ``pipeline.load_segmenter(checkpoint)`` does the same from a file.
     """
-    from fpn_geo.predictor import SegmenterPredictor
     from fpn_geo.pipeline import Segmenter
+    from fpn_geo.predictor import SegmenterPredictor
 
     predictor = SegmenterPredictor(model, meta, device)
     return Segmenter(predictor, meta, None, str(predictor.device))
