@@ -26,9 +26,10 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
-from prefect import flow, get_run_logger, task
+from prefect import State, flow, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -115,7 +116,8 @@ class Progress:
     def __init__(self, key: str, total: int, logger) -> None:
         self.total, self.done, self.logger = total, 0, logger
         self.last_update, self.last_tenth = 0.0, 0
-        self.id = create_progress_artifact(progress=0.0, key=key, description=f"blocks done of {total}")
+        # sync_compatible: called from a sync flow it returns the UUID, not a coroutine
+        self.id = cast(UUID, create_progress_artifact(progress=0.0, key=key, description=f"blocks done of {total}"))
 
     def add(self, n: int) -> None:
         self.done += n
@@ -149,7 +151,9 @@ def _summary_markdown(name: str, summary: RunSummary, tasks: int, workers: int, 
     return "\n".join(md)
 
 
-@flow(name="segment-scene", task_runner=task_runner(), log_prints=True)
+# `type: ignore[arg-type]` on task_runner=: prefect types a TaskRunner by its future class, invariantly, so its
+# stubs refuse prefect_dask's DaskTaskRunner (futures: PrefectDaskFuture) although prefect accepts it.
+@flow(name="segment-scene", task_runner=task_runner(), log_prints=True)  # type: ignore[arg-type]
 def segment_scene(
     scene: str,
     checkpoint: str,
@@ -211,7 +215,7 @@ def segment_scene(
     }
 
 
-@flow(name="segment-scenes", task_runner=task_runner(), log_prints=True)
+@flow(name="segment-scenes", task_runner=task_runner(), log_prints=True)  # type: ignore[arg-type]
 def segment_scenes(
     scenes: str | list[str],
     checkpoint: str,
@@ -224,7 +228,7 @@ def segment_scenes(
     max_in_flight: int | None = None,
     quicklook: bool = True,
     blocks_per_task: int = 2,
-):
+) -> State[Any]:
     """Many scenes, one GeoPackage each (out_dir/<stem>.gpkg), each as its own `segment-scene` flow run.
 
     scenes: a folder, a glob, a manifest (.txt/.csv: one path per line) or a list of paths.
@@ -247,7 +251,7 @@ def segment_scenes(
     address = current_client().scheduler.address
     logger.info("%d scenes from %s; Dask scheduler %s", len(paths), scenes, address)
     processed, skipped, failed = [], [], {}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for path in paths:
         out, name = outs[path], scene_name(path)
         also = [default_probability_path(out)] if cfg.probability == "cog" else []
@@ -256,7 +260,10 @@ def segment_scenes(
             skipped.append(path)
             rows.append({"scene": name, "status": "skipped", "buildings": "", "seconds": "", "output": str(out)})
             continue
-        child = segment_scene.with_options(task_runner=DaskTaskRunner(address=address), flow_run_name=f"segment-scene-{name}")
+        child = segment_scene.with_options(
+            task_runner=DaskTaskRunner(address=address),  # type: ignore[arg-type]
+            flow_run_name=f"segment-scene-{name}",
+        )
         state = child(
             scene=path, checkpoint=checkpoint, out=str(out), config=config, overrides=overrides,
             max_in_flight=max_in_flight, quicklook=quicklook, blocks_per_task=blocks_per_task, return_state=True,
@@ -313,13 +320,14 @@ def main(argv: list[str] | None = None) -> int:
                   blocks_per_task=args.blocks_per_task)
     runner = task_runner(args.dask_address, args.dask_workers)
     terminate_as_interrupt()  # SIGTERM (timeout, docker stop) unwinds like Ctrl-C: clusters and servers stop
+    state: State[Any]
     try:
         with temporary_server():
             if args.command == "scene":
-                state = segment_scene.with_options(task_runner=runner)(
+                state = segment_scene.with_options(task_runner=runner)(  # type: ignore[arg-type]
                     scene=args.scene, checkpoint=args.checkpoint, out=args.out, return_state=True, **common)
             else:
-                state = segment_scenes.with_options(task_runner=runner)(
+                state = segment_scenes.with_options(task_runner=runner)(  # type: ignore[arg-type]
                     scenes=args.scenes, checkpoint=args.checkpoint, out_dir=args.out_dir, merged=args.merged,
                     force=args.force, return_state=True, **common)
     except KeyboardInterrupt as e:

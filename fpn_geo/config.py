@@ -171,7 +171,8 @@ def build_config(
     try:
         return model(**data)
     except ValidationError as e:
-        parts, unknown = [], []
+        parts: list[str] = []
+        unknown: list[str] = []
         for err in e.errors():
             loc = [str(x) for x in err["loc"]]
             key = ".".join(loc) or "config"

@@ -94,7 +94,7 @@ class GeoPackageWriter:
         """
         with write_errors(self.final):
             self._finish(provenance)
-        self.pending.verify(self.tmp)
+        verify_geopackage(self.tmp)
         self.finished = True
 
     def commit(self, provenance: dict | None = None) -> Path:

@@ -92,6 +92,7 @@ def predict_windows(
     for group, data in read_batches(path, windows, bands, model_size, scale, batch, times, readers, grid_hw, radiometry):
         by_window: dict[GridWindow, np.ndarray | torch.Tensor] = {}
         if data:
+            masks: list[torch.Tensor] | list[np.ndarray]
             with times.time("model"):
                 probs = predictor(np.stack([d.image for d in data]), [d.window for d in data])
                 if device.type == "cuda":

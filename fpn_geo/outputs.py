@@ -208,11 +208,11 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def check_output_paths(
-    inputs: dict[str, str | Path], outputs: dict[str, str | Path | None], kinds: dict[str, str] | None = None
+    inputs: dict[str, str | Path | None], outputs: dict[str, str | Path | None], kinds: dict[str, str] | None = None
 ) -> None:
     """Refuse, before any work, outputs that would destroy an input, each other, or something that is not a file.
 
-    inputs and outputs map a name for messages (a flag such as "--out") to a path; None outputs are skipped.
+    inputs and outputs map a name for messages (a flag such as "--out") to a path; None paths are skipped.
     kinds maps an output name to what it is ("gpkg", "tif"), so a GeoPackage aimed at a `.shp` name is refused.
     Each output must be a new path or an existing regular file, in a folder that exists (or can be made) and
     can be written. Raises OutputError naming the flag.

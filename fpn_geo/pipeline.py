@@ -204,7 +204,7 @@ class HaloCache:
     def take(self, window: GridWindow, block: Block):
         return self.crops.pop((window.row, window.col, block.row, block.col), KeyError)
 
-    def keep(self, window: GridWindow, probs: torch.Tensor | None, block: Block) -> None:
+    def keep(self, window: GridWindow, probs: np.ndarray | torch.Tensor | None, block: Block) -> None:
         from fpn_geo.blend import crop
 
         for other in self.layout.blocks_of(window):
@@ -274,7 +274,8 @@ def finish_block(plan: ScenePlan, block: Block, probs: np.ndarray, labeler: Labe
     inside = (slice(block.y0 - area.y0, block.y1 - area.y0), slice(block.x0 - area.x0, block.x1 - area.x0))
     with times.time("label"):
         labels = labeler(probs[0], probs[1] if plan.channels > 1 else None, cfg.threshold)[inside]
-    probs = probs[(slice(None), *inside)]
+    index = (slice(None), *inside)
+    probs = probs[index]
     with times.time("trace"):
         pieces = trace_pieces(labels, probs[0], block, plan.grid_hw)
     del labels
@@ -412,6 +413,7 @@ class SceneWriter:
             with self.times.time("write"):
                 self.writer.append(r.buildings.to_frame(self.plan.scene.crs))
                 if r.tile is not None:
+                    assert self.scratch is not None  # tiles come only with probability: cog, which makes it
                     self.tiles.append((r.block, write_tile(r.tile, self.scratch, r.block)))
         with self.times.time("join"):
             done = self.joiner.add_row([p for r in row for p in r.edges], row[0].block.y1)
@@ -433,11 +435,11 @@ class SceneWriter:
             if cfg.probability == "cog":
                 native = plan.scene.georef() if cfg.probability_grid == "native" and plan.scale != 1.0 else None
                 target = native or plan.georef
-                prob = PendingOutput(self.prob_final, functools.partial(
-                    verify_raster, width=target.width, height=target.height, count=plan.channels))
+                verify = functools.partial(verify_raster, width=target.width, height=target.height, count=plan.channels)
+                prob = PendingOutput(self.prob_final, verify)
                 with self.times.time("cog"), write_errors(self.prob_final):
                     assemble_cog(self.tiles, plan.georef, plan.channels, prob.tmp, native)
-                prob.verify(prob.tmp)  # GDAL may only warn when the disk fills up: read it back
+                verify(prob.tmp)  # GDAL may only warn when the disk fills up: read it back
             with self.times.time("hash"):
                 scene_sha = input_sha256 or scene_sha256(plan.scene.path)
             seconds = time.perf_counter() - t0

@@ -60,7 +60,7 @@ def build_record(
     started: str,
     finished: str,
     scene: SceneInfo,
-    scene_sha256: str,
+    scene_sha256: str | None,
     checkpoint_path: str | None,
     meta: ModelMeta | None,
     parameters: dict,

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from numbers import Real
 from pathlib import Path
+from typing import Any
 
 from fpn_geo.errors import CheckpointError
 from fpn_geo.hashing import sha256_file
@@ -79,7 +80,7 @@ class ModelMeta:
         unknown = set(d) - names - {"format", "architecture"}
         if unknown:
             raise CheckpointError(f"unknown metadata keys {sorted(unknown)}; expected some of {sorted(names)}")
-        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}
+        kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}
         try:
             return cls(**kw)
         except (TypeError, ValueError, OverflowError) as e:

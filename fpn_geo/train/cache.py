@@ -21,6 +21,7 @@ import logging
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -100,7 +101,8 @@ def cache_source(
     keep = valid.copy()
     if val_block:
         b = fraction_block(val_block, sh, sw, math.ceil(cfg.holdout_margin_m / store_gsd))
-        image[(slice(None), *b.slices)] = 0  # the held-out pixels never enter the cache
+        held_out = (slice(None), *b.slices)
+        image[held_out] = 0  # the held-out pixels never enter the cache
         keep[b.slices] = False
     arrays = {"jpeg": encode_jpeg(image)}
     for k, g in enumerate(gsds):
@@ -123,7 +125,8 @@ def cache_source(
 
 def prepare_cache(cfg: TrainConfig, out: str | Path, root: Path = REPO) -> Path:
     """Decode every source of ``cfg`` once and write the cache to ``out``; returns the path."""
-    records, arrays = [], {}
+    records: list[dict[str, Any]] = []
+    arrays: dict[str, np.ndarray] = {}
     mean_acc: dict[str, list] = {}
     for sc in cfg.sources:
         pairs = sc.pairs(root)
@@ -154,7 +157,8 @@ def prepare_cache(cfg: TrainConfig, out: str | Path, root: Path = REPO) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez_compressed(tmp, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    # numpy's stub lets **arrays reach allow_pickle: bool; every key here is a source's array name
+    np.savez_compressed(tmp, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)  # type: ignore[arg-type]
     tmp.replace(out)
     return out
 

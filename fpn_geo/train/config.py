@@ -54,6 +54,7 @@ class SourceConfig(BaseModel):
         if not images or not images[0].exists():
             raise ConfigError(f"source {self.name!r}: no image matches {self.image!r}; check the path (relative to {root})")
         kind, template = ("labels", self.labels) if self.labels is not None else ("mask", self.mask)
+        assert template is not None  # _check: exactly one of labels and mask
         out = []
         for img in images:
             lab = template.format(stem=img.stem)

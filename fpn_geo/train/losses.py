@@ -27,6 +27,8 @@ def soft_dice(logits: torch.Tensor, target: torch.Tensor, classes: tuple[int, ..
 class CEDiceLoss(nn.Module):
     """``CE(weights) + dice_weight * Dice(foreground classes)``; returns the total and its parts for logging."""
 
+    weight: torch.Tensor  # a buffer: it moves with .to(device)
+
     def __init__(self, class_weights: tuple[float, ...], dice_weight: float = 1.0, ignore: int = IGNORE) -> None:
         super().__init__()
         self.register_buffer("weight", torch.tensor(class_weights, dtype=torch.float32))

@@ -112,7 +112,9 @@ class RandomChipSampler:
         return rows, cols, ok_r, ok_c
 
     def _draw(self, i: int) -> tuple[int, int]:
-        rows, cols, ok_r, ok_c = self._positions[i]
+        positions = self._positions[i]
+        assert positions is not None  # _usable holds only the extents that have free positions
+        rows, cols, ok_r, ok_c = positions
         # a chip is clear if it is clear in rows OR in columns; pick which, weighted by how many corners each offers
         n_r, n_c = ok_r.sum() * len(cols), ok_c.sum() * len(rows)
         if self.rng.random() < n_r / (n_r + n_c):
