@@ -42,6 +42,8 @@ CACHE = Path(os.environ.get("FPN_GEO_BENCH_DIR", "/tmp/fpn-geo-bench"))
 
 @dataclass(frozen=True)
 class Scene:
+    """A benchmark scene on disk and its size in pixels."""
+
     name: str
     path: Path
     width: int

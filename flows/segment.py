@@ -96,6 +96,7 @@ def use_worker_threads() -> None:
 
 @task(name="quicklook", cache_policy=NO_CACHE)
 def quicklook_task(scene: str, gpkg: str, png: str, bands: tuple[int, ...], title: str) -> str:
+    """Render the scene's quicklook PNG with its buildings drawn on; returns the PNG path."""
     from fpn_geo.quicklook import render_quicklook
 
     return str(render_quicklook(scene, gpkg, png, bands, title=title))
@@ -293,6 +294,7 @@ def segment_scenes(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.segment scene|scenes ...``: run a flow once here, without a deployment; the exit code."""
     p = argparse.ArgumentParser(prog="python -m flows.segment", description="Run the fpn-geo flows once, here.")
     p.add_argument("--dask-address", help="tcp://HOST:8786 of a running scheduler (default: FPN_GEO_DASK_ADDRESS, else a local cluster)")
     p.add_argument("--dask-workers", type=int, help="workers of the local cluster")

@@ -34,6 +34,7 @@ def load_config_task(config: str, overrides: dict[str, Any]) -> TrainConfig:
 
 @task(name="train", cache_policy=NO_CACHE)
 def train_task(cfg: TrainConfig) -> dict[str, Any]:
+    """Run ``fpn_geo.train.train`` with each epoch logged to the flow run; a JSON-ready summary."""
     logger = get_run_logger()
 
     def on_epoch(row: dict[str, Any]) -> None:
@@ -53,6 +54,7 @@ def train_task(cfg: TrainConfig) -> dict[str, Any]:
 
 @task(name="report-training", cache_policy=NO_CACHE)
 def report_training(summary: dict[str, Any]) -> None:
+    """Publish the per-epoch history and the outcome as Prefect artifacts."""
     rows = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in summary["history"]]
     create_table_artifact(key="train-segmenter-history", table=rows, description="per-epoch training loss and held-out scores")
     create_markdown_artifact(
@@ -77,11 +79,13 @@ def train_segmenter(
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(pred: str, truth: str, raster: str | None, iou: float, min_area_m2: float) -> dict[str, Any]:
+    """``fpn_geo.evaluate.evaluate`` as a task: predicted buildings scored against the truth."""
     return evaluate(pred, truth, raster, iou=iou, min_area_m2=min_area_m2)
 
 
 @task(name="write-report", cache_policy=NO_CACHE)
 def write_report(report: dict[str, Any], out: str) -> str:
+    """Write the evaluation report as JSON, atomically; returns its path."""
     return str(write_json_atomic(out, report))
 
 
@@ -103,6 +107,7 @@ def evaluate_buildings(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.train train|evaluate ...``: run a flow once here; the exit code."""
     p = argparse.ArgumentParser(prog="python -m flows.train")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train")

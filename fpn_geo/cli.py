@@ -135,6 +135,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``fpn-geo`` argument parser: one subcommand per task."""
     p = argparse.ArgumentParser(prog="fpn-geo", description="Find buildings in GeoTIFFs.")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
@@ -190,6 +191,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``fpn-geo`` entry point: an exit code, with errors on one line instead of a traceback."""
     from fpn_geo.signals import Terminated, terminate_as_interrupt
 
     terminate_as_interrupt()  # `timeout`, `docker stop`, Prefect cancellation: cleaned up like Ctrl-C

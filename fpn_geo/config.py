@@ -136,6 +136,7 @@ def parse_yaml(text: str | bytes, source: str) -> Any:
 
 
 def read_yaml_mapping(path: Path, what: str = "config") -> dict[str, Any]:
+    """A YAML file's top-level mapping, or ConfigError for a file that is unreadable, too big or not a mapping."""
     path = Path(path)
     try:
         size = path.stat().st_size

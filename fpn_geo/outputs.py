@@ -120,6 +120,7 @@ def atomic_output(final: str | Path, verify: Verifier | None = None) -> Iterator
 
 
 def write_text_atomic(final: str | Path, text: str, verify: Verifier | None = None) -> Path:
+    """Write ``text`` to ``final`` through a temporary file, verified and renamed into place."""
     with atomic_output(final, verify) as tmp:
         with open(tmp, "w") as f:
             f.write(text)
@@ -136,6 +137,7 @@ def write_json_atomic(final: str | Path, data: Any, indent: int | None = 2) -> P
 
 
 def verify_json(path: Path) -> None:
+    """Read ``path`` back as JSON; OutputError if it does not parse (a full disk truncates silently)."""
     try:
         json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:

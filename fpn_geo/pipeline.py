@@ -71,6 +71,7 @@ class Segmenter:
 
 
 def load_segmenter(checkpoint: str | Path, device: str = "auto", compile: bool = False) -> Segmenter:
+    """The checkpoint's model as a ``Segmenter`` on ``device`` (auto: CUDA when there is one)."""
     from fpn_geo.device import resolve_device
     from fpn_geo.model.checkpoint import load_checkpoint
     from fpn_geo.predictor import SegmenterPredictor
@@ -179,6 +180,7 @@ class BlockResult:
 
 
 def choose_labeler(channels: int, cfg: SegmentConfig) -> LabelFn:
+    """Instance labelling with the separating channel when the model has one and it is wanted, else blobs."""
     from fpn_geo.instances import label_components, label_instances
 
     return label_instances if channels > 1 and cfg.separate_touching else label_components
@@ -321,6 +323,8 @@ def process_blocks(
 
 @dataclass
 class RunSummary:
+    """What a finished scene reports: outputs, counts, time and per-stage seconds."""
+
     run_id: str
     out: Path
     probability: Path | None
@@ -345,6 +349,7 @@ class RunSummary:
 
 
 def default_probability_path(out: Path) -> Path:
+    """Where the probability COG goes by default: NAME.probability.tif beside NAME.gpkg."""
     return out.with_name(out.stem + ".probability.tif")
 
 

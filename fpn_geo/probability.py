@@ -85,6 +85,7 @@ def assemble_cog(
 
 
 def write_tile(data: bytes, folder: Path, block: Block) -> Path:
+    """Save a block's encoded probability tile into ``folder``; returns its path."""
     path = folder / f"block_{block.row}_{block.col}.tif"
     path.write_bytes(data)
     return path

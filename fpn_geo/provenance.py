@@ -19,10 +19,12 @@ from fpn_geo.scene import SceneInfo
 
 
 def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def new_run_id() -> str:
+    """A fresh random run id (32 hex digits)."""
     return uuid.uuid4().hex
 
 
@@ -46,6 +48,7 @@ def torch_version() -> str | None:
 
 
 def device_description(device: str) -> str:
+    """The device a run used, for the record: the GPU's name, or the CPU and its core count."""
     if device.startswith("cuda"):
         import torch
 
@@ -67,6 +70,7 @@ def build_record(
     device: str,
     results: dict,
 ) -> dict:
+    """The provenance record of one run: inputs and their hashes, model, parameters, device and results."""
     return {
         "run_id": run_id,
         "started_utc": started,

@@ -179,6 +179,7 @@ class BlockLayout:
 
 
 def make_blocks(grid: Grid, size: int = 4) -> BlockLayout:
+    """Group the grid's windows into blocks of ``size`` x ``size`` windows (ConfigError if size < 1)."""
     if size <= 0:
         raise ConfigError(f"block size {size} must be a positive number of windows, e.g. 8")
     return BlockLayout(grid, size, math.ceil(grid.rows / size), math.ceil(grid.cols / size))

@@ -1,3 +1,5 @@
+"""The `fpn-geo` command line: `info` on scenes and checkpoints, and `segment`'s one-line summary."""
+
 import json
 import re
 

@@ -1,3 +1,5 @@
+"""Window grids and blocks: full coverage, order, refused sizes, and which windows reach each block."""
+
 import numpy as np
 import pytest
 

@@ -19,6 +19,7 @@ __all__ = ["build_model", "load_checkpoint", "save_checkpoint"]
 
 
 def build_model(meta: ModelMeta) -> BuildingSegmenter:
+    """A randomly initialised segmenter of the architecture ``meta`` describes."""
     return BuildingSegmenter(
         depth=meta.depth,
         in_channels=len(meta.bands),

@@ -152,10 +152,12 @@ def validate_meta(m: ModelMeta) -> None:
 
 
 def meta_path(weights: str | Path) -> Path:
+    """The metadata file of a weights file: NAME.json beside NAME.safetensors."""
     return Path(weights).with_suffix(".json")
 
 
 def read_meta(path: str | Path) -> ModelMeta:
+    """A checkpoint's metadata, read and checked; CheckpointError if it is missing or malformed."""
     mp = meta_path(path)
     if not mp.is_file():
         raise CheckpointError(f"checkpoint metadata {mp} is missing; a checkpoint is NAME.safetensors + NAME.json")

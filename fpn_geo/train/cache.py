@@ -59,6 +59,7 @@ def _nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
+    """An (C, H, W) uint8 image as JPEG bytes (a uint8 array), via torchvision."""
     import torch
     from torchvision.io import encode_jpeg
 
@@ -164,6 +165,7 @@ def prepare_cache(cfg: TrainConfig, out: str | Path, root: Path = REPO) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fpn_geo.train.cache``: build a training cache from a config; the exit code."""
     from fpn_geo.errors import FpnGeoError
     from fpn_geo.train.config import load_train_config
 

@@ -39,8 +39,8 @@ class SourceConfig(BaseModel):
         if (self.labels is None) == (self.mask is None):
             raise ValueError(f"source {self.name!r} needs exactly one of 'labels' (vector file) or 'mask' (raster)")
         if self.val_block is not None:
-            l, t, r, b = self.val_block
-            if not (0 <= l < r <= 1 and 0 <= t < b <= 1):
+            left, top, right, bottom = self.val_block
+            if not (0 <= left < right <= 1 and 0 <= top < bottom <= 1):
                 raise ValueError(
                     f"source {self.name!r}: val_block {list(self.val_block)} must be fractions "
                     "0 <= left < right <= 1 and 0 <= top < bottom <= 1, e.g. [0.6667, 0, 1, 1]"

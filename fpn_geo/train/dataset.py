@@ -185,4 +185,5 @@ class ChipDataset(torch.utils.data.Dataset):
 
 
 def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack a list of sample dicts into one batch dict."""
     return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}

@@ -86,6 +86,7 @@ def sources_on_device(meta: dict, arrays: dict[str, np.ndarray], gsd: float, dev
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A separable Gaussian blur of (N, C, H, W) ``x``, each channel on its own."""
     r = max(1, math.ceil(2 * sigma))
     k = torch.exp(-0.5 * (torch.arange(-r, r + 1, device=x.device, dtype=x.dtype) / sigma) ** 2)
     k = k / k.sum()
@@ -287,6 +288,7 @@ def train_one(cache_meta: dict, arrays: dict, gsd: float, seconds: float, device
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fpn_geo.train.gpu``: train on a cache; the exit code."""
     p = argparse.ArgumentParser(prog="python -m fpn_geo.train.gpu", description=__doc__.splitlines()[0])
     p.add_argument("--cache", required=True)
     p.add_argument("--out-dir", required=True, help="checkpoint parts, SHA256SUMS and train_gpu.json go here")

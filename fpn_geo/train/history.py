@@ -14,6 +14,7 @@ COLUMNS = (
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append one epoch's metrics to the CSV, writing the header first when the file is new."""
     new = not path.exists()
     with path.open("a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
@@ -23,6 +24,7 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
 
 
 def read_rows(path: Path) -> list[dict[str, float]]:
+    """The CSV's rows as numbers (empty cells left out); [] when there is no file yet."""
     if not path.exists():
         return []
     with path.open() as f:

@@ -62,6 +62,7 @@ def export_holdout(cfg: TrainConfig, source: str, out_dir: str | Path, root: Pat
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fpn_geo.train.holdout``: export one source's held-out block; the exit code."""
     p = argparse.ArgumentParser(prog="python -m fpn_geo.train.holdout", description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True)
     p.add_argument("--source", required=True)

@@ -49,10 +49,10 @@ def fraction_block(fractions: tuple[float, float, float, float], height: int, wi
     """
     import math
 
-    l, t, r, b = fractions
+    left, top, right, bottom = fractions
     return Block(
-        max(0, math.floor(t * height) - margin), max(0, math.floor(l * width) - margin),
-        min(height, math.ceil(b * height) + margin), min(width, math.ceil(r * width) + margin),
+        max(0, math.floor(top * height) - margin), max(0, math.floor(left * width) - margin),
+        min(height, math.ceil(bottom * height) + margin), min(width, math.ceil(right * width) + margin),
     )
 
 
