@@ -160,10 +160,14 @@ def main() -> None:
                   f"{e2e['buildings']} buildings) / model-only {only['seconds']:.1f} s = {e2e['seconds'] / only['seconds']:.3f}; "
                   f"/ read+model {only['read_and_model']:.1f} s = {e2e['seconds'] / only['read_and_model']:.3f}  [{stages}]", flush=True)
     if "post" in args.rows:
-        r = measure({"kind": "e2e", "scene": str(big), "source": str(coarse), "oracle": True, "cfg": {"post_threads": 1}})
+        r = measure(
+            {"kind": "e2e", "scene": str(big), "source": str(coarse), "oracle": True, "cfg": {"post_threads": 1}}
+        )
         results["post"] = r
         mpx = args.side * args.side / 1e6
-        per = ", ".join(f"{k} {mpx / v:.0f}" for k, v in r["times"].items() if k not in ("model", "read", "hash") and v > 0)
+        per = ", ".join(
+            f"{k} {mpx / v:.0f}" for k, v in r["times"].items() if k not in ("model", "read", "hash") and v > 0
+        )
         print(f"post-processing, oracle, {args.side}² at 0.30 m, 1 post thread, model-grid Mpx/s per stage: {per}; "
               f"{r['buildings']} buildings, {r['seconds']:.1f} s end to end", flush=True)
     if "rss" in args.rows:

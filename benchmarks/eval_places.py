@@ -33,7 +33,9 @@ def regularized(row: dict, block, rect_iou: float, min_area: float) -> dict:
     utm = bounds_utm(pred.crs, pred.total_bounds) if len(pred) else None
     reg = pred.copy()
     if len(pred):
-        reg = reg.set_geometry(gpd.GeoSeries(regularize(pred.geometry.to_crs(utm).values, rect_iou), crs=utm).to_crs(pred.crs).values)
+        reg = reg.set_geometry(
+            gpd.GeoSeries(regularize(pred.geometry.to_crs(utm).values, rect_iou), crs=utm).to_crs(pred.crs).values
+        )
     out = Path(row["gpkg"]).with_name(Path(row["gpkg"]).stem + "_reg.gpkg")
     reg.to_file(out, layer="buildings", driver="GPKG")
     rep = evaluate(out, block.truth, block.image, iou=0.5, min_area_m2=min_area)

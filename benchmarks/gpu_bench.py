@@ -95,7 +95,9 @@ def main() -> None:
         ckpt, label = Path(args.checkpoint), Path(args.checkpoint).name
     else:
         ckpt = make_checkpoint(work / "random.safetensors", args.depth, like=bundled)
-        label = "random weights, " + ("bundled architecture" if bundled.with_suffix(".json").is_file() else f"R{args.depth}")
+        label = "random weights, " + (
+            "bundled architecture" if bundled.with_suffix(".json").is_file() else f"R{args.depth}"
+        )
     emit(what="model", checkpoint=str(ckpt), label=label)
     emit(what="device", device=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__)
     if cuda:
@@ -124,7 +126,9 @@ def main() -> None:
     emit(what="scene", path=str(scene), side=args.scene_side, build_s=time.perf_counter() - t0)
     use_compile = "compiled" in results
     seg = load_segmenter(ckpt, device, compile=use_compile)
-    cfg = load_config(window=args.tile, overlap=64 if args.tile >= 256 else 32, batch=args.batch, device=device, compile=use_compile)
+    cfg = load_config(
+        window=args.tile, overlap=64 if args.tile >= 256 else 32, batch=args.batch, device=device, compile=use_compile
+    )
     if use_compile:  # compile outside the timed run: one batch on the pipeline's own predictor
         import numpy as np
 
@@ -132,14 +136,18 @@ def main() -> None:
     best = max(results.values())
     lines = []
     for probability in ("none", "cog"):
-        s = segment(str(scene), seg, work / f"out_{probability}.gpkg", cfg.model_copy(update={"probability": probability}))
+        s = segment(
+            str(scene), seg, work / f"out_{probability}.gpkg", cfg.model_copy(update={"probability": probability})
+        )
         tiles_per_s = s.windows / s.seconds
         emit(what="end-to-end", probability=probability, windows=s.windows, predicted=s.windows_predicted,
              buildings=s.buildings, seconds=s.seconds, mpx_per_s=s.mpx_per_s, tiles_per_s=tiles_per_s,
              share_of_model_only=tiles_per_s / best, stage_seconds=s.times, compiled=use_compile)
         stages = " ".join(f"{k} {v:.2f}" for k, v in s.times.items())
-        lines.append(f"end-to-end ({probability} COG) {tiles_per_s:.0f} tiles/s = {tiles_per_s / best:.3f} of model-only; "
-                     f"{s.seconds:.1f} s, {s.buildings} buildings; stage seconds (summed over threads) {stages}")
+        lines.append(
+            f"end-to-end ({probability} COG) {tiles_per_s:.0f} tiles/s = {tiles_per_s / best:.3f} of model-only; "
+            f"{s.seconds:.1f} s, {s.buildings} buildings; stage seconds (summed over threads) {stages}"
+        )
     print(f"\n{label}: model-only eager {results['eager']:.0f} tiles/s" + (f", compiled {results['compiled']:.0f} tiles/s" if use_compile else ""))
     print("\n".join(lines))
 

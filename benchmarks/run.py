@@ -43,7 +43,9 @@ STAGES = ("read", "model", "blend", "label", "trace", "polygons", "encode", "joi
 def _config(job: dict):
     from fpn_geo.config import load_config
 
-    return load_config(window=job.get("window", 512), overlap=job.get("overlap", 64), batch=job.get("batch"), device="cpu")
+    return load_config(
+        window=job.get("window", 512), overlap=job.get("overlap", 64), batch=job.get("batch"), device="cpu"
+    )
 
 
 def _oracle(scene_path: str):
@@ -72,7 +74,9 @@ def child_baseline(job: dict, out: Path) -> dict:
     else:
         predict, bands = baseline.torch_predictor(job["checkpoint"])
     cfg = _config(job)
-    return baseline.run_baseline(job["scene"], predict, bands, out / "baseline.gpkg", cfg.window, cfg.overlap, cfg.threshold, cfg.min_area_m2)
+    return baseline.run_baseline(
+        job["scene"], predict, bands, out / "baseline.gpkg", cfg.window, cfg.overlap, cfg.threshold, cfg.min_area_m2
+    )
 
 
 def child_model_only(job: dict, out: Path) -> dict:
@@ -162,7 +166,9 @@ def plan(args) -> list[tuple[str, str, dict]]:
         else:
             sc, label, mpx = scenes.MOSAIC, "mosaic 3072x2048", 3072 * 2048 / 1e6
         for pipe in ("ours", "model-only", "baseline"):
-            jobs.append((f"model ({name})", label, dict(pipeline=pipe, mode="model", scene=str(sc), checkpoint=ckpt, mpx=mpx)))
+            jobs.append(
+                (f"model ({name})", label, dict(pipeline=pipe, mode="model", scene=str(sc), checkpoint=ckpt, mpx=mpx))
+            )
     return jobs
 
 
@@ -178,7 +184,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small scenes only: < 3 minutes on 2 cores")
     ap.add_argument("--modes", nargs="+", default=["overhead", "model"], choices=["overhead", "model"])
     ap.add_argument("--sizes", nargs="+", type=int, help="overhead-mode scene sides (default 2048 8192 16384)")
-    ap.add_argument("--nodata", type=int, default=8192, help="side of the nodata-collar scene in overhead mode (0: none)")
+    ap.add_argument(
+        "--nodata", type=int, default=8192, help="side of the nodata-collar scene in overhead mode (0: none)"
+    )
     ap.add_argument("--random-depth", type=int, choices=[18, 34, 50, 101],
                     help="model mode: a random-weights ResNet-N FPN even when the default model exists (issue 2: 50)")
     ap.add_argument("--json", help="also write the raw results here")

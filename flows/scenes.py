@@ -28,7 +28,9 @@ def list_scenes(scenes: str | list[str]) -> list[str]:
     elif not is_local(scenes):
         found = [scenes]
     elif os.path.isdir(scenes):
-        found = [str(p) for p in Path(scenes).iterdir() if p.suffix.lower() in RASTER_SUFFIXES and not p.name.startswith(".")]
+        found = [
+            str(p) for p in Path(scenes).iterdir() if p.suffix.lower() in RASTER_SUFFIXES and not p.name.startswith(".")
+        ]
     elif os.path.isfile(scenes) and Path(scenes).suffix.lower() in MANIFEST_SUFFIXES:
         base = Path(scenes).parent
         found = []
@@ -41,7 +43,9 @@ def list_scenes(scenes: str | list[str]) -> list[str]:
     elif os.path.isfile(scenes):
         found = [scenes]
     else:
-        raise InputError(f"scenes {scenes!r} is not a folder, a manifest ({', '.join(MANIFEST_SUFFIXES)}), a glob or a file")
+        raise InputError(
+            f"scenes {scenes!r} is not a folder, a manifest ({', '.join(MANIFEST_SUFFIXES)}), a glob or a file"
+        )
     return sorted(dict.fromkeys(found))
 
 
@@ -83,7 +87,9 @@ def output_paths(paths: list[str], out_dir: str | Path) -> dict[str, Path]:
     for p in paths:
         name = scene_name(p)
         if name in seen:
-            raise InputError(f"scenes {seen[name]} and {p} would both write {name}.gpkg; rename one or run them separately")
+            raise InputError(
+                f"scenes {seen[name]} and {p} would both write {name}.gpkg; rename one or run them separately"
+            )
         seen[name] = p
         outs[p] = Path(out_dir) / f"{name}.gpkg"
     return outs

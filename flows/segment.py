@@ -243,7 +243,9 @@ def segment_scenes(
     cfg = load_config(config, **(overrides or {}))
     paths, ours = drop_own_outputs(list_scenes(scenes))
     if ours:
-        logger.info("not segmenting %d fpn-geo output raster(s) found among the scenes: %s", len(ours), ", ".join(ours[:5]))
+        logger.info(
+            "not segmenting %d fpn-geo output raster(s) found among the scenes: %s", len(ours), ", ".join(ours[:5])
+        )
     outs = output_paths(paths, out_dir)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     ckpt_sha = read_verified_meta(checkpoint).weights_sha256
@@ -282,7 +284,9 @@ def segment_scenes(
         parts = [(scene_name(p), outs[p]) for p in paths if p not in failed and outs[p].is_file()]
         merged_count = merge_geopackages(parts, merged, merged_crs)
         logger.info("merged %d buildings from %d scenes into %s", merged_count, len(parts), merged)
-    create_table_artifact(rows, key=artifact_key("segment-scenes"), description="fpn-geo segment-scenes: one row per scene")
+    create_table_artifact(
+        rows, key=artifact_key("segment-scenes"), description="fpn-geo segment-scenes: one row per scene"
+    )
     result = {
         "processed": processed, "skipped": skipped, "failed": failed,
         "outputs": {p: str(outs[p]) for p in paths if p not in failed}, "merged": merged, "merged_buildings": merged_count,

@@ -56,7 +56,9 @@ def train_task(cfg: TrainConfig) -> dict[str, Any]:
 def report_training(summary: dict[str, Any]) -> None:
     """Publish the per-epoch history and the outcome as Prefect artifacts."""
     rows = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in summary["history"]]
-    create_table_artifact(key="train-segmenter-history", table=rows, description="per-epoch training loss and held-out scores")
+    create_table_artifact(
+        key="train-segmenter-history", table=rows, description="per-epoch training loss and held-out scores"
+    )
     create_markdown_artifact(
         key="train-segmenter-summary",
         markdown=(

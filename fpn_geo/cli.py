@@ -173,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("pred", help="predicted buildings (GeoPackage or any vector file)")
     e.add_argument("--truth", required=True, help="truth building polygons (any vector file, any CRS)")
     e.add_argument("--out", help="write the JSON report here")
-    e.add_argument("--pred-layer", help="layer of PRED (default: the only one, else 'buildings', else the only polygon layer)")
+    e.add_argument(
+        "--pred-layer", help="layer of PRED (default: the only one, else 'buildings', else the only polygon layer)"
+    )
     e.add_argument("--truth-layer", help="layer of --truth (same default)")
     e.add_argument("--raster", help="a GeoTIFF whose grid is used for pixel IoU")
     e.add_argument("--iou", type=float, default=0.5, help="match threshold (SpaceNet: 0.5)")

@@ -108,7 +108,9 @@ class GeoPackageWriter:
     def _finish(self, provenance: dict) -> None:
         if not self.tmp.exists():
             self.append(gpd.GeoDataFrame({"score": [], "area_m2": []}, geometry=[], crs=self.crs))
-        row = {k: (json.dumps(v, default=str) if isinstance(v, (dict, list, tuple)) else v) for k, v in provenance.items()}
+        row = {
+            k: (json.dumps(v, default=str) if isinstance(v, (dict, list, tuple)) else v) for k, v in provenance.items()
+        }
         pyogrio.write_dataframe(pd.DataFrame([row]), self.tmp, layer=PROVENANCE, driver="GPKG")
         with contextlib.closing(sqlite3.connect(self.tmp)) as db, db:
             register_metadata(db, provenance, crs=self.crs)
@@ -196,7 +198,9 @@ def describe(record: dict) -> str:
     lines = [f"Building footprints segmented by {r('software', 'fpn-geo')} {r('version', '')}".rstrip()
              + (f" (git {r('git_commit')})" if r("git_commit") else "") + "."]
     if r("input_path"):
-        lines.append(f"Input: {r('input_path')}" + (f" (sha256 {r('input_sha256')})" if r("input_sha256") else "") + ".")
+        lines.append(
+            f"Input: {r('input_path')}" + (f" (sha256 {r('input_sha256')})" if r("input_sha256") else "") + "."
+        )
     if r("checkpoint_path"):
         lines.append(f"Model: {r('checkpoint_path')}" + (f" (sha256 {r('checkpoint_sha256')})" if r("checkpoint_sha256") else "") + ".")
     if params:
@@ -205,7 +209,9 @@ def describe(record: dict) -> str:
     if r("buildings") is not None:
         lines.append(f"{r('buildings')} buildings.")
     if r("run_id"):
-        lines.append(f"Run {r('run_id')}" + (f", {r('started_utc')} to {r('finished_utc')}" if r("started_utc") else "") + ".")
+        lines.append(
+            f"Run {r('run_id')}" + (f", {r('started_utc')} to {r('finished_utc')}" if r("started_utc") else "") + "."
+        )
     lines.append("Full record: the 'provenance' table of this GeoPackage (also as JSON in gpkg_metadata).")
     return "\n".join(lines)
 
@@ -320,7 +326,9 @@ def is_up_to_date(
         return False
     if not isinstance(recorded, dict):
         return False
-    return all(json.dumps(recorded.get(k), sort_keys=True) == json.dumps(v, sort_keys=True) for k, v in parameters.items())
+    return all(
+        json.dumps(recorded.get(k), sort_keys=True) == json.dumps(v, sort_keys=True) for k, v in parameters.items()
+    )
 
 
 def merge_geopackages(parts: Sequence[tuple[str, str | Path]], out: str | Path, crs: str = "EPSG:4326") -> int:

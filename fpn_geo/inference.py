@@ -65,7 +65,8 @@ def read_batches(
             src.close()
 
 
-WindowProbs = tuple[GridWindow, "np.ndarray | torch.Tensor | None"]  # (K, h, w) float 0-255 (a tensor on CUDA); None: no data
+# (K, h, w) float 0-255 (a tensor on CUDA); None: no data
+WindowProbs = tuple[GridWindow, "np.ndarray | torch.Tensor | None"]
 
 
 def predict_windows(
@@ -89,7 +90,9 @@ def predict_windows(
     times = times if times is not None else StageTimes()
     device = torch.device(getattr(predictor, "device", "cpu"))
     readers = reader_threads(readers, str(device))
-    for group, data in read_batches(path, windows, bands, model_size, scale, batch, times, readers, grid_hw, radiometry):
+    for group, data in read_batches(
+        path, windows, bands, model_size, scale, batch, times, readers, grid_hw, radiometry
+    ):
         by_window: dict[GridWindow, np.ndarray | torch.Tensor] = {}
         if data:
             masks: list[torch.Tensor] | list[np.ndarray]

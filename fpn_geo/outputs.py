@@ -236,14 +236,20 @@ def check_output_paths(
         if out.is_symlink() or out.exists():
             st = os.stat(out)
             if stat.S_ISDIR(st.st_mode):
-                raise OutputError(f"{name} {out} is an existing folder; give a file name, e.g. {out / 'buildings.gpkg'}")
+                raise OutputError(
+                    f"{name} {out} is an existing folder; give a file name, e.g. {out / 'buildings.gpkg'}"
+                )
             if not stat.S_ISREG(st.st_mode):
-                raise OutputError(f"{name} {out} exists and is not a regular file (a device, pipe or socket); choose a file path")
+                raise OutputError(
+                    f"{name} {out} exists and is not a regular file (a device, pipe or socket); choose a file path"
+                )
         kind = kinds.get(name)
         refused = VECTOR_SUFFIXES_REFUSED.get(out.suffix.lower())
         if kind == "gpkg" and out.suffix.lower() != ".gpkg":
             if refused:
-                raise OutputError(f"{name} {out}: fpn-geo writes a GeoPackage, not {refused}; name it {out.with_suffix('.gpkg').name}")
+                raise OutputError(
+                    f"{name} {out}: fpn-geo writes a GeoPackage, not {refused}; name it {out.with_suffix('.gpkg').name}"
+                )
             raise OutputError(f"{name} {out} must end in .gpkg (fpn-geo writes a GeoPackage)")
         if kind == "tif" and out.suffix.lower() not in (".tif", ".tiff"):
             raise OutputError(f"{name} {out} must end in .tif (a Cloud-Optimized GeoTIFF)")
@@ -256,7 +262,9 @@ def check_folder_writable(final: Path, name: str = "output") -> None:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OutputError(f"{name}: folder {parent} cannot be created ({e.strerror or e}); it or a parent is not a folder") from e
+        raise OutputError(
+            f"{name}: folder {parent} cannot be created ({e.strerror or e}); it or a parent is not a folder"
+        ) from e
     probe = temp_path(final)
     try:
         probe.touch()

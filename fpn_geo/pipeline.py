@@ -162,7 +162,9 @@ class Buildings:
         return cls(list(shapely.to_wkb(gdf.geometry.values)), gdf["score"].to_numpy(np.float32), gdf["area_m2"].to_numpy(np.float32))
 
     def to_frame(self, crs) -> gpd.GeoDataFrame:
-        return gpd.GeoDataFrame({"score": self.score, "area_m2": self.area_m2}, geometry=shapely.from_wkb(self.wkb), crs=crs)
+        return gpd.GeoDataFrame(
+            {"score": self.score, "area_m2": self.area_m2}, geometry=shapely.from_wkb(self.wkb), crs=crs
+        )
 
 
 @dataclass
@@ -283,7 +285,9 @@ def finish_block(plan: ScenePlan, block: Block, probs: np.ndarray, labeler: Labe
     del labels
     finished, edges = split_at_edges(pieces, block, plan.grid_hw)
     with times.time("polygons"):
-        buildings = Buildings.from_frame(to_buildings(finished, plan.georef, cfg.simplify_m, cfg.min_area_m2, cfg.regularize))
+        buildings = Buildings.from_frame(
+            to_buildings(finished, plan.georef, cfg.simplify_m, cfg.min_area_m2, cfg.regularize)
+        )
     tile = None
     if want_tile:
         with times.time("encode"):
@@ -372,7 +376,8 @@ class SceneWriter:
         want_cog = plan.cfg.probability == "cog"
         check_output_paths(
             {"scene": plan.scene.path, "checkpoint": plan.checkpoint_path},
-            {"out": self.out, "probability": self.prob_final if want_cog else None}, kinds={"out": "gpkg", "probability": "tif"},
+            {"out": self.out, "probability": self.prob_final if want_cog else None},
+            kinds={"out": "gpkg", "probability": "tif"},
         )
         sweep_output_folders([self.out, self.prob_final if want_cog else None])
         self._stack = contextlib.ExitStack()

@@ -73,7 +73,9 @@ def _describe(src: rasterio.DatasetReader, path: str) -> SceneInfo:
     if src.transform.b != 0 or src.transform.d != 0:
         raise InputError(f"scene {path} has a rotated geotransform; warp it north-up first (gdalwarp)")
     if np.dtype(src.dtypes[0]).kind not in "uif":
-        raise InputError(f"scene {path} is {src.dtypes[0]}; expected integer or real pixels (convert: gdal_translate -ot Float32)")
+        raise InputError(
+            f"scene {path} is {src.dtypes[0]}; expected integer or real pixels (convert: gdal_translate -ot Float32)"
+        )
     return SceneInfo(
         path=path,
         width=src.width,
@@ -111,5 +113,7 @@ def _probe_last_block(src: rasterio.DatasetReader, path: str) -> None:
     except RasterioIOError as e:
         reason = gdal_reason(e)
         if path.lower().endswith(".vrt") or src.driver == "VRT":
-            raise InputError(f"scene {path} cannot be read: {reason}; a VRT's source files must exist and be readable") from e
+            raise InputError(
+                f"scene {path} cannot be read: {reason}; a VRT's source files must exist and be readable"
+            ) from e
         raise InputError(f"scene {path} is corrupt or truncated: {reason}") from e

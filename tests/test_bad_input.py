@@ -58,7 +58,9 @@ def test_empty_file(checkpoint, out_dir, capsys, tmp_path):
 
 
 def test_missing_file(checkpoint, out_dir, capsys, tmp_path):
-    assert_clean_failure(*run_cli(segment_args(tmp_path / "nope.tif", checkpoint, out_dir), capsys), out_dir, "does not exist")
+    assert_clean_failure(
+        *run_cli(segment_args(tmp_path / "nope.tif", checkpoint, out_dir), capsys), out_dir, "does not exist"
+    )
 
 
 def test_no_crs(checkpoint, out_dir, capsys, tmp_path):
@@ -85,13 +87,17 @@ def test_mismatched_architecture(small_scene, out_dir, capsys, tmp_path):
     ckpt = make_checkpoint(tmp_path / "c" / "r18.safetensors")
     meta = ckpt.with_suffix(".json")
     meta.write_text(meta.read_text().replace('"depth": 18', '"depth": 50'))
-    assert_clean_failure(*run_cli(segment_args(small_scene, ckpt, out_dir), capsys), out_dir, "does not match architecture resnet50")
+    assert_clean_failure(
+        *run_cli(segment_args(small_scene, ckpt, out_dir), capsys), out_dir, "does not match architecture resnet50"
+    )
 
 
 def test_output_folder_cannot_be_written(small_scene, checkpoint, out_dir, capsys):
     blocker = out_dir / "file"
     blocker.write_text("x")
-    code, err = run_cli(["segment", str(small_scene), "--model", str(checkpoint), "--out", str(blocker / "b.gpkg"), "-q"], capsys)
+    code, err = run_cli(
+        ["segment", str(small_scene), "--model", str(checkpoint), "--out", str(blocker / "b.gpkg"), "-q"], capsys
+    )
     assert code != 0 and len(err) == 1 and "is not a folder" in err[0], err
     assert [p.name for p in out_dir.iterdir()] == ["file"]
 

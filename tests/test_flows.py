@@ -79,7 +79,9 @@ def library_run(scene: Path, checkpoint: Path, out: Path, **overrides) -> Path:
 def test_the_default_task_runner_is_an_embedded_cluster_and_an_address_connects(monkeypatch):
     monkeypatch.delenv("FPN_GEO_DASK_ADDRESS", raising=False)
     local = task_runner(n_workers=2)
-    assert local.address is None and local.cluster_kwargs["n_workers"] == 2 and local.cluster_kwargs["host"] == "127.0.0.1"
+    assert (
+        local.address is None and local.cluster_kwargs["n_workers"] == 2 and local.cluster_kwargs["host"] == "127.0.0.1"
+    )
     assert local.cluster_kwargs["threads_per_worker"] == 1  # one task at a time; torch gets the cores
     assert local.cluster_kwargs["env"]["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
     assert cpu_worker_shape(None, 2) == (1, 2) and cpu_worker_shape(None, 16) == (4, 4) and cpu_worker_shape(2, 2) == (2, 1)
@@ -186,7 +188,9 @@ def test_a_served_deployment_runs_from_the_prefect_cli(prefect_api, cluster, che
              "--watch", "--watch-interval", "1", "--watch-timeout", "150"],
             env=env, capture_output=True, text=True, timeout=180,
         )
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + (tmp_path / "serve.log").read_text()[-3000:]
+        assert run.returncode == 0, (
+            run.stdout[-3000:] + run.stderr[-3000:] + (tmp_path / "serve.log").read_text()[-3000:]
+        )
         assert "Completed" in run.stdout
         assert len(geometries(out)) > 0
     finally:

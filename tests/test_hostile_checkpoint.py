@@ -95,7 +95,9 @@ def test_corrupt_metadata_is_one_line(good_checkpoint, small_scene, tmp_path, ca
     out_dir.mkdir()
     (out_dir / "b.gpkg").write_bytes(b"an old output")
     before = digest([small_scene, ckpt, ckpt.with_suffix(".json"), out_dir])
-    code, err = run_inprocess(["segment", str(small_scene), "--model", str(ckpt), "--out", str(out_dir / "b.gpkg"), "-q"], capsys)
+    code, err = run_inprocess(
+        ["segment", str(small_scene), "--model", str(ckpt), "--out", str(out_dir / "b.gpkg"), "-q"], capsys
+    )
     assert_one_line_failure(code, err, word)
     assert digest([small_scene, ckpt, ckpt.with_suffix(".json"), out_dir]) == before
     assert temps(out_dir) == []
@@ -108,7 +110,9 @@ def test_info_on_corrupt_metadata_is_one_line(good_checkpoint, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
-def test_non_finite_weights_are_refused_even_with_a_matching_sha256(good_checkpoint, small_scene, tmp_path, capsys, bad):
+def test_non_finite_weights_are_refused_even_with_a_matching_sha256(
+    good_checkpoint, small_scene, tmp_path, capsys, bad
+):
     ckpt = copy_checkpoint(good_checkpoint, tmp_path / "ckpt")
     state = load_file(str(ckpt))
     name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
@@ -118,7 +122,9 @@ def test_non_finite_weights_are_refused_even_with_a_matching_sha256(good_checkpo
     meta = ckpt.with_suffix(".json")
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "weights_sha256": sha256_file(ckpt)}))  # sha256 matches
     out_dir = tmp_path / "out"
-    code, err = run_inprocess(["segment", str(small_scene), "--model", str(ckpt), "--out", str(out_dir / "b.gpkg"), "-q"], capsys)
+    code, err = run_inprocess(
+        ["segment", str(small_scene), "--model", str(ckpt), "--out", str(out_dir / "b.gpkg"), "-q"], capsys
+    )
     assert_one_line_failure(code, err, "NaN or infinite", name)
     assert not out_dir.exists() or temps(out_dir) == [] and not (out_dir / "b.gpkg").exists()
 

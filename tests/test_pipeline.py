@@ -59,7 +59,9 @@ def test_internal_mask_counts_as_nodata(tmp_path):
             mask = np.zeros((300, 300), np.uint8)
             mask[100:200, 100:200] = 255
             dst.write_mask(mask)
-    summary = segment(str(path), footprint_only(BrightPredictor()), tmp_path / "o.gpkg", load_config(window=128, overlap=32))
+    summary = segment(
+        str(path), footprint_only(BrightPredictor()), tmp_path / "o.gpkg", load_config(window=128, overlap=32)
+    )
     with rasterio.open(summary.probability) as prob:
         p = prob.read(1)
     assert (p > 0).sum() == 100 * 100 and p[100:200, 100:200].min() == 255

@@ -7,7 +7,9 @@ from fpn_geo.errors import ConfigError
 from fpn_geo.tiling import make_grid
 
 
-@pytest.mark.parametrize("h,w,size,overlap", [(2048, 3072, 512, 64), (1000, 777, 256, 32), (100, 50, 512, 64), (513, 512, 512, 0)])
+@pytest.mark.parametrize(
+    "h,w,size,overlap", [(2048, 3072, 512, 64), (1000, 777, 256, 32), (100, 50, 512, 64), (513, 512, 512, 0)]
+)
 def test_grid_covers_every_pixel_including_remainders(h, w, size, overlap):
     grid = make_grid(h, w, size, overlap)
     covered = np.zeros((h, w), np.int32)

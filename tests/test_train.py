@@ -86,12 +86,16 @@ def test_source_errors_are_clear(tmp_path, crop_tif):
     with pytest.raises(ConfigError, match="unknown key 'sources.0.label'"):
         load_train_config(**tiny_config(crop_tif, tmp_path, sources=[{**src, "label": "x"}]))
     with pytest.raises(ConfigError, match="exactly one of 'labels'"):
-        load_train_config(**tiny_config(crop_tif, tmp_path, sources=[{**src, "mask": "m.tif", "val_block": [0.5, 0, 1, 1]}]))
+        load_train_config(
+            **tiny_config(crop_tif, tmp_path, sources=[{**src, "mask": "m.tif", "val_block": [0.5, 0, 1, 1]}])
+        )
     with pytest.raises(ConfigError, match=r"val_block \[0.5, 0.0, 0.2, 1.0\] must be fractions"):
         load_train_config(**tiny_config(crop_tif, tmp_path, sources=[{**src, "val_block": [0.5, 0, 0.2, 1]}]))
     with pytest.raises(ConfigError, match="no source has a val_block"):
         load_train_config(**tiny_config(crop_tif, tmp_path, sources=[src]))
-    cfg = load_train_config(**tiny_config(crop_tif, tmp_path, sources=[{**src, "image": "nowhere/*.tif", "val_block": [0.5, 0, 1, 1]}]))
+    cfg = load_train_config(
+        **tiny_config(crop_tif, tmp_path, sources=[{**src, "image": "nowhere/*.tif", "val_block": [0.5, 0, 1, 1]}])
+    )
     with pytest.raises(ConfigError, match="no image matches 'nowhere/\\*.tif'"):
         cfg.sources[0].pairs()
 

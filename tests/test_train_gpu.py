@@ -126,7 +126,9 @@ def test_cpu_training_writes_checkpoint_parts_that_join(tmp_path):
     assert m["steps"] == 3 and m["device"] == "cpu"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs in benchmarks/train_gpu.sh on the device)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (runs in benchmarks/train_gpu.sh on the device)"
+)
 def test_cuda_training_bf16_channels_last(tmp_path):
     m = _train_and_join(tmp_path, "cuda", 30)
     assert m["steps"] == 30 and m["device"] != "cpu" and m["chips_per_s"] > 0

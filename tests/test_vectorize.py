@@ -33,7 +33,9 @@ def shapes_scene(tmp_path, h=600, w=700):
 
 @pytest.mark.parametrize("block_windows", [1, 2, 100])
 def test_buildings_across_block_edges_come_out_whole_with_their_area(tmp_path, block_windows):
-    cfg = load_config(window=128, overlap=32, simplify_m=0.0, min_area_m2=1.0, probability="none", block_windows=block_windows)
+    cfg = load_config(
+        window=128, overlap=32, simplify_m=0.0, min_area_m2=1.0, probability="none", block_windows=block_windows
+    )
     seg = Segmenter(Bright(), ModelMeta(classes=("background", "building"), gsd_m=None))
     summary = segment(str(shapes_scene(tmp_path)), seg, tmp_path / "o.gpkg", cfg)
     got = gpd.read_file(tmp_path / "o.gpkg", layer="buildings").sort_values("area_m2").reset_index(drop=True)

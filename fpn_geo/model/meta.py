@@ -71,7 +71,9 @@ class ModelMeta:
         if not isinstance(d, dict):
             raise CheckpointError(f"checkpoint metadata must be a JSON object, got {type(d).__name__}")
         if "format" in d and d["format"] != FORMAT:
-            raise CheckpointError(f"checkpoint metadata format is {str(d['format'])[:40]!r}; this fpn-geo reads {FORMAT!r}")
+            raise CheckpointError(
+                f"checkpoint metadata format is {str(d['format'])[:40]!r}; this fpn-geo reads {FORMAT!r}"
+            )
         if "p6" in d and d["p6"] is not False:  # an option that was removed: P6 was computed and never read by the head
             raise CheckpointError(f"checkpoint metadata has p6 = {str(d['p6'])[:20]!r}; P6 is no longer built: "
                                   "retrain without it, or remove the key (false is accepted)")
@@ -163,7 +165,9 @@ def read_meta(path: str | Path) -> ModelMeta:
         raise CheckpointError(f"checkpoint metadata {mp} is missing; a checkpoint is NAME.safetensors + NAME.json")
     size = mp.stat().st_size
     if size > MAX_META_BYTES:
-        raise CheckpointError(f"checkpoint metadata {mp} is {size} bytes; metadata over {MAX_META_BYTES} bytes is refused")
+        raise CheckpointError(
+            f"checkpoint metadata {mp} is {size} bytes; metadata over {MAX_META_BYTES} bytes is refused"
+        )
     try:
         data = json.loads(mp.read_bytes())
     except json.JSONDecodeError as e:

@@ -84,7 +84,9 @@ def cache_source(
     gsds = tuple(float(g) for g in cfg.cache_gsds)
     scene = open_scene(str(image_path), tuple(cfg.bands))  # the product's checks
     if len(cfg.bands) != 3 or scene.dtype != "uint8":
-        raise InputError(f"the training cache stores 3-band uint8 imagery as JPEG; {image_path} is {scene.count}x{scene.dtype}")
+        raise InputError(
+            f"the training cache stores 3-band uint8 imagery as JPEG; {image_path} is {scene.count}x{scene.dtype}"
+        )
     native = scene.gsd_m
     with rasterio.open(image_path) as src:
         store_gsd = max(native, min(gsds))
@@ -133,7 +135,9 @@ def prepare_cache(cfg: TrainConfig, out: str | Path, root: Path = REPO) -> Path:
         pairs = sc.pairs(root)
         for img, lab, _kind in pairs:
             name = sc.name if len(pairs) == 1 else f"{sc.name}/{img.stem}"
-            rec, arr, (s1, s2, n) = cache_source(name, sc.place or sc.name, img, lab, cfg, sc.weight / len(pairs), sc.val_block)
+            rec, arr, (s1, s2, n) = cache_source(
+                name, sc.place or sc.name, img, lab, cfg, sc.weight / len(pairs), sc.val_block
+            )
             i = len(records)
             records.append(rec)
             arrays.update({f"s{i}_{k}": v for k, v in arr.items()})

@@ -25,7 +25,9 @@ class SourceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    place: str | None = Field(None, description="place this source belongs to (held-out scores are per place); default: name")
+    place: str | None = Field(
+        None, description="place this source belongs to (held-out scores are per place); default: name"
+    )
     image: str = Field(description="GeoTIFF path or glob, relative to the repository root or absolute")
     labels: str | None = Field(None, description="vector labels (GeoJSON, GPKG, Shapefile), any CRS")
     mask: str | None = Field(None, description="building mask raster (0/1 or 0/255) on the image grid")
@@ -52,7 +54,9 @@ class SourceConfig(BaseModel):
         pattern = self.image if Path(self.image).is_absolute() else str(root / self.image)
         images = sorted(Path(p) for p in glob.glob(pattern)) if glob.has_magic(pattern) else [Path(pattern)]
         if not images or not images[0].exists():
-            raise ConfigError(f"source {self.name!r}: no image matches {self.image!r}; check the path (relative to {root})")
+            raise ConfigError(
+                f"source {self.name!r}: no image matches {self.image!r}; check the path (relative to {root})"
+            )
         kind, template = ("labels", self.labels) if self.labels is not None else ("mask", self.mask)
         assert template is not None  # _check: exactly one of labels and mask
         out = []
@@ -118,7 +122,9 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.val_overlap >= self.val_chip // 2:
-            raise ValueError(f"val_overlap {self.val_overlap} must be less than half of val_chip ({self.val_chip // 2})")
+            raise ValueError(
+                f"val_overlap {self.val_overlap} must be less than half of val_chip ({self.val_chip // 2})"
+            )
         if self.fpn_channels % 32 or self.head_channels % 32:
             raise ValueError("fpn_channels and head_channels must be multiples of 32 (GroupNorm uses 32 groups)")
         names = [s.name for s in self.sources]

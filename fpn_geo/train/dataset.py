@@ -107,7 +107,9 @@ def load_source(
 
         mask, mask_transform, mask_crs = read_label_mask(label_path)
         if mask.shape != src_shape:
-            raise InputError(f"mask {label_path} is {mask.shape}, image {image_path} is {src_shape}; they must share a grid")
+            raise InputError(
+                f"mask {label_path} is {mask.shape}, image {image_path} is {src_shape}; they must share a grid"
+            )
         rows = np.minimum(((np.arange(h) + 0.5) * src_shape[0] / h).astype(int), src_shape[0] - 1)
         cols = np.minimum(((np.arange(w) + 0.5) * src_shape[1] / w).astype(int), src_shape[1] - 1)
         mask = mask[rows][:, cols]  # nearest neighbour at pixel centres

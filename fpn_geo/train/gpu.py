@@ -61,7 +61,9 @@ def load_cache(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     return meta, arrays
 
 
-def sources_on_device(meta: dict, arrays: dict[str, np.ndarray], gsd: float, device: torch.device, min_side: int) -> list[DeviceSource]:
+def sources_on_device(
+    meta: dict, arrays: dict[str, np.ndarray], gsd: float, device: torch.device, min_side: int
+) -> list[DeviceSource]:
     """Decode each source's JPEG, resample it to the grid of ``gsd`` on the device, pad to ``min_side``."""
     from torchvision.io import decode_jpeg
 
@@ -141,10 +143,14 @@ class ChipBatcher:
         zoom = math.exp(self.rng.uniform(math.log(lo), math.log(hi))) if hi > lo else lo
         side = min(self.max_side, max(32, int(round(self.chip * zoom))))
         qs = [next(self.positions) for _ in range(self.batch)]
-        x = torch.stack([self.sources[q.source].image[:, q.row : q.row + side, q.col : q.col + side] for q in qs]).float()
+        x = torch.stack(
+            [self.sources[q.source].image[:, q.row : q.row + side, q.col : q.col + side] for q in qs]
+        ).float()
         y = torch.stack([self.sources[q.source].target[q.row : q.row + side, q.col : q.col + side] for q in qs])
         if side != self.chip:
-            x = F.interpolate(x, size=(self.chip, self.chip), mode="bilinear", align_corners=False, antialias=side > self.chip)
+            x = F.interpolate(
+                x, size=(self.chip, self.chip), mode="bilinear", align_corners=False, antialias=side > self.chip
+            )
             y = F.interpolate(y[:, None].float(), size=(self.chip, self.chip), mode="nearest")[:, 0].to(torch.uint8)
         k, flip = int(self.rng.integers(4)), bool(self.rng.integers(2))
         if flip:
@@ -190,7 +196,9 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
 
 def fp16_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Weights as fp16 (half the bytes; ``load_checkpoint`` copies them into fp32 parameters); BN statistics stay fp32."""
-    return {k: (v.half() if v.is_floating_point() and "running_" not in k else v) for k, v in model.state_dict().items()}
+    return {
+        k: (v.half() if v.is_floating_point() and "running_" not in k else v) for k, v in model.state_dict().items()
+    }
 
 
 def write_checkpoint(model: torch.nn.Module, meta: ModelMeta, path: Path) -> dict:
@@ -292,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fpn_geo.train.gpu", description=__doc__.splitlines()[0])
     p.add_argument("--cache", required=True)
     p.add_argument("--out-dir", required=True, help="checkpoint parts, SHA256SUMS and train_gpu.json go here")
-    p.add_argument("--gsd", type=float, nargs="+", default=None, help="model GSDs to train, in order (default: all in the cache)")
+    p.add_argument(
+        "--gsd", type=float, nargs="+", default=None, help="model GSDs to train, in order (default: all in the cache)"
+    )
     p.add_argument("--deadline-minutes", type=float, default=6.3, help="wall time for everything from process start; split over the models")
     p.add_argument("--device", default="cuda")
     p.add_argument("--batch", type=int, default=0)
@@ -313,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.allow_tf32 = True
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = out_dir / "whole" if args.keep_whole else Path(os.environ.get("TMPDIR", "/tmp")) / f"fpn-geo-gpu-{os.getpid()}"
+    work = (
+        out_dir / "whole" if args.keep_whole else Path(os.environ.get("TMPDIR", "/tmp")) / f"fpn-geo-gpu-{os.getpid()}"
+    )
     work.mkdir(parents=True, exist_ok=True)
     args.cache_sha256 = sha256_file(Path(args.cache))
     cache_meta, arrays = load_cache(args.cache)
@@ -326,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         left = deadline - (time.perf_counter() - _T0) - reserve * (len(gsds) - i)
         seconds = max(5.0, left / (len(gsds) - i))
         print(f"gsd {gsd}: training for {seconds:.0f} s on {device}", flush=True)
-        model, meta, metrics = train_one(cache_meta, arrays, gsd, seconds, device, args, log=lambda s: print(s, flush=True))
+        model, meta, metrics = train_one(
+            cache_meta, arrays, gsd, seconds, device, args, log=lambda s: print(s, flush=True)
+        )
         name = f"fpn_r{meta.depth}_gsd{int(round(gsd * 100)):03d}"
         ckpt = work / f"{name}.safetensors"
         meta_d = write_checkpoint(model, meta, ckpt)

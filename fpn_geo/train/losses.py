@@ -10,7 +10,9 @@ IGNORE = 255
 """Target value with no loss (outside the image, padding, held-out blocks); the same as ``dataset.IGNORE``."""
 
 
-def soft_dice(logits: torch.Tensor, target: torch.Tensor, classes: tuple[int, ...], ignore: int = IGNORE, eps: float = 1.0) -> torch.Tensor:
+def soft_dice(
+    logits: torch.Tensor, target: torch.Tensor, classes: tuple[int, ...], ignore: int = IGNORE, eps: float = 1.0
+) -> torch.Tensor:
     """1 - mean Dice of the given classes, computed over the whole batch (so empty chips do not explode it)."""
     probs = logits.float().softmax(dim=1)
     valid = (target != ignore).unsqueeze(1)
