@@ -105,7 +105,10 @@ def child_flow(job: dict, out: Path) -> dict:
     with LocalCluster(n_workers=job["workers"], threads_per_worker=1, processes=True, dashboard_address=None,
                       host="127.0.0.1", env={"PYTHONPATH": str(REPO)}) as cluster, Client(cluster) as client:
         client.run(lambda: __import__("benchmarks.blocks"))
-        warm = [client.submit(work, b, pure=False, workers=[w]) for b, w in zip(list(plan.blocks)[:1] * job["workers"], client.scheduler_info()["workers"])]
+        warm = [
+            client.submit(work, b, pure=False, workers=[w])
+            for b, w in zip(list(plan.blocks)[:1] * job["workers"], client.scheduler_info()["workers"])
+        ]
         client.gather(warm)  # oracle built on every worker before the clock starts
         t0 = time.perf_counter()
         futures = [client.submit(work, b, pure=False) for b in plan.blocks]

@@ -46,7 +46,11 @@ def regularized(row: dict, block, rect_iou: float, min_area: float) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--config", default=str(REPO / "configs" / "train_default.yaml"), help="training config naming the held-out blocks")
+    p.add_argument(
+        "--config",
+        default=str(REPO / "configs" / "train_default.yaml"),
+        help="training config naming the held-out blocks",
+    )
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.5])
     p.add_argument("--places", nargs="*", help="only these places")
     p.add_argument("--min-area", type=float, default=4.0)
@@ -54,7 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--work", default=str(REPO / "runs" / "holdout"))
     p.add_argument("--json", help="write every row and the summary here")
-    p.add_argument("--regularize", type=float, metavar="RECT_IOU", help="also score right-angled outlines (fpn_geo.regularize, e.g. 0.85)")
+    p.add_argument(
+        "--regularize",
+        type=float,
+        metavar="RECT_IOU",
+        help="also score right-angled outlines (fpn_geo.regularize, e.g. 0.85)",
+    )
     a = p.parse_args(argv)
 
     import torch

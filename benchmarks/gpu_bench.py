@@ -42,7 +42,11 @@ def model_only(model, device: str, batch: int, tile: int, iters: int, warmup: in
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
 
     def step():
-        x = ((x8.float() - mean) / std).contiguous(memory_format=torch.channels_last) if cuda else (x8.float() - mean) / std
+        x = (
+            ((x8.float() - mean) / std).contiguous(memory_format=torch.channels_last)
+            if cuda
+            else (x8.float() - mean) / std
+        )
         with amp:
             y = model(x)
         return y.float().softmax(dim=1)[:, 0]
@@ -110,8 +114,13 @@ def main() -> None:
     model = model.eval().to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
-    results["eager"] = emit(what="model-only", variant="eager", batch=args.batch, tile=args.tile,
-                            tiles_per_s=model_only(model, device, args.batch, args.tile, args.iters, 3, cuda))["tiles_per_s"]
+    results["eager"] = emit(
+        what="model-only",
+        variant="eager",
+        batch=args.batch,
+        tile=args.tile,
+        tiles_per_s=model_only(model, device, args.batch, args.tile, args.iters, 3, cuda),
+    )["tiles_per_s"]
     if not args.no_compile and cuda:
         t0 = time.perf_counter()
         compiled = torch.compile(model)
@@ -148,7 +157,10 @@ def main() -> None:
             f"end-to-end ({probability} COG) {tiles_per_s:.0f} tiles/s = {tiles_per_s / best:.3f} of model-only; "
             f"{s.seconds:.1f} s, {s.buildings} buildings; stage seconds (summed over threads) {stages}"
         )
-    print(f"\n{label}: model-only eager {results['eager']:.0f} tiles/s" + (f", compiled {results['compiled']:.0f} tiles/s" if use_compile else ""))
+    print(
+        f"\n{label}: model-only eager {results['eager']:.0f} tiles/s"
+        + (f", compiled {results['compiled']:.0f} tiles/s" if use_compile else "")
+    )
     print("\n".join(lines))
 
 

@@ -134,7 +134,11 @@ def _write_tiff(path: Path, width: int, height: int, nodata: int | None, edit=No
     vrt = build_vrt(width, height, path.parent, source)
     tmp = path.with_name(path.name + ".tmp")
     profile = _tiff_profile(width, height, nodata, source)
-    with rasterio.Env(GDAL_CACHEMAX=256 * 1024 * 1024), rasterio.open(vrt) as src, rasterio.open(tmp, "w", **profile) as dst:
+    with (
+        rasterio.Env(GDAL_CACHEMAX=256 * 1024 * 1024),
+        rasterio.open(vrt) as src,
+        rasterio.open(tmp, "w", **profile) as dst,
+    ):
         for y in range(0, height, 512):
             win = Window(0, y, width, min(512, height - y))
             data = src.read(window=win)

@@ -61,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
             scores, verts = [], []
             for contact in (sep, None):
                 labels = label_instances(fp, contact, 0.5)
-                polys = [shapely.geometry.shape(s) for s, v in rasterio.features.shapes(labels, mask=labels > 0, transform=t, connectivity=4)]
+                polys = [
+                    shapely.geometry.shape(s)
+                    for s, v in rasterio.features.shapes(labels, mask=labels > 0, transform=t, connectivity=4)
+                ]
                 pred = gpd.GeoDataFrame(geometry=polys, crs=crs)
                 scores.append(building_f1(pred, truth, iou=0.5, min_area_m2=4.0)["f1"])
                 if contact is not None:

@@ -62,7 +62,10 @@ def is_own_output(path: str) -> bool:
         import rasterio
 
         with rasterio.open(path) as src:
-            return src.tags().get("scale") == "probability x 255" or (src.descriptions or (None,))[0] == "building_probability"
+            return (
+                src.tags().get("scale") == "probability x 255"
+                or (src.descriptions or (None,))[0] == "building_probability"
+            )
     except Exception:  # unreadable: not ours to judge; segmenting it will say what is wrong
         return False
 

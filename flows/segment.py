@@ -288,8 +288,12 @@ def segment_scenes(
         rows, key=artifact_key("segment-scenes"), description="fpn-geo segment-scenes: one row per scene"
     )
     result = {
-        "processed": processed, "skipped": skipped, "failed": failed,
-        "outputs": {p: str(outs[p]) for p in paths if p not in failed}, "merged": merged, "merged_buildings": merged_count,
+        "processed": processed,
+        "skipped": skipped,
+        "failed": failed,
+        "outputs": {p: str(outs[p]) for p in paths if p not in failed},
+        "merged": merged,
+        "merged_buildings": merged_count,
     }
     if failed:
         listing = "; ".join(f"{scene_name(p)}: {m}" for p, m in failed.items())
@@ -300,7 +304,10 @@ def segment_scenes(
 def main(argv: list[str] | None = None) -> int:
     """``python -m flows.segment scene|scenes ...``: run a flow once here, without a deployment; the exit code."""
     p = argparse.ArgumentParser(prog="python -m flows.segment", description="Run the fpn-geo flows once, here.")
-    p.add_argument("--dask-address", help="tcp://HOST:8786 of a running scheduler (default: FPN_GEO_DASK_ADDRESS, else a local cluster)")
+    p.add_argument(
+        "--dask-address",
+        help="tcp://HOST:8786 of a running scheduler (default: FPN_GEO_DASK_ADDRESS, else a local cluster)",
+    )
     p.add_argument("--dask-workers", type=int, help="workers of the local cluster")
     p.add_argument("--config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, YAML value")
@@ -322,8 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)} or None
-    common = dict(config=args.config, overrides=overrides, max_in_flight=args.max_in_flight, quicklook=not args.no_quicklook,
-                  blocks_per_task=args.blocks_per_task)
+    common = dict(
+        config=args.config,
+        overrides=overrides,
+        max_in_flight=args.max_in_flight,
+        quicklook=not args.no_quicklook,
+        blocks_per_task=args.blocks_per_task,
+    )
     runner = task_runner(args.dask_address, args.dask_workers)
     terminate_as_interrupt()  # SIGTERM (timeout, docker stop) unwinds like Ctrl-C: clusters and servers stop
     state: State[Any]

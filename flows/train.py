@@ -46,8 +46,12 @@ def train_task(cfg: TrainConfig) -> dict[str, Any]:
 
     result = train(cfg, on_epoch=on_epoch)
     return {
-        "out_dir": str(result.out_dir), "best": str(result.best), "last": str(result.last), "epochs_run": result.epochs_run,
-        "best_score": result.best_score, "chips_per_s": result.chips_per_s,
+        "out_dir": str(result.out_dir),
+        "best": str(result.best),
+        "last": str(result.last),
+        "epochs_run": result.epochs_run,
+        "best_score": result.best_score,
+        "chips_per_s": result.chips_per_s,
         "history": [{k: row.get(k) for k in TABLE_KEYS} for row in result.history],
     }
 
@@ -70,7 +74,10 @@ def report_training(summary: dict[str, Any]) -> None:
 
 @flow(name="train-segmenter", log_prints=True)
 def train_segmenter(
-    config: str = "configs/train_default.yaml", out_dir: str | None = None, resume: str | None = None, epochs: int | None = None
+    config: str = "configs/train_default.yaml",
+    out_dir: str | None = None,
+    resume: str | None = None,
+    epochs: int | None = None,
 ) -> dict[str, Any]:
     """Train a building segmenter from a YAML config; returns where the best and last checkpoints are."""
     cfg = load_config_task(config, {"out_dir": out_dir, "resume": resume, "epochs": epochs})
@@ -126,7 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--min-area", type=float, default=0.0)
     a = p.parse_args(argv)
     if a.command == "train":
-        print(json.dumps({k: v for k, v in train_segmenter(a.config, a.out_dir, a.resume, a.epochs).items() if k != "history"}, indent=2))
+        print(
+            json.dumps(
+                {k: v for k, v in train_segmenter(a.config, a.out_dir, a.resume, a.epochs).items() if k != "history"},
+                indent=2,
+            )
+        )
     else:
         print(json.dumps(evaluate_buildings(a.pred, a.truth, a.raster, a.out, a.iou, a.min_area)["building"], indent=2))
     return 0

@@ -30,7 +30,12 @@ def check_segment_run(args: argparse.Namespace, cfg):
 
     out = Path(args.out)
     prob = None if cfg.probability == "none" else Path(args.probability) if args.probability else default_probability_path(out)
-    inputs = {"SCENE": args.scene, "--model": args.model, "--model's metadata": str(meta_path(args.model)), "--config": args.config}
+    inputs = {
+        "SCENE": args.scene,
+        "--model": args.model,
+        "--model's metadata": str(meta_path(args.model)),
+        "--config": args.config,
+    }
     check_output_paths(inputs, {"--out": out, "--probability": prob}, kinds={"--out": "gpkg", "--probability": "tif"})
     sweep_output_folders([out, prob])
     meta = read_meta(args.model)

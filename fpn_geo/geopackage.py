@@ -202,7 +202,11 @@ def describe(record: dict) -> str:
             f"Input: {r('input_path')}" + (f" (sha256 {r('input_sha256')})" if r("input_sha256") else "") + "."
         )
     if r("checkpoint_path"):
-        lines.append(f"Model: {r('checkpoint_path')}" + (f" (sha256 {r('checkpoint_sha256')})" if r("checkpoint_sha256") else "") + ".")
+        lines.append(
+            f"Model: {r('checkpoint_path')}"
+            + (f" (sha256 {r('checkpoint_sha256')})" if r("checkpoint_sha256") else "")
+            + "."
+        )
     if params:
         keys = [k for k in ("threshold", "min_area_m2", "simplify_m", "window", "overlap") if k in params]
         lines.append("Parameters: " + ", ".join(f"{k}={params[k]}" for k in keys) + ".")
@@ -349,7 +353,12 @@ def merge_geopackages(parts: Sequence[tuple[str, str | Path]], out: str | Path, 
     merged.insert(0, "id", range(len(merged)))
     with atomic_output(out, verify=verify_geopackage) as tmp, write_errors(out):
         pyogrio.write_dataframe(
-            merged, tmp, layer=BUILDINGS, driver="GPKG", geometry_type="Polygon", dataset_options={"VERSION": GPKG_VERSION}
+            merged,
+            tmp,
+            layer=BUILDINGS,
+            driver="GPKG",
+            geometry_type="Polygon",
+            dataset_options={"VERSION": GPKG_VERSION},
         )
         with contextlib.closing(sqlite3.connect(tmp)) as db, db:
             register_style(db)

@@ -52,7 +52,11 @@ def read_batches(
             with lock:
                 opened.append(local.src)
         t0 = time.perf_counter()
-        data = [d for d in (read_window(local.src, w, bands, model_size, scale, grid_hw, radiometry) for w in group) if d is not None]
+        data = [
+            d
+            for d in (read_window(local.src, w, bands, model_size, scale, grid_hw, radiometry) for w in group)
+            if d is not None
+        ]
         with lock:  # reader-seconds summed over threads
             times["read"] = times.get("read", 0.0) + time.perf_counter() - t0
         return group, data

@@ -398,7 +398,11 @@ def sweep_stale_scratch(folder: str | Path, now: float | None = None) -> list[Pa
             if not m or not entry.is_dir(follow_symlinks=False):
                 continue
             pid = int(m["pid"])
-            if now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S and pid != os.getpid() and not _pid_alive(pid):
+            if (
+                now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S
+                and pid != os.getpid()
+                and not _pid_alive(pid)
+            ):
                 shutil.rmtree(entry.path, ignore_errors=True)
                 removed.append(Path(entry.path))
         except OSError:

@@ -159,7 +159,11 @@ class Buildings:
 
     @classmethod
     def from_frame(cls, gdf: gpd.GeoDataFrame) -> Buildings:
-        return cls(list(shapely.to_wkb(gdf.geometry.values)), gdf["score"].to_numpy(np.float32), gdf["area_m2"].to_numpy(np.float32))
+        return cls(
+            list(shapely.to_wkb(gdf.geometry.values)),
+            gdf["score"].to_numpy(np.float32),
+            gdf["area_m2"].to_numpy(np.float32),
+        )
 
     def to_frame(self, crs) -> gpd.GeoDataFrame:
         return gpd.GeoDataFrame(

@@ -178,7 +178,11 @@ class BlockLayout:
         once, so only the group's edges cost halo windows.
         """
         return [
-            [self.block(r, c) for r in range(r0, min(r0 + side, self.rows)) for c in range(c0, min(c0 + side, self.cols))]
+            [
+                self.block(r, c)
+                for r in range(r0, min(r0 + side, self.rows))
+                for c in range(c0, min(c0 + side, self.cols))
+            ]
             for r0 in range(0, self.rows, side)
             for c0 in range(0, self.cols, side)
         ]

@@ -192,7 +192,10 @@ def to_buildings(
     if rect_iou > 0:
         geoms = regularize(geoms, rect_iou)
     a = georef.affine
-    geoms = shapely.transform(geoms, lambda xy: np.column_stack([a.a * xy[:, 0] + a.b * xy[:, 1] + a.c, a.d * xy[:, 0] + a.e * xy[:, 1] + a.f]))
+    geoms = shapely.transform(
+        geoms,
+        lambda xy: np.column_stack([a.a * xy[:, 0] + a.b * xy[:, 1] + a.c, a.d * xy[:, 0] + a.e * xy[:, 1] + a.f]),
+    )
     geoms = shapely.make_valid(geoms)
     score = np.array([p.psum / p.count / 255.0 if p.count else 0.0 for p in pieces], dtype=np.float32)
     gdf = gpd.GeoDataFrame({"score": score}, geometry=geoms, crs=georef.crs)

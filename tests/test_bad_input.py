@@ -75,7 +75,11 @@ def test_no_geotransform(checkpoint, out_dir, capsys, tmp_path):
 
 def test_wrong_band_count(checkpoint, out_dir, capsys, tmp_path):
     bad = write_raster(tmp_path / "pan.tif", np.ones((1, 64, 64), np.uint16))
-    assert_clean_failure(*run_cli(segment_args(bad, checkpoint, out_dir), capsys), out_dir, "has 1 band(s) but the model reads bands [1, 2, 3]")
+    assert_clean_failure(
+        *run_cli(segment_args(bad, checkpoint, out_dir), capsys),
+        out_dir,
+        "has 1 band(s) but the model reads bands [1, 2, 3]",
+    )
 
 
 def test_checkpoint_with_more_bands_than_the_scene(small_scene, out_dir, capsys, tmp_path):
@@ -105,8 +109,16 @@ def test_output_folder_cannot_be_written(small_scene, checkpoint, out_dir, capsy
 def test_wrong_config_key_and_type(small_scene, checkpoint, out_dir, capsys, tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("window: 512\nwindw: 3\n")
-    assert_clean_failure(*run_cli(segment_args(small_scene, checkpoint, out_dir) + ["--config", str(cfg)], capsys), out_dir, "unknown key 'windw'")
-    assert_clean_failure(*run_cli(segment_args(small_scene, checkpoint, out_dir) + ["--window", "500"], capsys), out_dir, "multiple of 32")
+    assert_clean_failure(
+        *run_cli(segment_args(small_scene, checkpoint, out_dir) + ["--config", str(cfg)], capsys),
+        out_dir,
+        "unknown key 'windw'",
+    )
+    assert_clean_failure(
+        *run_cli(segment_args(small_scene, checkpoint, out_dir) + ["--window", "500"], capsys),
+        out_dir,
+        "multiple of 32",
+    )
 
 
 def test_failed_run_leaves_an_existing_good_output_untouched(small_scene, checkpoint, out_dir, capsys, tmp_path):

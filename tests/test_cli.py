@@ -16,7 +16,11 @@ def test_info_describes_a_scene(capsys):
 def test_info_describes_a_checkpoint(checkpoint, capsys):
     assert main(["info", str(checkpoint)]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["architecture"] == "resnet18-fpn256-semantic128" and info["classes"] == ["background", "building", "contact"]
+    assert info["architecture"] == "resnet18-fpn256-semantic128" and info["classes"] == [
+        "background",
+        "building",
+        "contact",
+    ]
     assert info["parameters"] > 1_000_000
 
 

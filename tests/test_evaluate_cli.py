@@ -13,7 +13,10 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "metric"
 
 def test_evaluate_writes_the_solaris_report(tmp_path, capsys):
     out = tmp_path / "reports" / "report.json"
-    assert main(["evaluate", str(FIXTURES / "pred.geojson"), "--truth", str(FIXTURES / "gt.geojson"), "--out", str(out)]) == 0
+    assert (
+        main(["evaluate", str(FIXTURES / "pred.geojson"), "--truth", str(FIXTURES / "gt.geojson"), "--out", str(out)])
+        == 0
+    )
     report = json.loads(out.read_text())
     b = report["building"]
     assert (b["TP"], b["FP"], b["FN"]) == (8, 20, 20)

@@ -116,8 +116,12 @@ def test_summary_artifact_shows_the_quicklook_in_a_real_browser(tmp_path, checkp
 def _open_in_chromium(url: str, profile: Path, screenshot: Path) -> list[int]:
     """The naturalWidth of every data:image/jpeg <img> on the page once it has rendered; saves a screenshot."""
     profile.mkdir()
-    proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         active = profile / "DevToolsActivePort"
         wait_for(lambda: active.exists() and active.read_text().strip(), 60, "Chromium's DevTools port")

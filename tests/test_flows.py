@@ -84,7 +84,11 @@ def test_the_default_task_runner_is_an_embedded_cluster_and_an_address_connects(
     )
     assert local.cluster_kwargs["threads_per_worker"] == 1  # one task at a time; torch gets the cores
     assert local.cluster_kwargs["env"]["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
-    assert cpu_worker_shape(None, 2) == (1, 2) and cpu_worker_shape(None, 16) == (4, 4) and cpu_worker_shape(2, 2) == (2, 1)
+    assert (
+        cpu_worker_shape(None, 2) == (1, 2)
+        and cpu_worker_shape(None, 16) == (4, 4)
+        and cpu_worker_shape(2, 2) == (2, 1)
+    )
     assert task_runner("tcp://127.0.0.1:8786").address == "tcp://127.0.0.1:8786"
     monkeypatch.setenv("FPN_GEO_DASK_ADDRESS", "tcp://127.0.0.1:8786")
     assert task_runner().address == "tcp://127.0.0.1:8786"

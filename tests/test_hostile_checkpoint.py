@@ -65,7 +65,11 @@ CASES = [
     ("huge-integer", lambda d: json.dumps(d).replace('"depth": 18', '"depth": ' + "9" * 5000), "cannot be read"),
     ("depth-unsupported", setkey("depth", 7), "depth"),
     ("depth-bool", setkey("depth", True), "depth"),
-    ("bands-absurd", lambda d: {**d, "bands": list(range(1, 100001)), "mean": [1.0] * 100000, "std": [1.0] * 100000}, "bands"),
+    (
+        "bands-absurd",
+        lambda d: {**d, "bands": list(range(1, 100001)), "mean": [1.0] * 100000, "std": [1.0] * 100000},
+        "bands",
+    ),
     ("bands-zero", setkey("bands", [0, 1, 2]), "bands"),
     ("bands-strings", setkey("bands", ["r", "g", "b"]), "bands"),
     ("bands-mismatch", setkey("mean", [100.0, 100.0]), "mean"),

@@ -106,7 +106,12 @@ def test_end_to_end_mapped_scene_gives_the_8_bit_result(base, tmp_path, checkpoi
     scene = as_dtype(base, tmp_path, dtype, CONVERT[dtype])
     cfg = tmp_path / "c.yaml"
     cfg.write_text("radiometry: " + str(rule).replace("'", "") + "\n")
-    assert run_inprocess(["segment", str(ref), "--model", str(checkpoint), "--out", str(tmp_path / "ref.gpkg"), "-q"], capsys)[0] == 0
+    assert (
+        run_inprocess(
+            ["segment", str(ref), "--model", str(checkpoint), "--out", str(tmp_path / "ref.gpkg"), "-q"], capsys
+        )[0]
+        == 0
+    )
     code, err = run_inprocess(
         ["segment", str(scene), "--model", str(checkpoint), "--out", str(tmp_path / "m.gpkg"), "--config", str(cfg), "-q"], capsys
     )

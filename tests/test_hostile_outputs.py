@@ -176,7 +176,10 @@ def test_atomic_output_refuses_an_incomplete_raster(tmp_path, small_scene):
     final = tmp_path / "p.tif"
     final.write_bytes(b"old")
     data = small_scene.read_bytes()
-    with pytest.raises(OutputError, match="incomplete|truncated|not"), atomic_output(final, verify=verify_raster) as tmp:
+    with (
+        pytest.raises(OutputError, match="incomplete|truncated|not"),
+        atomic_output(final, verify=verify_raster) as tmp,
+    ):
         tmp.write_bytes(data[: len(data) * 2 // 3])
     assert final.read_bytes() == b"old" and temps(tmp_path) == []
 

@@ -54,8 +54,13 @@ def parameters(gpkg: Path) -> dict:
 def test_installed_package_gets_the_documented_defaults_outside_the_repository(
     installed, tmp_path, small_scene, checkpoint
 ):
-    where = subprocess.run([str(installed / "bin" / "python"), "-c", "import fpn_geo; print(fpn_geo.__file__)"],
-                           cwd=tmp_path, capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    where = subprocess.run(
+        [str(installed / "bin" / "python"), "-c", "import fpn_geo; print(fpn_geo.__file__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
     assert str(installed) in where.stdout, where.stdout + where.stderr  # the wheel, not the checkout
     proc = run_installed(
         installed, tmp_path, "segment", str(small_scene), "--model", str(checkpoint), "--out", "a.gpkg", "-q"

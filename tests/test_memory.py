@@ -77,7 +77,11 @@ def child(vrt: str, out: str, allocate_scene: bool) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     summary = segment(vrt, seg, out, cfg)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"buildings": summary.buildings, "windows": summary.windows, "vm_data_mb": before, "peak_rss_mb": peak_rss}))
+    print(
+        json.dumps(
+            {"buildings": summary.buildings, "windows": summary.windows, "vm_data_mb": before, "peak_rss_mb": peak_rss}
+        )
+    )
 
 
 def run_child(tmp_path: Path, allocate_scene: bool) -> subprocess.CompletedProcess:

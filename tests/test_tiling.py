@@ -42,7 +42,11 @@ def test_blocks_cover_the_grid_once_and_their_windows_are_the_ones_that_reach_in
         covered = np.zeros((grid.height, grid.width), np.int32)
         for b in layout:
             covered[b.y0 : b.y1, b.x0 : b.x1] += 1
-            reach = [w for w in grid if w.row_off < b.y1 and w.row_off + w.size > b.y0 and w.col_off < b.x1 and w.col_off + w.size > b.x0]
+            reach = [
+                w
+                for w in grid
+                if w.row_off < b.y1 and w.row_off + w.size > b.y0 and w.col_off < b.x1 and w.col_off + w.size > b.x0
+            ]
             assert layout.windows(b) == reach
         assert (covered == 1).all()
         groups = layout.groups(2)

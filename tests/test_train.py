@@ -241,7 +241,11 @@ def test_resume_needs_the_optimizer_state(tmp_path, crop_tif):
     run = train(load_train_config(**tiny_config(crop_tif, tmp_path / "r", epochs=1, steps_per_epoch=1)))
     (tmp_path / "r" / "last.state.safetensors").unlink()
     with pytest.raises(CheckpointError, match="last.state.safetensors and last.state.json must sit beside it"):
-        train(load_train_config(**tiny_config(crop_tif, tmp_path / "r", epochs=2, steps_per_epoch=1, resume=str(run.last))))
+        train(
+            load_train_config(
+                **tiny_config(crop_tif, tmp_path / "r", epochs=2, steps_per_epoch=1, resume=str(run.last))
+            )
+        )
 
 
 # --- validation scoring ------------------------------------------------------------------------------
@@ -255,7 +259,10 @@ def test_holdout_export_is_the_block_training_never_saw(tmp_path):
     with rasterio.open(tif) as crop_ds, rasterio.open(DATA / "kampala_oam" / "mosaic_z21_12x8_3072x2048.tif") as scene:
         assert crop_ds.height == scene.height and 0.3 < crop_ds.width / scene.width < 0.34  # the eastern third
         assert crop_ds.bounds.right == pytest.approx(scene.bounds.right) and crop_ds.crs == scene.crs
-        assert np.array_equal(crop_ds.read(1, window=((0, 8), (0, 8))), scene.read(1, window=((0, 8), (scene.width - crop_ds.width, scene.width - crop_ds.width + 8))))
+        assert np.array_equal(
+            crop_ds.read(1, window=((0, 8), (0, 8))),
+            scene.read(1, window=((0, 8), (scene.width - crop_ds.width, scene.width - crop_ds.width + 8))),
+        )
     import geopandas as gpd
 
     assert 40 <= len(gpd.read_file(gpkg)) <= 50

@@ -66,7 +66,11 @@ def test_edge_pieces_are_held_only_until_the_next_row_of_blocks():
     assert [p.geom.area for p in done] == [4.0] and [p.geom.area for p in edges] == [10.0]
     joiner = EdgeJoiner((20, 10))
     assert joiner.add_row(edges, 10) == [] and len(joiner.open) == 1
-    below = trace_pieces(np.pad(np.ones((3, 2), np.int32), ((0, 7), (2, 6))), np.full((10, 10), 255, np.uint8), Block(1, 0, 10, 20, 0, 10))
+    below = trace_pieces(
+        np.pad(np.ones((3, 2), np.int32), ((0, 7), (2, 6))),
+        np.full((10, 10), 255, np.uint8),
+        Block(1, 0, 10, 20, 0, 10),
+    )
     finished = joiner.add_row(below, 20)
     assert len(finished) == 1 and finished[0].geom.area == 16.0 and joiner.open == []
 

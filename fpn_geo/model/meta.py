@@ -125,7 +125,11 @@ def validate_meta(m: ModelMeta) -> None:
     if not all(_is_int(b) and 1 <= b <= 65535 for b in m.bands) or len(set(m.bands)) != len(m.bands):
         raise _bad("bands", m.bands, "distinct 1-based band numbers, e.g. [1, 2, 3]")
     n = len(m.bands)
-    if not isinstance(m.input_range, (tuple, list)) or len(m.input_range) != 2 or not all(_is_number(v) for v in m.input_range):
+    if (
+        not isinstance(m.input_range, (tuple, list))
+        or len(m.input_range) != 2
+        or not all(_is_number(v) for v in m.input_range)
+    ):
         raise _bad("input_range", m.input_range, "[low, high], two finite numbers, e.g. [0, 255]")
     lo, hi = (float(v) for v in m.input_range)
     if not lo < hi or max(abs(lo), abs(hi)) > 1e12:

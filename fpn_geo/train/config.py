@@ -143,5 +143,8 @@ def load_train_config(path: str | Path | None = None, **overrides: Any) -> Train
         data, source = read_yaml_mapping(Path(path), "training config"), str(path)
     data.update({k: v for k, v in overrides.items() if v is not None})
     return build_config(
-        TrainConfig, data, source, lambda key: SourceConfig.model_fields if "sources" in key else TrainConfig.model_fields
+        TrainConfig,
+        data,
+        source,
+        lambda key: SourceConfig.model_fields if "sources" in key else TrainConfig.model_fields,
     )

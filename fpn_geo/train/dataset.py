@@ -183,7 +183,10 @@ class ChipDataset(torch.utils.data.Dataset):
         if self.transform is not None:
             image, target = self.transform(image, target)
         image = (image - self.mean) / self.std
-        return {"image": torch.from_numpy(np.ascontiguousarray(image)), "mask": torch.from_numpy(np.ascontiguousarray(target).astype(np.int64))}
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image)),
+            "mask": torch.from_numpy(np.ascontiguousarray(target).astype(np.int64)),
+        }
 
 
 def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -83,7 +83,11 @@ def sources_on_device(
             img = F.pad(img, (0, pw, 0, ph))
             tgt = F.pad(tgt, (0, pw, 0, ph), value=IGNORE)
         b = grid["block"]
-        out.append(DeviceSource(rec["name"], rec["place"], img.contiguous(), tgt.contiguous(), Block(*b) if b else None, rec["weight"]))
+        out.append(
+            DeviceSource(
+                rec["name"], rec["place"], img.contiguous(), tgt.contiguous(), Block(*b) if b else None, rec["weight"]
+            )
+        )
     return out
 
 
@@ -238,7 +242,11 @@ def train_one(cache_meta: dict, arrays: dict, gsd: float, seconds: float, device
     sources = sources_on_device(cache_meta, arrays, gsd, device, int(math.ceil(chip * max(scale) / 32) * 32))
     batcher = ChipBatcher(sources, chip, batch, cache_meta["mean"], cache_meta["std"], scale, cfg.get("colour_aug", 0.25), cfg.get("blur_p", 0.3), cfg["seed"])
     load_s = time.perf_counter() - t_load
-    depth, fpn_ch, head_ch = args.depth or cfg["depth"], args.fpn_channels or cfg["fpn_channels"], args.head_channels or cfg["head_channels"]
+    depth, fpn_ch, head_ch = (
+        args.depth or cfg["depth"],
+        args.fpn_channels or cfg["fpn_channels"],
+        args.head_channels or cfg["head_channels"],
+    )
     meta = ModelMeta(
         depth=depth, bands=tuple(cfg["bands"]), mean=tuple(cache_meta["mean"]), std=tuple(cache_meta["std"]),
         classes=tuple(cache_meta["classes"]), gsd_m=gsd, fpn_channels=fpn_ch, head_channels=head_ch,
@@ -280,7 +288,11 @@ def train_one(cache_meta: dict, arrays: dict, gsd: float, seconds: float, device
     if cuda:
         torch.cuda.synchronize()
     t_end = time.perf_counter()
-    timed = (step - step_warm) * batch / (t_end - t_warm) if t_warm and step > step_warm else step * batch / max(t_end - t0, 1e-9)
+    timed = (
+        (step - step_warm) * batch / (t_end - t_warm)
+        if t_warm and step > step_warm
+        else step * batch / max(t_end - t0, 1e-9)
+    )
     metrics = {
         "gsd_m": gsd, "steps": step, "chips": step * batch, "batch": batch, "chip": chip, "train_seconds": round(t_end - t0, 1),
         "load_seconds": round(load_s, 1), "chips_per_s": round(timed, 1), "loss_curve": losses,
@@ -303,7 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--gsd", type=float, nargs="+", default=None, help="model GSDs to train, in order (default: all in the cache)"
     )
-    p.add_argument("--deadline-minutes", type=float, default=6.3, help="wall time for everything from process start; split over the models")
+    p.add_argument(
+        "--deadline-minutes",
+        type=float,
+        default=6.3,
+        help="wall time for everything from process start; split over the models",
+    )
     p.add_argument("--device", default="cuda")
     p.add_argument("--batch", type=int, default=0)
     p.add_argument("--chip", type=int, default=0)
@@ -316,7 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            print("gpu: error: --device cuda but torch sees no CUDA device; use --device cpu for a smoke test", file=sys.stderr)
+            print(
+                "gpu: error: --device cuda but torch sees no CUDA device; use --device cpu for a smoke test",
+                file=sys.stderr,
+            )
             return 2
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -332,7 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     gsds = args.gsd or cache_meta["gsds"]
     deadline = args.deadline_minutes * 60
     reserve = 8.0  # per model: the checkpoint write and split
-    report = {"cache": str(args.cache), "cache_sha256": args.cache_sha256, "deadline_minutes": args.deadline_minutes, "models": {}}
+    report = {
+        "cache": str(args.cache),
+        "cache_sha256": args.cache_sha256,
+        "deadline_minutes": args.deadline_minutes,
+        "models": {},
+    }
     sums = []
     for i, gsd in enumerate(gsds):
         left = deadline - (time.perf_counter() - _T0) - reserve * (len(gsds) - i)
@@ -354,7 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     (out_dir / "SHA256SUMS").write_text("".join(f"{h}  {n}\n" for h, n in sums))
     report["wall_seconds"] = round(time.perf_counter() - _T0, 1)
     (out_dir / "train_gpu.json").write_text(json.dumps(report, indent=1))
-    print(f"done in {report['wall_seconds']:.0f} s: " + ", ".join(f"{n} {m['metrics']['chips_per_s']:.0f} chips/s" for n, m in report["models"].items()), flush=True)
+    print(
+        f"done in {report['wall_seconds']:.0f} s: "
+        + ", ".join(f"{n} {m['metrics']['chips_per_s']:.0f} chips/s" for n, m in report["models"].items()),
+        flush=True,
+    )
     return 0
 
 

@@ -54,7 +54,11 @@ def plot_curve(csv_path: Path, png_path: Path) -> None:
     a.plot(ep, [r["train_loss"] for r in rows], label="train loss (CE + Dice)")
     a.set_xlabel("epoch")
     a.legend()
-    for key, label in (("val_pixel_iou", "pixel IoU"), ("val_f1_sep", "F1 @0.5, separated"), ("val_f1_nosep", "F1 @0.5, not separated")):
+    for key, label in (
+        ("val_pixel_iou", "pixel IoU"),
+        ("val_f1_sep", "F1 @0.5, separated"),
+        ("val_f1_nosep", "F1 @0.5, not separated"),
+    ):
         ys = [r.get(key) for r in rows]
         if any(y is not None for y in ys):
             b.plot(ep, [y if y is not None else float("nan") for y in ys], label=label)

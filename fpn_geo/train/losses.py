@@ -40,7 +40,11 @@ class CEDiceLoss(nn.Module):
     def ce_dice(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The total alone, without reading values back to the host (no device sync: the GPU trainer's path)."""
         ce = F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore)
-        return ce + self.dice_weight * soft_dice(logits, target, self.dice_classes, self.ignore) if self.dice_weight else ce
+        return (
+            ce + self.dice_weight * soft_dice(logits, target, self.dice_classes, self.ignore)
+            if self.dice_weight
+            else ce
+        )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         ce = F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore)

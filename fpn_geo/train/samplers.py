@@ -37,7 +37,10 @@ class Block:
 
     def intersects(self, row: int, col: int, size: int, gap: int = 0) -> bool:
         return not (
-            row + size + gap <= self.row0 or row >= self.row1 + gap or col + size + gap <= self.col0 or col >= self.col1 + gap
+            row + size + gap <= self.row0
+            or row >= self.row1 + gap
+            or col + size + gap <= self.col0
+            or col >= self.col1 + gap
         )
 
 
