@@ -160,8 +160,10 @@ def main() -> None:
             results[f"e2e {label}"] = {"e2e": e2e, "model_only": only}
             stages = " ".join(f"{k} {v:.1f}" for k, v in e2e["times"].items())
             print(f"e2e {label}: {e2e['seconds']:.1f} s ({e2e['windows']} windows, {e2e['predicted']} predicted, "
-                  f"{e2e['buildings']} buildings) / model-only {only['seconds']:.1f} s = {e2e['seconds'] / only['seconds']:.3f}; "
-                  f"/ read+model {only['read_and_model']:.1f} s = {e2e['seconds'] / only['read_and_model']:.3f}  [{stages}]", flush=True)
+                  f"{e2e['buildings']} buildings) / model-only {only['seconds']:.1f} s = "
+                  f"{e2e['seconds'] / only['seconds']:.3f}; "
+                  f"/ read+model {only['read_and_model']:.1f} s = {e2e['seconds'] / only['read_and_model']:.3f}  "
+                  f"[{stages}]", flush=True)
     if "post" in args.rows:
         r = measure(
             {"kind": "e2e", "scene": str(big), "source": str(coarse), "oracle": True, "cfg": {"post_threads": 1}}
@@ -178,7 +180,8 @@ def main() -> None:
         for side in (2048, 8192):
             rss[side] = measure({"kind": "e2e", "scene": str(scenes.build_tiff(side)), "checkpoint": str(MODEL)})
         results["rss"] = rss
-        print(f"peak RSS, bundled model, 7.5 cm: 2048² {rss[2048]['peak_rss_mb']:.0f} MB, 8192² {rss[8192]['peak_rss_mb']:.0f} MB, "
+        print(f"peak RSS, bundled model, 7.5 cm: 2048² {rss[2048]['peak_rss_mb']:.0f} MB, 8192² "
+              f"{rss[8192]['peak_rss_mb']:.0f} MB, "
               f"ratio {rss[8192]['peak_rss_mb'] / rss[2048]['peak_rss_mb']:.3f}", flush=True)
     if "flow" in args.rows:
         flow = {w: measure({"kind": "flow", "scene": str(big), "source": str(coarse), "workers": w}) for w in (1, 2)}
@@ -186,7 +189,8 @@ def main() -> None:
         f2 = flow[2]
         print(f"flow path, oracle, {args.side}² at 0.30 m, {f2['blocks']} blocks: 1 worker {flow[1]['seconds']:.1f} s, "
               f"2 workers {f2['seconds']:.1f} s, speed-up {flow[1]['seconds'] / f2['seconds']:.2f}; same buildings "
-              f"{flow[1]['buildings'] == f2['buildings']} ({f2['buildings']}); bytes received {f2['bytes'] / 1e6:.2f} MB = "
+              f"{flow[1]['buildings'] == f2['buildings']} ({f2['buildings']}); bytes received {f2['bytes'] / 1e6:.2f} "
+              "MB = "
               f"{f2['bytes'] / f2['raster_bytes']:.4f} of the 2-band uint8 probability raster "
               f"({2 * f2['bytes'] / f2['raster_bytes']:.4f} of one band)", flush=True)
     if args.json:

@@ -86,10 +86,12 @@ def main(argv: list[str] | None = None) -> int:
                 if a.regularize:
                     r.update(regularized(r, b, a.regularize, a.min_area))
                 rows.append(r)
-                print(f"{b.place:12s} t={t:.2f} {'sep  ' if sep else 'nosep'} F1 {r['f1']:.3f} (P {r['precision']:.2f} R {r['recall']:.2f}, "
+                print(f"{b.place:12s} t={t:.2f} {'sep  ' if sep else 'nosep'} F1 {r['f1']:.3f} (P "
+                      f"{r['precision']:.2f} R {r['recall']:.2f}, "
                       f"TP {r['tp']} FP {r['fp']} FN {r['fn']})  pixel IoU {r['pixel_iou']:.3f}", flush=True)
                 if a.regularize:
-                    print(f"{'':12s} right-angled outlines: F1 {r['f1_reg']:.3f}, vertices {r['vertices']} -> {r['vertices_reg']}", flush=True)
+                    print(f"{'':12s} right-angled outlines: F1 {r['f1_reg']:.3f}, vertices {r['vertices']} -> "
+                        f"{r['vertices_reg']}", flush=True)
     summary = {}
     for t in a.thresholds:
         for sep in modes:

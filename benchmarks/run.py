@@ -200,7 +200,8 @@ def main() -> None:
     jobs = plan(args)
     import torch
 
-    print(f"# fpn-geo benchmarks: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; scenes in {scenes.CACHE}")
+    print(f"# fpn-geo benchmarks: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} "
+        f"threads; scenes in {scenes.CACHE}")
     header = f"{'mode':<34} {'scene':<18} {'pipeline':<15} {'wall s':>7} {'Mpx/s':>7} {'peak RSS MB':>11} {'buildings':>9}  stage shares (ours)"
     print(header)
     print("-" * len(header))
@@ -215,7 +216,8 @@ def main() -> None:
         if job["pipeline"] == "model-only":
             ours = next(x for x in results[::-1] if x["job"]["pipeline"] == "ours" and x["job"]["mode"] == "model")
             extra = f"ours / model-only = {ours['seconds'] / secs:.3f}"
-        print(f"{mode:<34} {label:<18} {job['pipeline']:<15} {secs:7.1f} {mpxs:7.2f} {r['peak_rss_mb']:11.0f} {b!s:>9}  {extra}", flush=True)
+        print(f"{mode:<34} {label:<18} {job['pipeline']:<15} {secs:7.1f} {mpxs:7.2f} {r['peak_rss_mb']:11.0f} "
+            f"{b!s:>9}  {extra}", flush=True)
     print(f"# total {time.perf_counter() - t_all:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

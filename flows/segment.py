@@ -136,7 +136,8 @@ def _summary_markdown(name: str, summary: RunSummary, tasks: int, workers: int, 
     rows = [
         ("scene", name), ("windows", summary.windows), ("windows without data", summary.windows_skipped),
         ("buildings", summary.buildings), ("seconds", f"{summary.seconds:.1f}"), ("Mpx/s", f"{summary.mpx_per_s:.2f}"),
-        ("process-blocks tasks", tasks), ("Dask workers", workers), ("KB received from blocks", f"{summary.bytes_received / 1e3:.0f}"),
+        ("process-blocks tasks", tasks), ("Dask workers", workers),
+        ("KB received from blocks", f"{summary.bytes_received / 1e3:.0f}"),
         ("output", f"`{summary.out}`"),
     ]
     if summary.probability:

@@ -67,7 +67,8 @@ def report_training(summary: dict[str, Any]) -> None:
         key="train-segmenter-summary",
         markdown=(
             f"**best** `{summary['best']}` (held-out F1 {summary['best_score']:.4f}); **last** `{summary['last']}`; "
-            f"{summary['epochs_run']} epochs at {summary['chips_per_s']:.2f} chips/s; curve `{summary['out_dir']}/curve.png`"
+            f"{summary['epochs_run']} epochs at {summary['chips_per_s']:.2f} chips/s; curve "
+            f"`{summary['out_dir']}/curve.png`"
         ),
     )
 

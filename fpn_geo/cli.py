@@ -67,7 +67,8 @@ def _segment(args: argparse.Namespace) -> int:
     from fpn_geo.pipeline import load_segmenter, segment
 
     cfg = load_config(
-        args.config, flags=SEGMENT_FLAGS, window=args.window, overlap=args.overlap, batch=args.batch, device=args.device,
+        args.config, flags=SEGMENT_FLAGS, window=args.window, overlap=args.overlap, batch=args.batch,
+        device=args.device,
         threshold=args.threshold, min_area_m2=args.min_area, simplify_m=args.simplify, compile=args.compile or None,
         probability="none" if args.no_probability else None,
     )

@@ -41,8 +41,10 @@ class SegmentConfig(BaseModel):
     readers: int = Field(0, ge=0, le=64, description="reader threads; 0 = auto: 1 on CPU, up to 8 on CUDA")
     threshold: float = Field(0.5, gt=0, lt=1, description="building probability threshold")
     min_area_m2: float = Field(4.0, ge=0, le=1e9, description="smallest building kept, in square metres")
-    simplify_m: float = Field(0.3, ge=0, le=1000, description="Douglas-Peucker tolerance in metres (0.3: a pixel of a 0.30 m model grid, which takes out the staircase of traced pixel edges)")
-    regularize: float = Field(0.0, ge=0, le=1, description="right-angled outlines: a building whose IoU with its oriented minimum rectangle is at least this becomes that rectangle (e.g. 0.85); 0 = off")
+    simplify_m: float = Field(0.3, ge=0, le=1000, description="Douglas-Peucker tolerance in metres (0.3: a pixel of a "
+        "0.30 m model grid, which takes out the staircase of traced pixel edges)")
+    regularize: float = Field(0.0, ge=0, le=1, description="right-angled outlines: a building whose IoU with its "
+        "oriented minimum rectangle is at least this becomes that rectangle (e.g. 0.85); 0 = off")
     separate_touching: bool = Field(True, description="split touching buildings with the contact class")
     block_windows: int = Field(
         4, gt=0, description="block side in windows: the unit that is blended and vectorized at once; bounds memory"
@@ -58,8 +60,8 @@ class SegmentConfig(BaseModel):
     gdal_cache_mb: int = Field(128, gt=0, le=1_000_000, description="GDAL block cache; bounds raster I/O memory")
     radiometry: RadiometryConfig = Field(
         default_factory=RadiometryConfig,
-        description="how the scene's pixel values map to the model's input range: {rule: auto|identity|linear|percentile, "
-        "scale, offset, percentiles}; see fpn_geo/radiometry.py",
+        description="how the scene's pixel values map to the model's input range: "
+        "{rule: auto|identity|linear|percentile, scale, offset, percentiles}; see fpn_geo/radiometry.py",
     )
     scratch_dir: str | None = Field(
         None, description="folder for the blocks' compressed probability tiles (well under 1 byte a model-grid pixel); "

@@ -167,7 +167,8 @@ def register_metadata(db: sqlite3.Connection, record: dict, crs=None) -> None:
         if not exists:
             db.execute(
                 "INSERT INTO gpkg_extensions(table_name, column_name, extension_name, definition, scope) "
-                "VALUES (?, NULL, 'gpkg_metadata', 'http://www.geopackage.org/spec120/#extension_metadata', 'read-write')",
+                "VALUES (?, NULL, 'gpkg_metadata', 'http://www.geopackage.org/spec120/#extension_metadata', "
+                "'read-write')",
                 (table,),
             )
     abstract = describe(record)
@@ -181,7 +182,8 @@ def register_metadata(db: sqlite3.Connection, record: dict, crs=None) -> None:
             (uri, mime, text),
         )
         db.execute(
-            "INSERT INTO gpkg_metadata_reference(reference_scope, table_name, timestamp, md_file_id) VALUES ('table', ?, ?, ?)",
+            "INSERT INTO gpkg_metadata_reference(reference_scope, table_name, timestamp, md_file_id) VALUES ('table', "
+            "?, ?, ?)",
             (BUILDINGS, _now(), cur.lastrowid),
         )
     db.execute("UPDATE gpkg_contents SET description=? WHERE table_name=?", (abstract, BUILDINGS))
@@ -283,7 +285,8 @@ def register_style(db: sqlite3.Connection, table: str = BUILDINGS) -> None:
     )
     if not db.execute("SELECT 1 FROM gpkg_contents WHERE table_name='layer_styles'").fetchone():
         db.execute(
-            "INSERT INTO gpkg_contents(table_name, data_type, identifier, last_change) VALUES ('layer_styles', 'attributes', 'layer_styles', ?)",
+            "INSERT INTO gpkg_contents(table_name, data_type, identifier, last_change) VALUES ('layer_styles', "
+            "'attributes', 'layer_styles', ?)",
             (_now(),),
         )
     # QGIS finds the default style by table AND geometry column name: take the column GDAL actually wrote.

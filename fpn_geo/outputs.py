@@ -33,7 +33,8 @@ TEMP_RE = re.compile(r"^\.(?P<name>.+)\.fpn-geo-(?P<pid>\d+)-(?P<rand>[0-9a-f]{8
 STALE_AFTER_S = 60.0  # a dead process's temp this old is left over; younger, it may be a pid from another container
 ABANDONED_AFTER_S = 7 * 24 * 3600.0  # untouched this long: left over whatever its pid says (pids are reused)
 VECTOR_SUFFIXES_REFUSED = {".shp": "an ESRI Shapefile", ".geojson": "GeoJSON", ".json": "JSON", ".gml": "GML",
-                           ".kml": "KML", ".csv": "CSV", ".fgb": "FlatGeobuf", ".tif": "a GeoTIFF", ".tiff": "a GeoTIFF"}
+                           ".kml": "KML", ".csv": "CSV", ".fgb": "FlatGeobuf", ".tif": "a GeoTIFF",
+                           ".tiff": "a GeoTIFF"}
 
 Verifier = Callable[[Path], None]
 
@@ -194,7 +195,8 @@ def _check_blocks_inside(src, size: int, path: Path) -> None:
                     return  # not exposed by this GDAL: the read-back below still checks
                 if int(off) + int(n) > size:
                     raise OutputError(
-                        f"{path} is truncated: block {x},{y} of band {b} ends at byte {int(off) + int(n)}, the file has {size}; "
+                        f"{path} is truncated: block {x},{y} of band {b} ends at byte {int(off) + int(n)}, the file "
+                        f"has {size}; "
                         "the disk may be full"
                     )
 

@@ -52,7 +52,8 @@ def _mosaic_vrt(tiles: Sequence[tuple[Block, Path]], georef: Georef, channels: i
             f'<ComplexSource><SourceFilename relativeToVRT="0">{escape(str(path))}</SourceFilename>'
             f"<SourceBand>{b}</SourceBand>"
             f'<SrcRect xOff="0" yOff="0" xSize="{blk.x1 - blk.x0}" ySize="{blk.y1 - blk.y0}"/>'
-            f'<DstRect xOff="{blk.x0}" yOff="{blk.y0}" xSize="{blk.x1 - blk.x0}" ySize="{blk.y1 - blk.y0}"/></ComplexSource>'
+            f'<DstRect xOff="{blk.x0}" yOff="{blk.y0}" xSize="{blk.x1 - blk.x0}" '
+            f'ySize="{blk.y1 - blk.y0}"/></ComplexSource>'
             for blk, path in tiles
         )
         bands.append(

@@ -120,7 +120,8 @@ def resolve_radiometry(
     n = len(bands)
     kinds = {np.dtype(src.dtypes[b - 1]).kind for b in bands}
     if not kinds <= set("uifb"):
-        raise InputError(f"scene {src.name} has {dtype} pixels; fpn-geo reads integer or real pixels, convert it (gdal_translate -ot Float32)")
+        raise InputError(f"scene {src.name} has {dtype} pixels; fpn-geo reads integer or real pixels, convert it "
+            "(gdal_translate -ot Float32)")
     if cfg.rule == "identity":
         return IDENTITY
     if cfg.rule == "linear":

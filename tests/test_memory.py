@@ -68,7 +68,8 @@ def child(vrt: str, out: str, allocate_scene: bool) -> None:
     from fpn_geo.pipeline import Segmenter, segment
 
     cfg = load_config(
-        window=512, overlap=64, batch=8, probability="none", simplify_m=0.0, min_area_m2=1.0, gdal_cache_mb=32, device="cpu"
+        window=512, overlap=64, batch=8, probability="none", simplify_m=0.0, min_area_m2=1.0, gdal_cache_mb=32,
+        device="cpu"
     )
     predictor = FullSceneAllocator() if allocate_scene else SquarePredictor()
     seg = Segmenter(predictor, ModelMeta(gsd_m=None))

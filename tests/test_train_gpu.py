@@ -44,11 +44,13 @@ def synthetic_cache(path: Path, gsds=(0.3,), side: int = 320) -> Path:
         for k, g in enumerate(gsds):
             arrays[f"s{i}_t{k}"] = tgt
         sources.append({
-            "name": f"synthetic{i}", "place": f"place{i}", "weight": 0.5, "store_gsd": gsds[0], "store_shape": [side, side],
+            "name": f"synthetic{i}", "place": f"place{i}", "weight": 0.5, "store_gsd": gsds[0],
+            "store_shape": [side, side],
             "grids": [{"gsd": g, "shape": [side, side], "block": block} for g in gsds],
         })
     config = {
-        "chip": 64, "batch": 4, "seed": 0, "lr": 1e-3, "weight_decay": 1e-4, "warmup_steps": 2, "class_weights": [1, 1, 3],
+        "chip": 64, "batch": 4, "seed": 0, "lr": 1e-3, "weight_decay": 1e-4, "warmup_steps": 2,
+        "class_weights": [1, 1, 3],
         "dice_weight": 1.0, "depth": 18, "fpn_channels": 32, "head_channels": 32, "bands": [1, 2, 3],
         "scale_aug": [0.7, 1.4], "colour_aug": 0.25, "blur_p": 0.5,
     }

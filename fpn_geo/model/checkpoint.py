@@ -48,8 +48,8 @@ def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
             raise CheckpointError(
-                f"checkpoint {path}: weight {name} holds {bad} NaN or infinite value(s); the model is broken, retrain or "
-                "use an earlier checkpoint"
+                f"checkpoint {path}: weight {name} holds {bad} NaN or infinite value(s); the model is broken, "
+                "retrain or use an earlier checkpoint"
             )
 
 

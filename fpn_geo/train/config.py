@@ -83,7 +83,8 @@ class TrainConfig(BaseModel):
     head_channels: int = Field(128, gt=0)
     contact_px: int = Field(2, ge=0, description="half-width of the contact band / separator gap, model pixels")
     target: Literal["separator", "contact"] = Field(
-        "separator", description="separator: background/interior/separator (1-px inner border + gaps); contact: the old contact band"
+        "separator",
+        description="separator: background/interior/separator (1-px inner border + gaps); contact: the old contact band"
     )
     cache_gsds: tuple[float, ...] = Field((0.15, 0.3), min_length=1, description="model GSDs the training cache holds")
     colour_aug: float = Field(0.25, ge=0, lt=1, description="colour augmentation strength (GPU trainer)")
@@ -131,7 +132,8 @@ class TrainConfig(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique, got {names}")
         if not any(s.val_block for s in self.sources):
-            raise ValueError("no source has a val_block; hold out a block of one source for validation, e.g. val_block: [0.6667, 0, 1, 1]")
+            raise ValueError("no source has a val_block; hold out a block of one source for validation, e.g. "
+                "val_block: [0.6667, 0, 1, 1]")
         return self
 
 

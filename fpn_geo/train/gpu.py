@@ -57,7 +57,8 @@ def load_cache(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
         arrays = {k: z[k] for k in z.files}
     meta = json.loads(arrays.pop("meta").tobytes().decode())
     if meta.get("format") != "fpn-geo-train-cache/1":
-        raise ValueError(f"{path} is not an fpn-geo training cache (format {meta.get('format')!r}); build one with python -m fpn_geo.train.cache")
+        raise ValueError(f"{path} is not an fpn-geo training cache (format {meta.get('format')!r}); build one with "
+            "python -m fpn_geo.train.cache")
     return meta, arrays
 
 
@@ -294,7 +295,8 @@ def train_one(cache_meta: dict, arrays: dict, gsd: float, seconds: float, device
         else step * batch / max(t_end - t0, 1e-9)
     )
     metrics = {
-        "gsd_m": gsd, "steps": step, "chips": step * batch, "batch": batch, "chip": chip, "train_seconds": round(t_end - t0, 1),
+        "gsd_m": gsd, "steps": step, "chips": step * batch, "batch": batch, "chip": chip,
+        "train_seconds": round(t_end - t0, 1),
         "load_seconds": round(load_s, 1), "chips_per_s": round(timed, 1), "loss_curve": losses,
         "device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
     }
@@ -372,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         parts = split_parts(ckpt, out_dir)
         sums += [(h, n) for n, h in parts]
         report["models"][name] = {"meta": meta_d, "sha256": meta_d["weights_sha256"], "bytes": ckpt.stat().st_size, "parts": [n for n, _ in parts], "metrics": metrics}
-        print(f"gsd {gsd}: {metrics['steps']} steps, {metrics['chips_per_s']:.0f} chips/s, {ckpt.stat().st_size / 2**20:.1f} MiB -> {len(parts)} part(s)", flush=True)
+        print(f"gsd {gsd}: {metrics['steps']} steps, {metrics['chips_per_s']:.0f} chips/s, "
+            f"{ckpt.stat().st_size / 2**20:.1f} MiB -> {len(parts)} part(s)", flush=True)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = (
-    "epoch", "step", "lr", "train_loss", "train_ce", "train_dice", "chips", "chips_per_s", "train_seconds", "val_seconds",
-    "val_pixel_iou", "val_f1_sep", "val_f1_nosep", "val_precision_sep", "val_recall_sep", "val_tp_sep", "val_fp_sep", "val_fn_sep",
+    "epoch", "step", "lr", "train_loss", "train_ce", "train_dice", "chips", "chips_per_s", "train_seconds",
+    "val_seconds",
+    "val_pixel_iou", "val_f1_sep", "val_f1_nosep", "val_precision_sep", "val_recall_sep", "val_tp_sep", "val_fp_sep",
+    "val_fn_sep",
     "val_tp_nosep", "val_fp_nosep", "val_fn_nosep", "val_mean_place_f1_sep", "val_mean_place_f1_nosep",
 )
 
