@@ -57,8 +57,8 @@ def child_e2e(job: dict, out: Path) -> dict:
         seg = load_segmenter(job["checkpoint"], "cpu")
     t0 = time.perf_counter()
     s = segment(job["scene"], seg, out / "o.gpkg", _cfg(**job.get("cfg", {})))
-    return {"seconds": time.perf_counter() - t0, "times": s.times, "windows": s.windows, "predicted": s.windows_predicted,
-            "buildings": s.buildings, "bytes": s.bytes_received}
+    return {"seconds": time.perf_counter() - t0, "times": s.times, "windows": s.windows,
+            "predicted": s.windows_predicted, "buildings": s.buildings, "bytes": s.bytes_received}
 
 
 def child_model_only(job: dict, out: Path) -> dict:

@@ -6,7 +6,8 @@ scored by ``fpn_geo.evaluate.evaluate`` (building F1 at IoU >= 0.5, ``--min-area
 the same numbers as ``fpn-geo segment`` + ``fpn-geo evaluate`` on that block. With several ``--thresholds``
 it also reports the threshold with the best pooled F1: tuned on these held-out blocks only.
 
-    python benchmarks/eval_places.py --checkpoint models/default.safetensors [--thresholds 0.4 0.5 0.6] [--json out.json]
+    python benchmarks/eval_places.py --checkpoint models/default.safetensors \
+        [--thresholds 0.4 0.5 0.6] [--json out.json]
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ sys.path.insert(0, str(REPO))
 
 
 def regularized(row: dict, block, rect_iou: float, min_area: float) -> dict:
-    """Score the row's polygons after ``fpn_geo.regularize`` (in the block's UTM zone), as ``evaluate`` scores any file."""
+    """Score the row's polygons after ``fpn_geo.regularize`` (in the block's UTM zone), as ``evaluate`` scores
+    any file."""
     import geopandas as gpd
 
     from fpn_geo.evaluate import evaluate
@@ -39,7 +41,8 @@ def regularized(row: dict, block, rect_iou: float, min_area: float) -> dict:
     out = Path(row["gpkg"]).with_name(Path(row["gpkg"]).stem + "_reg.gpkg")
     reg.to_file(out, layer="buildings", driver="GPKG")
     rep = evaluate(out, block.truth, block.image, iou=0.5, min_area_m2=min_area)
-    return {"f1_reg": rep["building"]["f1"], "tp_reg": rep["building"]["TP"], "fp_reg": rep["building"]["FP"], "fn_reg": rep["building"]["FN"],
+    building = rep["building"]
+    return {"f1_reg": building["f1"], "tp_reg": building["TP"], "fp_reg": building["FP"], "fn_reg": building["FN"],
             "vertices": vertex_count(pred.geometry.values), "vertices_reg": vertex_count(reg.geometry.values)}
 
 
@@ -100,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     best = max(summary, key=lambda k: summary[k]["f1"])
     print(f"\n{'setting':16s} pooled F1  mean place F1")
     for k, v in summary.items():
-        print(f"{k:16s} {v['f1']:.3f}      {v['mean_place_f1']:.3f}{'   <- best (tuned on the held-out blocks)' if k == best and len(summary) > 1 else ''}")
+        mark = "   <- best (tuned on the held-out blocks)" if k == best and len(summary) > 1 else ""
+        print(f"{k:16s} {v['f1']:.3f}      {v['mean_place_f1']:.3f}{mark}")
     places = sorted({r["place"] for r in rows})
     print("\nper place F1 at the best threshold, separation on / off:")
     tb = float(best[1:5])
@@ -110,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {pl:12s} {on[0] if on else float('nan'):.3f} / {off[0] if off else float('nan'):.3f}")
     print(f"({time.perf_counter() - t0:.0f} s)")
     if a.json:
-        Path(a.json).write_text(json.dumps({"checkpoint": a.checkpoint, "config": a.config, "rows": rows, "summary": summary,
-                                            "best": best, "tuned_on": "the held-out blocks"}, indent=1))
+        record = {"checkpoint": a.checkpoint, "config": a.config, "rows": rows, "summary": summary,
+                  "best": best, "tuned_on": "the held-out blocks"}
+        Path(a.json).write_text(json.dumps(record, indent=1))
     return 0
 
 

@@ -88,8 +88,8 @@ def main() -> int:
     with prefect_test_harness(server_startup_timeout=60):
         workers = ["--dask-workers", str(args.workers)] if args.workers else []
         record["flow_cold_s"] = timed(
-            [sys.executable, "-m", "flows.segment", *workers, "--no-quicklook", "scene", args.scene, "--checkpoint", ckpt,
-             "--out", str(tmp / "cold.gpkg")], PREFECT_API_URL=PREFECT_API_URL.value())
+            [sys.executable, "-m", "flows.segment", *workers, "--no-quicklook", "scene", args.scene,
+             "--checkpoint", ckpt, "--out", str(tmp / "cold.gpkg")], PREFECT_API_URL=PREFECT_API_URL.value())
         shape = dict(task_runner(n_workers=args.workers).cluster_kwargs)  # the same workers as the cold run
         shape.update(dashboard_address=None, env={**shape.get("env", {}), "PREFECT_API_URL": PREFECT_API_URL.value()})
         with LocalCluster(**shape) as cluster:

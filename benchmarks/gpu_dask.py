@@ -111,8 +111,8 @@ def main() -> None:
                     writer.add(r)
             dist = writer.finish(t1, "bench")
         dist_s = time.perf_counter() - t1
-        emit(what="dask", windows=dist.windows, predicted=dist.windows_predicted, tasks=len(groups), buildings=dist.buildings,
-             seconds=dist_s, bytes_received=dist.bytes_received)
+        emit(what="dask", windows=dist.windows, predicted=dist.windows_predicted, tasks=len(groups),
+             buildings=dist.buildings, seconds=dist_s, bytes_received=dist.bytes_received)
     emit(
         what="compare", **compare(work / "in_process.gpkg", work / "dask.gpkg"), ratio_dask_to_in_process=dist_s / ref_s
     )

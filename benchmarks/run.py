@@ -157,7 +157,8 @@ def plan(args) -> list[tuple[str, str, dict]]:
             todo.append((f"{args.nodata}² nodata", scenes.scene(args.nodata, "nodata")))
         for label, sc in todo:
             for pipe in ("ours", "baseline"):
-                jobs.append(("overhead (oracle)", label, dict(pipeline=pipe, mode="overhead", scene=str(sc.path), mpx=sc.megapixels)))
+                job = dict(pipeline=pipe, mode="overhead", scene=str(sc.path), mpx=sc.megapixels)
+                jobs.append(("overhead (oracle)", label, job))
     if "model" in args.modes:
         ckpt, name = default_checkpoint(cache, args.random_depth or (18 if args.quick else 50), bool(args.random_depth))
         if args.quick:
@@ -202,7 +203,8 @@ def main() -> None:
 
     print(f"# fpn-geo benchmarks: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} "
         f"threads; scenes in {scenes.CACHE}")
-    header = f"{'mode':<34} {'scene':<18} {'pipeline':<15} {'wall s':>7} {'Mpx/s':>7} {'peak RSS MB':>11} {'buildings':>9}  stage shares (ours)"
+    header = (f"{'mode':<34} {'scene':<18} {'pipeline':<15} {'wall s':>7} {'Mpx/s':>7} {'peak RSS MB':>11} "
+              f"{'buildings':>9}  stage shares (ours)")
     print(header)
     print("-" * len(header))
     results = []

@@ -84,7 +84,8 @@ def scene_name(path: str) -> str:
 
 
 def output_paths(paths: list[str], out_dir: str | Path) -> dict[str, Path]:
-    """Map each scene path to out_dir/<stem>.gpkg; two scenes with the same stem would overwrite each other, so refuse."""
+    """Map each scene path to out_dir/<stem>.gpkg; two scenes with the same stem would overwrite each other, so
+    refuse."""
     outs: dict[str, Path] = {}
     seen: dict[str, str] = {}
     for p in paths:

@@ -236,9 +236,9 @@ def segment_scenes(
     scenes: a folder, a glob, a manifest (.txt/.csv: one path per line) or a list of paths.
     A scene whose GeoPackage already holds the same input sha256, checkpoint sha256 and output parameters
     (every config key that changes the output) is skipped (unless force), so a nightly re-run only does new
-    work. Probability rasters fpn-geo wrote are never taken as scenes, even when out_dir is the scenes folder. merged: also write all buildings into one
-    GeoPackage in `merged_crs`. A scene that fails fails its own flow run; the others go on, and this
-    run ends Failed, listing them.
+    work. Probability rasters fpn-geo wrote are never taken as scenes, even when out_dir is the scenes folder.
+    merged: also write all buildings into one GeoPackage in `merged_crs`. A scene that fails fails its own flow
+    run; the others go on, and this run ends Failed, listing them.
     """
     logger = get_run_logger()
     cfg = load_config(config, **(overrides or {}))
@@ -275,7 +275,8 @@ def segment_scenes(
         if state.is_completed():
             r = state.result()
             processed.append(path)
-            rows.append({"scene": name, "status": "done", "buildings": r["buildings"], "seconds": r["seconds"], "output": str(out)})
+            rows.append({"scene": name, "status": "done", "buildings": r["buildings"], "seconds": r["seconds"],
+                         "output": str(out)})
         else:
             failed[path] = state.message or state.name
             logger.error("%s failed: %s", name, failed[path])

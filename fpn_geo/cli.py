@@ -1,4 +1,5 @@
-"""`fpn-geo` command line: segment a scene, train a segmenter, evaluate predictions, or describe a scene or checkpoint."""
+"""`fpn-geo` command line: segment a scene, train a segmenter, evaluate predictions, or describe a scene or
+checkpoint."""
 
 from __future__ import annotations
 
@@ -29,7 +30,11 @@ def check_segment_run(args: argparse.Namespace, cfg):
     from fpn_geo.scene import open_scene
 
     out = Path(args.out)
-    prob = None if cfg.probability == "none" else Path(args.probability) if args.probability else default_probability_path(out)
+    prob = (
+        None if cfg.probability == "none"
+        else Path(args.probability) if args.probability
+        else default_probability_path(out)
+    )
     inputs = {
         "SCENE": args.scene,
         "--model": args.model,

@@ -146,7 +146,8 @@ def test_all_nodata_gives_an_empty_valid_geopackage_and_a_warning(checkpoint, ou
 
 def test_console_script_exit_code_and_one_line(checkpoint, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "fpn_geo.cli", "segment", str(tmp_path / "missing.tif"), "--model", str(checkpoint), "--out", str(tmp_path / "o.gpkg")],
+        [sys.executable, "-m", "fpn_geo.cli", "segment", str(tmp_path / "missing.tif"), "--model", str(checkpoint),
+         "--out", str(tmp_path / "o.gpkg")],
         capture_output=True, text=True,
     )
     assert proc.returncode == 2

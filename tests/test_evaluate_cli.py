@@ -29,7 +29,9 @@ def test_evaluate_writes_the_solaris_report(tmp_path, capsys):
 def test_evaluate_with_a_raster_adds_pixel_iou(tmp_path):
     out = tmp_path / "self.json"
     # the truth against itself, on the Kampala grid (labels in EPSG:4326, raster in EPSG:3857)
-    assert main(["evaluate", str(KAMPALA_LABELS), "--truth", str(KAMPALA_LABELS), "--raster", str(KAMPALA_Z20), "--out", str(out), "--min-area", "4"]) == 0
+    args = ["evaluate", str(KAMPALA_LABELS), "--truth", str(KAMPALA_LABELS), "--raster", str(KAMPALA_Z20),
+            "--out", str(out), "--min-area", "4"]
+    assert main(args) == 0
     report = json.loads(out.read_text())
     assert report["pixel_iou"] == 1.0 and report["building"]["f1"] == 1.0
     assert report["min_area_m2"] == 4.0 and report["building"]["TP"] < report["n_truth"]  # the area filter applied

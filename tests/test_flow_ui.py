@@ -90,8 +90,8 @@ def test_summary_artifact_shows_the_quicklook_in_a_real_browser(tmp_path, checkp
         wait_for(lambda: _healthy(api), 120, "the Prefect server")
         out = tmp_path / "out" / "small.gpkg"
         run = subprocess.run(
-            [sys.executable, "-m", "flows.segment", "--set", "window=256", "--set", "overlap=32", "scene", str(small_scene),
-             "--checkpoint", str(checkpoint), "--out", str(out)],
+            [sys.executable, "-m", "flows.segment", "--set", "window=256", "--set", "overlap=32", "scene",
+             str(small_scene), "--checkpoint", str(checkpoint), "--out", str(out)],
             env={**env, "PREFECT_API_URL": api}, cwd=REPO, capture_output=True, text=True, timeout=600,
         )
         assert run.returncode == 0, run.stderr[-3000:]

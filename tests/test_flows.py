@@ -127,7 +127,8 @@ def test_a_worker_killed_mid_run_changes_nothing(prefect_api, checkpoint, tmp_pa
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     env = env_for(prefect_api, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # as a Nanny sets for its worker
-    procs = [start([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], env, tmp_path / "scheduler.log")]
+    scheduler = [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
+    procs = [start(scheduler, env, tmp_path / "scheduler.log")]
     try:
         for name in ("w1", "w2"):
             procs.append(start(

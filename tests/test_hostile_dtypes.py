@@ -113,7 +113,8 @@ def test_end_to_end_mapped_scene_gives_the_8_bit_result(base, tmp_path, checkpoi
         == 0
     )
     code, err = run_inprocess(
-        ["segment", str(scene), "--model", str(checkpoint), "--out", str(tmp_path / "m.gpkg"), "--config", str(cfg), "-q"], capsys
+        ["segment", str(scene), "--model", str(checkpoint), "--out", str(tmp_path / "m.gpkg"), "--config", str(cfg),
+         "-q"], capsys
     )
     assert code == 0, err
     with rasterio.open(tmp_path / "ref.probability.tif") as a, rasterio.open(tmp_path / "m.probability.tif") as b:

@@ -26,8 +26,8 @@ def installed(tmp_path_factory) -> Path:
     """A fresh venv with the fpn-geo wheel; its dependencies come from this interpreter's site-packages (a .pth)."""
     tmp = tmp_path_factory.mktemp("installed")
     wheel_dir = tmp / "wheel"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), str(REPO)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(wheel_dir), str(REPO)], check=True, capture_output=True, timeout=300)
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     purelib = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; "
@@ -74,8 +74,8 @@ def test_installed_package_gets_the_documented_defaults_outside_the_repository(
 
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "my.yaml").write_text("threshold: 0.4\nwindow: 256\noverlap: 32\n")  # overrides only
-    proc = run_installed(installed, tmp_path, "segment", str(small_scene), "--model", str(checkpoint), "--out", "b.gpkg",
-                         "--config", "cfg/my.yaml", "-q")
+    proc = run_installed(installed, tmp_path, "segment", str(small_scene), "--model", str(checkpoint),
+                         "--out", "b.gpkg", "--config", "cfg/my.yaml", "-q")
     assert proc.returncode == 0, proc.stderr
     got = parameters(tmp_path / "b.gpkg")
     assert (got["threshold"], got["window"], got["overlap"]) == (0.4, 256, 32)

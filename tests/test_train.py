@@ -41,7 +41,9 @@ def tiny_config(crop_tif, out_dir, **kw) -> dict:
         out_dir=str(out_dir), gsd_m=0.3, depth=18, fpn_channels=32, head_channels=32, chip=64, val_chip=64,
         val_overlap=0,
         batch=4, epochs=3, steps_per_epoch=6, lr=2e-3, warmup_steps=2, threads=1, seed=0, jitter=0.05,
-        sources=[{"name": "kampala", "image": str(crop_tif), "labels": str(KAMPALA_LABELS), "val_block": [0.5, 0.0, 1.0, 1.0]}],
+        sources=[{
+            "name": "kampala", "image": str(crop_tif), "labels": str(KAMPALA_LABELS), "val_block": [0.5, 0.0, 1.0, 1.0],
+        }],
     )
     cfg.update(kw)
     return cfg

@@ -86,7 +86,8 @@ class Block:
             raise ImportError('blocked for this test: ' + name)
 sys.meta_path.insert(0, Block())
 from fpn_geo.train.gpu import main
-sys.exit(main(['--cache', {str(cache)!r}, '--out-dir', {str(tmp_path / 'out')!r}, '--device', 'cpu', '--max-steps', '2', '--deadline-minutes', '1']))
+sys.exit(main(['--cache', {str(cache)!r}, '--out-dir', {str(tmp_path / 'out')!r}, '--device', 'cpu',
+               '--max-steps', '2', '--deadline-minutes', '1']))
 """
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
@@ -105,7 +106,9 @@ def _train_and_join(tmp_path, device: str, steps: int) -> dict:
 
     cache = synthetic_cache(tmp_path / "c.npz")
     out = tmp_path / "out"
-    assert main(["--cache", str(cache), "--out-dir", str(out), "--device", device, "--max-steps", str(steps), "--deadline-minutes", "2"]) == 0
+    args = ["--cache", str(cache), "--out-dir", str(out), "--device", device, "--max-steps", str(steps),
+            "--deadline-minutes", "2"]
+    assert main(args) == 0
     report = json.loads((out / "train_gpu.json").read_text())
     (ckpt,) = join(out, tmp_path / "joined")
     from safetensors.torch import load_file

@@ -200,7 +200,8 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
 
 
 def fp16_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Weights as fp16 (half the bytes; ``load_checkpoint`` copies them into fp32 parameters); BN statistics stay fp32."""
+    """Weights as fp16 (half the bytes; ``load_checkpoint`` copies them into fp32 parameters); BN statistics stay
+    fp32."""
     return {
         k: (v.half() if v.is_floating_point() and "running_" not in k else v) for k, v in model.state_dict().items()
     }
@@ -230,8 +231,12 @@ def split_parts(path: Path, out_dir: Path, part_bytes: int = PART_BYTES) -> list
     return parts
 
 
-def train_one(cache_meta: dict, arrays: dict, gsd: float, seconds: float, device: torch.device, args: argparse.Namespace, log=print) -> tuple[torch.nn.Module, ModelMeta, dict]:
-    """Train one model at ``gsd`` for ``seconds`` of wall time (or ``args.max_steps``); returns model, metadata, metrics."""
+def train_one(
+    cache_meta: dict, arrays: dict, gsd: float, seconds: float, device: torch.device, args: argparse.Namespace,
+    log=print,
+) -> tuple[torch.nn.Module, ModelMeta, dict]:
+    """Train one model at ``gsd`` for ``seconds`` of wall time (or ``args.max_steps``); returns model, metadata,
+    metrics."""
     from fpn_geo.model.segmenter import BuildingSegmenter
 
     cfg = cache_meta["config"]
@@ -241,7 +246,10 @@ def train_one(cache_meta: dict, arrays: dict, gsd: float, seconds: float, device
     t_load = time.perf_counter()
     scale = tuple(cfg.get("scale_aug", (1.0, 1.0)))
     sources = sources_on_device(cache_meta, arrays, gsd, device, int(math.ceil(chip * max(scale) / 32) * 32))
-    batcher = ChipBatcher(sources, chip, batch, cache_meta["mean"], cache_meta["std"], scale, cfg.get("colour_aug", 0.25), cfg.get("blur_p", 0.3), cfg["seed"])
+    batcher = ChipBatcher(
+        sources, chip, batch, cache_meta["mean"], cache_meta["std"], scale, cfg.get("colour_aug", 0.25),
+        cfg.get("blur_p", 0.3), cfg["seed"],
+    )
     load_s = time.perf_counter() - t_load
     depth, fpn_ch, head_ch = (
         args.depth or cfg["depth"],
@@ -303,7 +311,10 @@ def train_one(cache_meta: dict, arrays: dict, gsd: float, seconds: float, device
     model.eval()
     meta = ModelMeta(**{**meta.__dict__, "extra": {"training": {
         "trainer": "fpn_geo.train.gpu", **metrics, "places": sorted({s.place for s in sources}),
-        "sources": [{"name": s.name, "place": s.place, "weight": s.weight, "held_out_px": [s.block.row0, s.block.col0, s.block.row1, s.block.col1] if s.block else None} for s in sources],
+        "sources": [{
+            "name": s.name, "place": s.place, "weight": s.weight,
+            "held_out_px": [s.block.row0, s.block.col0, s.block.row1, s.block.col1] if s.block else None,
+        } for s in sources],
         "config": cfg, "cache_sha256": args.cache_sha256,
     }}})
     return model, meta, metrics
@@ -373,7 +384,10 @@ def main(argv: list[str] | None = None) -> int:
         meta_d = write_checkpoint(model, meta, ckpt)
         parts = split_parts(ckpt, out_dir)
         sums += [(h, n) for n, h in parts]
-        report["models"][name] = {"meta": meta_d, "sha256": meta_d["weights_sha256"], "bytes": ckpt.stat().st_size, "parts": [n for n, _ in parts], "metrics": metrics}
+        report["models"][name] = {
+            "meta": meta_d, "sha256": meta_d["weights_sha256"], "bytes": ckpt.stat().st_size,
+            "parts": [n for n, _ in parts], "metrics": metrics,
+        }
         print(f"gsd {gsd}: {metrics['steps']} steps, {metrics['chips_per_s']:.0f} chips/s, "
             f"{ckpt.stat().st_size / 2**20:.1f} MiB -> {len(parts)} part(s)", flush=True)
         del model

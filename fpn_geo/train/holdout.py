@@ -46,7 +46,8 @@ def export_holdout(cfg: TrainConfig, source: str, out_dir: str | Path, root: Pat
         b = fraction_block(val_block, src.height, src.width)
         win = rasterio.windows.Window(b.col0, b.row0, b.width, b.height)
         profile = {**src.profile, "width": b.width, "height": b.height, "transform": src.window_transform(win)}
-        profile.update(driver="GTiff", tiled=True, blockxsize=256, blockysize=256, compress="deflate", photometric="RGB" if src.count == 3 else "MINISBLACK")
+        profile.update(driver="GTiff", tiled=True, blockxsize=256, blockysize=256, compress="deflate",
+                       photometric="RGB" if src.count == 3 else "MINISBLACK")
         profile.pop("jpeg_quality", None)
         with rasterio.open(tif, "w", **profile) as dst:
             dst.write(src.read(window=win))

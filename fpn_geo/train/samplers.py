@@ -80,7 +80,8 @@ class Extent:
 
 
 class RandomChipSampler:
-    """Training chips: a source drawn by weight, then a uniform position whose chip stays ``gap`` px clear of the held-out block.
+    """Training chips: a source drawn by weight, then a uniform position whose chip stays ``gap`` px clear of the
+    held-out block.
 
     Yields ``length`` queries per iteration; the generator's state carries on across epochs.
     """
@@ -137,7 +138,8 @@ class RandomChipSampler:
 class GridChipSampler:
     """Validation chips: a grid of ``size`` windows, ``overlap`` apart, covering every held-out block exactly.
 
-    The last row and column are moved back to end at the block's edge (no padding unless the block is smaller than a chip).
+    The last row and column are moved back to end at the block's edge (no padding unless the block is smaller
+    than a chip).
     """
 
     def __init__(self, extents: Sequence[Extent], size: int, overlap: int = 0) -> None:

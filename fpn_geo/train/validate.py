@@ -93,7 +93,8 @@ def validate_places(
     segmenter: Any, blocks: list[HeldOutBlock], work_dir: str | Path, threshold: float = 0.5,
     min_area_m2: float = 4.0, simplify_m: float = 0.3, **segment_overrides: Any,
 ) -> dict[str, Any]:
-    """Every held-out block with the separator split on and off; flat ``val_*`` keys for the metrics CSV plus ``rows``."""
+    """Every held-out block with the separator split on and off; flat ``val_*`` keys for the metrics CSV plus
+    ``rows``."""
     rows = [
         score_block(segmenter, b, work_dir, threshold, sep, min_area_m2, simplify_m, **segment_overrides)
         for b in blocks
@@ -106,7 +107,8 @@ def validate_places(
         rs = [r for r in rows if r["separate"] == sep]
         if rs:
             p = pooled(rs)
-            out.update({f"val_f1_{key}": p["f1"], f"val_precision_{key}": p["precision"], f"val_recall_{key}": p["recall"],
+            out.update({f"val_f1_{key}": p["f1"], f"val_precision_{key}": p["precision"],
+                        f"val_recall_{key}": p["recall"],
                         f"val_tp_{key}": p["tp"], f"val_fp_{key}": p["fp"], f"val_fn_{key}": p["fn"],
                         f"val_mean_place_f1_{key}": p["mean_place_f1"]})
             for r in rs:
