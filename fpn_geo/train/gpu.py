@@ -237,11 +237,8 @@ def train_one(
 ) -> tuple[torch.nn.Module, ModelMeta, dict]:
     """Train one model at ``gsd`` for ``seconds`` of wall time (or ``args.max_steps``); returns model, metadata,
     metrics."""
-    from fpn_geo.model.segmenter import BuildingSegmenter
-
     cfg = cache_meta["config"]
     chip, batch = args.chip or cfg["chip"], args.batch or cfg["batch"]
-    cuda = device.type == "cuda"
     torch.manual_seed(cfg["seed"])
     t_load = time.perf_counter()
     scale = tuple(cfg.get("scale_aug", (1.0, 1.0)))
@@ -251,6 +248,33 @@ def train_one(
         cfg.get("blur_p", 0.3), cfg["seed"],
     )
     load_s = time.perf_counter() - t_load
+    model, meta = _new_model(cache_meta, gsd, device, args)
+    step, losses, train_s, chips_per_s = _train_steps(model, batcher, cfg, batch, seconds, device, args, log, gsd)
+    metrics = {
+        "gsd_m": gsd, "steps": step, "chips": step * batch, "batch": batch, "chip": chip,
+        "train_seconds": round(train_s, 1),
+        "load_seconds": round(load_s, 1), "chips_per_s": round(chips_per_s, 1), "loss_curve": losses,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__,
+    }
+    model.eval()
+    meta = ModelMeta(**{**meta.__dict__, "extra": {"training": {
+        "trainer": "fpn_geo.train.gpu", **metrics, "places": sorted({s.place for s in sources}),
+        "sources": [{
+            "name": s.name, "place": s.place, "weight": s.weight,
+            "held_out_px": [s.block.row0, s.block.col0, s.block.row1, s.block.col1] if s.block else None,
+        } for s in sources],
+        "config": cfg, "cache_sha256": args.cache_sha256,
+    }}})
+    return model, meta, metrics
+
+
+def _new_model(
+    cache_meta: dict, gsd: float, device: torch.device, args: argparse.Namespace,
+) -> tuple[torch.nn.Module, ModelMeta]:
+    """A fresh segmenter on ``device`` (channels_last on CUDA) and its metadata; ``args`` may override the size."""
+    from fpn_geo.model.segmenter import BuildingSegmenter
+
+    cfg = cache_meta["config"]
     depth, fpn_ch, head_ch = (
         args.depth or cfg["depth"],
         args.fpn_channels or cfg["fpn_channels"],
@@ -261,8 +285,17 @@ def train_one(
         classes=tuple(cache_meta["classes"]), gsd_m=gsd, fpn_channels=fpn_ch, head_channels=head_ch,
     )
     model = BuildingSegmenter(depth, len(meta.bands), len(meta.classes), fpn_ch, head_ch).to(device)
-    if cuda:
+    if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    return model, meta
+
+
+def _train_steps(
+    model: torch.nn.Module, batcher: ChipBatcher, cfg: dict, batch: int, seconds: float, device: torch.device,
+    args: argparse.Namespace, log, gsd: float,
+) -> tuple[int, list[tuple[int, float, float]], float, float]:
+    """Optimizer steps until ``seconds`` or ``args.max_steps``: (steps, loss curve, seconds, chips/s after warm-up)."""
+    cuda = device.type == "cuda"
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], fused=cuda)
     loss_fn = CEDiceLoss(tuple(cfg["class_weights"]), cfg["dice_weight"]).to(device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
@@ -302,22 +335,7 @@ def train_one(
         if t_warm and step > step_warm
         else step * batch / max(t_end - t0, 1e-9)
     )
-    metrics = {
-        "gsd_m": gsd, "steps": step, "chips": step * batch, "batch": batch, "chip": chip,
-        "train_seconds": round(t_end - t0, 1),
-        "load_seconds": round(load_s, 1), "chips_per_s": round(timed, 1), "loss_curve": losses,
-        "device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
-    }
-    model.eval()
-    meta = ModelMeta(**{**meta.__dict__, "extra": {"training": {
-        "trainer": "fpn_geo.train.gpu", **metrics, "places": sorted({s.place for s in sources}),
-        "sources": [{
-            "name": s.name, "place": s.place, "weight": s.weight,
-            "held_out_px": [s.block.row0, s.block.col0, s.block.row1, s.block.col1] if s.block else None,
-        } for s in sources],
-        "config": cfg, "cache_sha256": args.cache_sha256,
-    }}})
-    return model, meta, metrics
+    return step, losses, t_end - t0, timed
 
 
 def main(argv: list[str] | None = None) -> int:
