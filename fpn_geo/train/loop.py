@@ -135,16 +135,16 @@ class _Run:
     std: tuple[float, ...]
     model: torch.nn.Module
     opt: torch.optim.Optimizer
-    start_epoch: int = 1
-    step: int = 0
-    best_score: float = -1.0
-    elapsed_before: float = 0.0
-    extents: list[Extent] = field(default_factory=list)
-    blocks: list[HeldOutBlock] = field(default_factory=list)
-    loss_fn: CEDiceLoss | None = None
-    amp: contextlib.AbstractContextManager[Any] = field(default_factory=contextlib.nullcontext)
-    record: dict[str, Any] = field(default_factory=dict)
-    t_run: float = 0.0
+    loss_fn: CEDiceLoss
+    amp: contextlib.AbstractContextManager[Any]
+    extents: list[Extent]
+    blocks: list[HeldOutBlock]
+    record: dict[str, Any]  # the training data, for every checkpoint's metadata
+    start_epoch: int
+    step: int
+    best_score: float
+    elapsed_before: float
+    t_run: float
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -181,18 +181,20 @@ def _setup(cfg: TrainConfig, root: Path) -> _Run:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    run = _Run(cfg, root, out, device, sources, tuple(mean), tuple(std), model, opt)
+    start_epoch, step, best_score, elapsed_before = 1, 0, -1.0, 0.0
     if cfg.resume:
-        _resume_progress(run)
+        start_epoch, step, best_score, elapsed_before = _resume_progress(cfg, opt, root, out / "metrics.csv")
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
-    run.extents = [Extent(*s.shape, s.val_block, s.weight) for s in sources]
-    run.blocks = export_blocks(cfg, out / "holdout", root)  # cut once; validated through pipeline.segment every epoch
-    run.loss_fn = CEDiceLoss(cfg.class_weights, cfg.dice_weight).to(device)
-    run.amp = torch.autocast("cuda", dtype=torch.bfloat16) if run.cuda else contextlib.nullcontext()
-    run.record = {"data": [_data_record(s, root) for s in sources]}
-    run.t_run = time.perf_counter()
-    return run
+    extents = [Extent(*s.shape, s.val_block, s.weight) for s in sources]
+    blocks = export_blocks(cfg, out / "holdout", root)  # cut once; validated through pipeline.segment every epoch
+    loss_fn = CEDiceLoss(cfg.class_weights, cfg.dice_weight).to(device)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    record = {"data": [_data_record(s, root) for s in sources]}
+    return _Run(
+        cfg, root, out, device, sources, tuple(mean), tuple(std), model, opt, loss_fn, amp, extents, blocks, record,
+        start_epoch, step, best_score, elapsed_before, t_run=time.perf_counter(),
+    )
 
 
 def _model(
@@ -213,20 +215,21 @@ def _model(
     return model, mean, std
 
 
-def _resume_progress(run: _Run) -> None:
-    """Restore the optimizer and the epoch, step, best score and time of ``cfg.resume``."""
-    cfg = run.cfg
+def _resume_progress(
+    cfg: TrainConfig, opt: torch.optim.Optimizer, root: Path, metrics_csv: Path,
+) -> tuple[int, int, float, float]:
+    """Restore the optimizer of ``cfg.resume``; its next epoch, step, best score and training seconds so far."""
     assert cfg.resume
-    progress = load_train_state(run.opt, _path(cfg.resume, run.root))
-    run.start_epoch, run.step, run.best_score = progress["epoch"] + 1, progress["step"], progress["best_score"]
-    run.elapsed_before = progress.get("elapsed_s", 0.0)
-    if run.start_epoch > cfg.epochs:
+    progress = load_train_state(opt, _path(cfg.resume, root))
+    start_epoch, step = progress["epoch"] + 1, progress["step"]
+    if start_epoch > cfg.epochs:
         raise ConfigError(
             f"{cfg.resume} already finished epoch {progress['epoch']} of epochs={cfg.epochs}; "
             f"raise epochs above {progress['epoch']} to train on"
         )
-    truncate_after(run.metrics_csv, progress["epoch"])
-    log.info("resumed from %s at epoch %d, step %d", cfg.resume, run.start_epoch, run.step)
+    truncate_after(metrics_csv, progress["epoch"])
+    log.info("resumed from %s at epoch %d, step %d", cfg.resume, start_epoch, step)
+    return start_epoch, step, progress["best_score"], progress.get("elapsed_s", 0.0)
 
 
 def _data_record(s: Source, root: Path) -> dict[str, Any]:
@@ -239,7 +242,6 @@ def _data_record(s: Source, root: Path) -> dict[str, Any]:
 def _run_epoch(run: _Run, epoch: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """One epoch's training steps, then validation on the held-out blocks: the metrics row and the scores."""
     cfg, device = run.cfg, run.device
-    assert run.loss_fn is not None
     # per-epoch seeds: a resumed run draws the same chips as an uninterrupted one
     sampler = RandomChipSampler(
         run.extents, cfg.chip, cfg.steps_per_epoch * cfg.batch, gap=cfg.chip // 8, seed=cfg.seed * 100003 + epoch
