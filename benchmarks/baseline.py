@@ -78,7 +78,11 @@ def run_baseline(scene: str, predict, bands, out: str | Path, window: int = 512,
     a = time.perf_counter()
     mask = (prob >= threshold).astype(np.uint8)
     del prob
-    geoms = [shapely.geometry.shape(g) for g, v in rasterio.features.shapes(mask, mask=mask > 0, transform=transform) if v == 1]
+    geoms = [
+        shapely.geometry.shape(g)
+        for g, v in rasterio.features.shapes(mask, mask=mask > 0, transform=transform)
+        if v == 1
+    ]
     gdf = gpd.GeoDataFrame(geometry=geoms, crs=crs)
     gdf = gdf[gdf.area >= min_area_m2].reset_index(drop=True)
     gdf["id"] = np.arange(len(gdf))

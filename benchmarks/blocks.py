@@ -57,8 +57,8 @@ def child_e2e(job: dict, out: Path) -> dict:
         seg = load_segmenter(job["checkpoint"], "cpu")
     t0 = time.perf_counter()
     s = segment(job["scene"], seg, out / "o.gpkg", _cfg(**job.get("cfg", {})))
-    return {"seconds": time.perf_counter() - t0, "times": s.times, "windows": s.windows, "predicted": s.windows_predicted,
-            "buildings": s.buildings, "bytes": s.bytes_received}
+    return {"seconds": time.perf_counter() - t0, "times": s.times, "windows": s.windows,
+            "predicted": s.windows_predicted, "buildings": s.buildings, "bytes": s.bytes_received}
 
 
 def child_model_only(job: dict, out: Path) -> dict:
@@ -105,7 +105,10 @@ def child_flow(job: dict, out: Path) -> dict:
     with LocalCluster(n_workers=job["workers"], threads_per_worker=1, processes=True, dashboard_address=None,
                       host="127.0.0.1", env={"PYTHONPATH": str(REPO)}) as cluster, Client(cluster) as client:
         client.run(lambda: __import__("benchmarks.blocks"))
-        warm = [client.submit(work, b, pure=False, workers=[w]) for b, w in zip(list(plan.blocks)[:1] * job["workers"], client.scheduler_info()["workers"])]
+        warm = [
+            client.submit(work, b, pure=False, workers=[w])
+            for b, w in zip(list(plan.blocks)[:1] * job["workers"], client.scheduler_info()["workers"])
+        ]
         client.gather(warm)  # oracle built on every worker before the clock starts
         t0 = time.perf_counter()
         futures = [client.submit(work, b, pure=False) for b in plan.blocks]
@@ -161,18 +164,24 @@ def main() -> None:
                 pairs.append((e2e, only))
                 stages = " ".join(f"{k} {v:.1f}" for k, v in e2e["times"].items())
                 print(f"e2e {label}: {e2e['seconds']:.1f} s ({e2e['windows']} windows, {e2e['predicted']} predicted, "
-                      f"{e2e['buildings']} buildings) / model-only {only['seconds']:.1f} s = {e2e['seconds'] / only['seconds']:.3f}; "
-                      f"/ read+model {only['read_and_model']:.1f} s = {e2e['seconds'] / only['read_and_model']:.3f}  [{stages}]", flush=True)
+                      f"{e2e['buildings']} buildings) / model-only {only['seconds']:.1f} s = "
+                      f"{e2e['seconds'] / only['seconds']:.3f}; "
+                      f"/ read+model {only['read_and_model']:.1f} s = {e2e['seconds'] / only['read_and_model']:.3f}  "
+                      f"[{stages}]", flush=True)
             best_e2e = min(p[0]["seconds"] for p in pairs)
             best_only = min(p[1]["seconds"] for p in pairs)
-            print(f"e2e {label}: fastest e2e {best_e2e:.1f} s / fastest model-only {best_only:.1f} s = {best_e2e / best_only:.3f}",
-                  flush=True)
+            print(f"e2e {label}: fastest e2e {best_e2e:.1f} s / fastest model-only {best_only:.1f} s = "
+                  f"{best_e2e / best_only:.3f}", flush=True)
             results[f"e2e {label}"] = [{"e2e": e, "model_only": o} for e, o in pairs]
     if "post" in args.rows:
-        r = measure({"kind": "e2e", "scene": str(big), "source": str(coarse), "oracle": True, "cfg": {"post_threads": 1}})
+        r = measure(
+            {"kind": "e2e", "scene": str(big), "source": str(coarse), "oracle": True, "cfg": {"post_threads": 1}}
+        )
         results["post"] = r
         mpx = args.side * args.side / 1e6
-        per = ", ".join(f"{k} {mpx / v:.0f}" for k, v in r["times"].items() if k not in ("model", "read", "hash") and v > 0)
+        per = ", ".join(
+            f"{k} {mpx / v:.0f}" for k, v in r["times"].items() if k not in ("model", "read", "hash") and v > 0
+        )
         print(f"post-processing, oracle, {args.side}² at 0.30 m, 1 post thread, model-grid Mpx/s per stage: {per}; "
               f"{r['buildings']} buildings, {r['seconds']:.1f} s end to end", flush=True)
     if "rss" in args.rows:
@@ -182,15 +191,16 @@ def main() -> None:
         results["rss"] = rss
         first = args.rss_sides[0]
         print("peak RSS, bundled model, 7.5 cm: " + ", ".join(
-            f"{side}² {r['peak_rss_mb']:.0f} MB (x{r['peak_rss_mb'] / rss[first]['peak_rss_mb']:.3f})" for side, r in rss.items()),
-            flush=True)
+            f"{side}² {r['peak_rss_mb']:.0f} MB (x{r['peak_rss_mb'] / rss[first]['peak_rss_mb']:.3f})"
+            for side, r in rss.items()), flush=True)
     if "flow" in args.rows:
         flow = {w: measure({"kind": "flow", "scene": str(big), "source": str(coarse), "workers": w}) for w in (1, 2)}
         results["flow"] = flow
         f2 = flow[2]
         print(f"flow path, oracle, {args.side}² at 0.30 m, {f2['blocks']} blocks: 1 worker {flow[1]['seconds']:.1f} s, "
               f"2 workers {f2['seconds']:.1f} s, speed-up {flow[1]['seconds'] / f2['seconds']:.2f}; same buildings "
-              f"{flow[1]['buildings'] == f2['buildings']} ({f2['buildings']}); bytes received {f2['bytes'] / 1e6:.2f} MB = "
+              f"{flow[1]['buildings'] == f2['buildings']} ({f2['buildings']}); bytes received {f2['bytes'] / 1e6:.2f} "
+              "MB = "
               f"{f2['bytes'] / f2['raster_bytes']:.4f} of the 2-band uint8 probability raster "
               f"({2 * f2['bytes'] / f2['raster_bytes']:.4f} of one band)", flush=True)
     if args.json:

@@ -6,7 +6,8 @@ scored by ``fpn_geo.evaluate.evaluate`` (building F1 at IoU >= 0.5, ``--min-area
 the same numbers as ``fpn-geo segment`` + ``fpn-geo evaluate`` on that block. With several ``--thresholds``
 it also reports the threshold with the best pooled F1: tuned on these held-out blocks only.
 
-    python benchmarks/eval_places.py --checkpoint models/default.safetensors [--thresholds 0.4 0.5 0.6] [--json out.json]
+    python benchmarks/eval_places.py --checkpoint models/default.safetensors \
+        [--thresholds 0.4 0.5 0.6] [--json out.json]
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ sys.path.insert(0, str(REPO))
 
 
 def regularized(row: dict, block, rect_iou: float, min_area: float) -> dict:
-    """Score the row's polygons after ``fpn_geo.regularize`` (in the block's UTM zone), as ``evaluate`` scores any file."""
+    """Score the row's polygons after ``fpn_geo.regularize`` (in the block's UTM zone), as ``evaluate`` scores
+    any file."""
     import geopandas as gpd
 
     from fpn_geo.evaluate import evaluate
@@ -33,18 +35,25 @@ def regularized(row: dict, block, rect_iou: float, min_area: float) -> dict:
     utm = bounds_utm(pred.crs, pred.total_bounds) if len(pred) else None
     reg = pred.copy()
     if len(pred):
-        reg = reg.set_geometry(gpd.GeoSeries(regularize(pred.geometry.to_crs(utm).values, rect_iou), crs=utm).to_crs(pred.crs).values)
+        reg = reg.set_geometry(
+            gpd.GeoSeries(regularize(pred.geometry.to_crs(utm).values, rect_iou), crs=utm).to_crs(pred.crs).values
+        )
     out = Path(row["gpkg"]).with_name(Path(row["gpkg"]).stem + "_reg.gpkg")
     reg.to_file(out, layer="buildings", driver="GPKG")
     rep = evaluate(out, block.truth, block.image, iou=0.5, min_area_m2=min_area)
-    return {"f1_reg": rep["building"]["f1"], "tp_reg": rep["building"]["TP"], "fp_reg": rep["building"]["FP"], "fn_reg": rep["building"]["FN"],
+    building = rep["building"]
+    return {"f1_reg": building["f1"], "tp_reg": building["TP"], "fp_reg": building["FP"], "fn_reg": building["FN"],
             "vertices": vertex_count(pred.geometry.values), "vertices_reg": vertex_count(reg.geometry.values)}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--config", default=str(REPO / "configs" / "train_default.yaml"), help="training config naming the held-out blocks")
+    p.add_argument(
+        "--config",
+        default=str(REPO / "configs" / "train_default.yaml"),
+        help="training config naming the held-out blocks",
+    )
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.5])
     p.add_argument("--places", nargs="*", help="only these places")
     p.add_argument("--min-area", type=float, default=4.0)
@@ -52,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--work", default=str(REPO / "runs" / "holdout"))
     p.add_argument("--json", help="write every row and the summary here")
-    p.add_argument("--regularize", type=float, metavar="RECT_IOU", help="also score right-angled outlines (fpn_geo.regularize, e.g. 0.85)")
+    p.add_argument(
+        "--regularize",
+        type=float,
+        metavar="RECT_IOU",
+        help="also score right-angled outlines (fpn_geo.regularize, e.g. 0.85)",
+    )
     a = p.parse_args(argv)
 
     import torch
@@ -75,10 +89,12 @@ def main(argv: list[str] | None = None) -> int:
                 if a.regularize:
                     r.update(regularized(r, b, a.regularize, a.min_area))
                 rows.append(r)
-                print(f"{b.place:12s} t={t:.2f} {'sep  ' if sep else 'nosep'} F1 {r['f1']:.3f} (P {r['precision']:.2f} R {r['recall']:.2f}, "
+                print(f"{b.place:12s} t={t:.2f} {'sep  ' if sep else 'nosep'} F1 {r['f1']:.3f} (P "
+                      f"{r['precision']:.2f} R {r['recall']:.2f}, "
                       f"TP {r['tp']} FP {r['fp']} FN {r['fn']})  pixel IoU {r['pixel_iou']:.3f}", flush=True)
                 if a.regularize:
-                    print(f"{'':12s} right-angled outlines: F1 {r['f1_reg']:.3f}, vertices {r['vertices']} -> {r['vertices_reg']}", flush=True)
+                    print(f"{'':12s} right-angled outlines: F1 {r['f1_reg']:.3f}, vertices {r['vertices']} -> "
+                        f"{r['vertices_reg']}", flush=True)
     summary = {}
     for t in a.thresholds:
         for sep in modes:
@@ -87,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     best = max(summary, key=lambda k: summary[k]["f1"])
     print(f"\n{'setting':16s} pooled F1  mean place F1")
     for k, v in summary.items():
-        print(f"{k:16s} {v['f1']:.3f}      {v['mean_place_f1']:.3f}{'   <- best (tuned on the held-out blocks)' if k == best and len(summary) > 1 else ''}")
+        mark = "   <- best (tuned on the held-out blocks)" if k == best and len(summary) > 1 else ""
+        print(f"{k:16s} {v['f1']:.3f}      {v['mean_place_f1']:.3f}{mark}")
     places = sorted({r["place"] for r in rows})
     print("\nper place F1 at the best threshold, separation on / off:")
     tb = float(best[1:5])
@@ -97,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {pl:12s} {on[0] if on else float('nan'):.3f} / {off[0] if off else float('nan'):.3f}")
     print(f"({time.perf_counter() - t0:.0f} s)")
     if a.json:
-        Path(a.json).write_text(json.dumps({"checkpoint": a.checkpoint, "config": a.config, "rows": rows, "summary": summary,
-                                            "best": best, "tuned_on": "the held-out blocks"}, indent=1))
+        record = {"checkpoint": a.checkpoint, "config": a.config, "rows": rows, "summary": summary,
+                  "best": best, "tuned_on": "the held-out blocks"}
+        Path(a.json).write_text(json.dumps(record, indent=1))
     return 0
 
 

@@ -61,19 +61,25 @@ def main() -> int:
         ckpt = str(make_checkpoint(tmp / "r18.safetensors", 18))
     shape = task_runner(n_workers=args.workers).cluster_kwargs
     record: dict = {
-        "scene": args.scene, "workers": shape["n_workers"], "worker_torch_threads": int(shape["env"]["OMP_NUM_THREADS"]),
+        "scene": args.scene,
+        "workers": shape["n_workers"],
+        "worker_torch_threads": int(shape["env"]["OMP_NUM_THREADS"]),
         "cpu_threads_cli": torch.get_num_threads(),
     }
 
     def timed(cmd: list[str], **env: str) -> float:
         t = time.perf_counter()
-        subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            cmd, check=True, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         return round(time.perf_counter() - t, 2)
 
     bindir = Path(sys.executable).parent
     # Untimed: bring the libraries into the page cache, so the first timed command does not pay for it alone.
     timed([sys.executable, "-c", "import torch, rasterio, geopandas, prefect, distributed, fpn_geo.pipeline"])
-    record["cli_cold_s"] = timed([str(bindir / "fpn-geo"), "segment", args.scene, "--model", ckpt, "--out", str(tmp / "cli_cold.gpkg"), "-q"])
+    record["cli_cold_s"] = timed(
+        [str(bindir / "fpn-geo"), "segment", args.scene, "--model", ckpt, "--out", str(tmp / "cli_cold.gpkg"), "-q"]
+    )
     t = time.perf_counter()
     summary = segment(args.scene, load_segmenter(ckpt, "auto"), tmp / "cli.gpkg", load_config())
     record["cli_s"] = round(time.perf_counter() - t, 2)
@@ -82,8 +88,8 @@ def main() -> int:
     with prefect_test_harness(server_startup_timeout=60):
         workers = ["--dask-workers", str(args.workers)] if args.workers else []
         record["flow_cold_s"] = timed(
-            [sys.executable, "-m", "flows.segment", *workers, "--no-quicklook", "scene", args.scene, "--checkpoint", ckpt,
-             "--out", str(tmp / "cold.gpkg")], PREFECT_API_URL=PREFECT_API_URL.value())
+            [sys.executable, "-m", "flows.segment", *workers, "--no-quicklook", "scene", args.scene,
+             "--checkpoint", ckpt, "--out", str(tmp / "cold.gpkg")], PREFECT_API_URL=PREFECT_API_URL.value())
         shape = dict(task_runner(n_workers=args.workers).cluster_kwargs)  # the same workers as the cold run
         shape.update(dashboard_address=None, env={**shape.get("env", {}), "PREFECT_API_URL": PREFECT_API_URL.value()})
         with LocalCluster(**shape) as cluster:
@@ -114,9 +120,13 @@ def main() -> int:
 
             record["submit_ms"] = round(1000 * submits(args.submits), 1)
     record["cold_overhead_pct"] = round(100 * (record["flow_cold_s"] / record["cli_cold_s"] - 1), 1)
-    record["process_running_cluster_overhead_pct"] = round(100 * (record["flow_process_running_cluster_s"] / record["cli_cold_s"] - 1), 1)
+    record["process_running_cluster_overhead_pct"] = round(
+        100 * (record["flow_process_running_cluster_s"] / record["cli_cold_s"] - 1), 1
+    )
     record["warm_overhead_pct"] = round(100 * (record["flow_warm_s"] / record["cli_s"] - 1), 1)
-    record["warm_no_quicklook_overhead_pct"] = round(100 * (record["flow_warm_no_quicklook_s"] / record["cli_s"] - 1), 1)
+    record["warm_no_quicklook_overhead_pct"] = round(
+        100 * (record["flow_warm_no_quicklook_s"] / record["cli_s"] - 1), 1
+    )
     print(json.dumps(record, indent=1))
     return 0
 

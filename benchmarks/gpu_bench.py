@@ -42,7 +42,11 @@ def model_only(model, device: str, batch: int, tile: int, iters: int, warmup: in
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
 
     def step():
-        x = ((x8.float() - mean) / std).contiguous(memory_format=torch.channels_last) if cuda else (x8.float() - mean) / std
+        x = (
+            ((x8.float() - mean) / std).contiguous(memory_format=torch.channels_last)
+            if cuda
+            else (x8.float() - mean) / std
+        )
         with amp:
             y = model(x)
         return y.float().softmax(dim=1)[:, 0]
@@ -95,7 +99,9 @@ def main() -> None:
         ckpt, label = Path(args.checkpoint), Path(args.checkpoint).name
     else:
         ckpt = make_checkpoint(work / "random.safetensors", args.depth, like=bundled)
-        label = "random weights, " + ("bundled architecture" if bundled.with_suffix(".json").is_file() else f"R{args.depth}")
+        label = "random weights, " + (
+            "bundled architecture" if bundled.with_suffix(".json").is_file() else f"R{args.depth}"
+        )
     emit(what="model", checkpoint=str(ckpt), label=label)
     emit(what="device", device=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__)
     if cuda:
@@ -108,15 +114,21 @@ def main() -> None:
     model = model.eval().to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
-    results["eager"] = emit(what="model-only", variant="eager", batch=args.batch, tile=args.tile,
-                            tiles_per_s=model_only(model, device, args.batch, args.tile, args.iters, 3, cuda))["tiles_per_s"]
+    results["eager"] = emit(
+        what="model-only",
+        variant="eager",
+        batch=args.batch,
+        tile=args.tile,
+        tiles_per_s=model_only(model, device, args.batch, args.tile, args.iters, 3, cuda),
+    )["tiles_per_s"]
     if not args.no_compile and cuda:
         t0 = time.perf_counter()
         compiled = torch.compile(model)
         model_only(compiled, device, args.batch, args.tile, 1, 2, cuda)  # compile + warm
         compile_s = time.perf_counter() - t0
-        results["compiled"] = emit(what="model-only", variant="compiled", batch=args.batch, tile=args.tile, compile_s=compile_s,
-                                   tiles_per_s=model_only(compiled, device, args.batch, args.tile, args.iters, 2, cuda))["tiles_per_s"]
+        tiles_per_s = model_only(compiled, device, args.batch, args.tile, args.iters, 2, cuda)
+        results["compiled"] = emit(what="model-only", variant="compiled", batch=args.batch, tile=args.tile,
+                                   compile_s=compile_s, tiles_per_s=tiles_per_s)["tiles_per_s"]
     del model
 
     t0 = time.perf_counter()
@@ -124,7 +136,9 @@ def main() -> None:
     emit(what="scene", path=str(scene), side=args.scene_side, build_s=time.perf_counter() - t0)
     use_compile = "compiled" in results
     seg = load_segmenter(ckpt, device, compile=use_compile)
-    cfg = load_config(window=args.tile, overlap=64 if args.tile >= 256 else 32, batch=args.batch, device=device, compile=use_compile)
+    cfg = load_config(
+        window=args.tile, overlap=64 if args.tile >= 256 else 32, batch=args.batch, device=device, compile=use_compile
+    )
     if use_compile:  # compile outside the timed run: one batch on the pipeline's own predictor
         import numpy as np
 
@@ -132,15 +146,22 @@ def main() -> None:
     best = max(results.values())
     lines = []
     for probability in ("none", "cog"):
-        s = segment(str(scene), seg, work / f"out_{probability}.gpkg", cfg.model_copy(update={"probability": probability}))
+        s = segment(
+            str(scene), seg, work / f"out_{probability}.gpkg", cfg.model_copy(update={"probability": probability})
+        )
         tiles_per_s = s.windows / s.seconds
         emit(what="end-to-end", probability=probability, windows=s.windows, predicted=s.windows_predicted,
              buildings=s.buildings, seconds=s.seconds, mpx_per_s=s.mpx_per_s, tiles_per_s=tiles_per_s,
              share_of_model_only=tiles_per_s / best, stage_seconds=s.times, compiled=use_compile)
         stages = " ".join(f"{k} {v:.2f}" for k, v in s.times.items())
-        lines.append(f"end-to-end ({probability} COG) {tiles_per_s:.0f} tiles/s = {tiles_per_s / best:.3f} of model-only; "
-                     f"{s.seconds:.1f} s, {s.buildings} buildings; stage seconds (summed over threads) {stages}")
-    print(f"\n{label}: model-only eager {results['eager']:.0f} tiles/s" + (f", compiled {results['compiled']:.0f} tiles/s" if use_compile else ""))
+        lines.append(
+            f"end-to-end ({probability} COG) {tiles_per_s:.0f} tiles/s = {tiles_per_s / best:.3f} of model-only; "
+            f"{s.seconds:.1f} s, {s.buildings} buildings; stage seconds (summed over threads) {stages}"
+        )
+    print(
+        f"\n{label}: model-only eager {results['eager']:.0f} tiles/s"
+        + (f", compiled {results['compiled']:.0f} tiles/s" if use_compile else "")
+    )
     print("\n".join(lines))
 
 

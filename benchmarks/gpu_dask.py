@@ -61,10 +61,10 @@ def main() -> None:
     from distributed import Client
 
     from benchmarks import scenes
-    from tests.doubles import make_checkpoint
     from fpn_geo.config import load_config
     from fpn_geo.pipeline import SceneWriter, load_segmenter, plan_from_checkpoint, segment
     from fpn_geo.streaming import in_order
+    from tests.doubles import make_checkpoint
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fpn-geo-gpu-dask-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -76,7 +76,8 @@ def main() -> None:
     cfg = load_config(window=args.tile, overlap=64 if args.tile >= 256 else 32, batch=args.batch, device=device)
 
     seg = load_segmenter(ckpt, device)
-    seg.predictor(__import__("numpy").zeros((cfg.batch, 3, cfg.window, cfg.window), "uint8"), [None] * cfg.batch)  # warm
+    warm = __import__("numpy").zeros((cfg.batch, 3, cfg.window, cfg.window), "uint8")
+    seg.predictor(warm, [None] * cfg.batch)
     t0 = time.perf_counter()
     ref = segment(scene, seg, work / "in_process.gpkg", cfg)
     ref_s = time.perf_counter() - t0
@@ -110,9 +111,11 @@ def main() -> None:
                     writer.add(r)
             dist = writer.finish(t1, "bench")
         dist_s = time.perf_counter() - t1
-        emit(what="dask", windows=dist.windows, predicted=dist.windows_predicted, tasks=len(groups), buildings=dist.buildings,
-             seconds=dist_s, bytes_received=dist.bytes_received)
-    emit(what="compare", **compare(work / "in_process.gpkg", work / "dask.gpkg"), ratio_dask_to_in_process=dist_s / ref_s)
+        emit(what="dask", windows=dist.windows, predicted=dist.windows_predicted, tasks=len(groups),
+             buildings=dist.buildings, seconds=dist_s, bytes_received=dist.bytes_received)
+    emit(
+        what="compare", **compare(work / "in_process.gpkg", work / "dask.gpkg"), ratio_dask_to_in_process=dist_s / ref_s
+    )
 
 
 if __name__ == "__main__":

@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
             _, meta = load_checkpoint(path)
             t = meta.extra.get("training", {})
-            line += f", loads: {meta.architecture} gsd {meta.gsd_m} classes {list(meta.classes)}; {t.get('chips_per_s')} chips/s, {t.get('train_seconds')} s on {t.get('device')}"
+            line += (f", loads: {meta.architecture} gsd {meta.gsd_m} classes {list(meta.classes)}; "
+                     f"{t.get('chips_per_s')} chips/s, {t.get('train_seconds')} s on {t.get('device')}")
         print(line)
     return 0
 

@@ -43,7 +43,9 @@ STAGES = ("read", "model", "blend", "label", "trace", "polygons", "encode", "joi
 def _config(job: dict):
     from fpn_geo.config import load_config
 
-    return load_config(window=job.get("window", 512), overlap=job.get("overlap", 64), batch=job.get("batch"), device="cpu")
+    return load_config(
+        window=job.get("window", 512), overlap=job.get("overlap", 64), batch=job.get("batch"), device="cpu"
+    )
 
 
 def _oracle(scene_path: str):
@@ -72,7 +74,9 @@ def child_baseline(job: dict, out: Path) -> dict:
     else:
         predict, bands = baseline.torch_predictor(job["checkpoint"])
     cfg = _config(job)
-    return baseline.run_baseline(job["scene"], predict, bands, out / "baseline.gpkg", cfg.window, cfg.overlap, cfg.threshold, cfg.min_area_m2)
+    return baseline.run_baseline(
+        job["scene"], predict, bands, out / "baseline.gpkg", cfg.window, cfg.overlap, cfg.threshold, cfg.min_area_m2
+    )
 
 
 def child_model_only(job: dict, out: Path) -> dict:
@@ -153,7 +157,8 @@ def plan(args) -> list[tuple[str, str, dict]]:
             todo.append((f"{args.nodata}² nodata", scenes.scene(args.nodata, "nodata")))
         for label, sc in todo:
             for pipe in ("ours", "baseline"):
-                jobs.append(("overhead (oracle)", label, dict(pipeline=pipe, mode="overhead", scene=str(sc.path), mpx=sc.megapixels)))
+                job = dict(pipeline=pipe, mode="overhead", scene=str(sc.path), mpx=sc.megapixels)
+                jobs.append(("overhead (oracle)", label, job))
     if "model" in args.modes:
         ckpt, name = default_checkpoint(cache, args.random_depth or (18 if args.quick else 50), bool(args.random_depth))
         if args.quick:
@@ -162,7 +167,9 @@ def plan(args) -> list[tuple[str, str, dict]]:
         else:
             sc, label, mpx = scenes.MOSAIC, "mosaic 3072x2048", 3072 * 2048 / 1e6
         for pipe in ("ours", "model-only", "baseline"):
-            jobs.append((f"model ({name})", label, dict(pipeline=pipe, mode="model", scene=str(sc), checkpoint=ckpt, mpx=mpx)))
+            jobs.append(
+                (f"model ({name})", label, dict(pipeline=pipe, mode="model", scene=str(sc), checkpoint=ckpt, mpx=mpx))
+            )
     return jobs
 
 
@@ -178,7 +185,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small scenes only: < 3 minutes on 2 cores")
     ap.add_argument("--modes", nargs="+", default=["overhead", "model"], choices=["overhead", "model"])
     ap.add_argument("--sizes", nargs="+", type=int, help="overhead-mode scene sides (default 2048 8192 16384)")
-    ap.add_argument("--nodata", type=int, default=8192, help="side of the nodata-collar scene in overhead mode (0: none)")
+    ap.add_argument(
+        "--nodata", type=int, default=8192, help="side of the nodata-collar scene in overhead mode (0: none)"
+    )
     ap.add_argument("--random-depth", type=int, choices=[18, 34, 50, 101],
                     help="model mode: a random-weights ResNet-N FPN even when the default model exists (issue 2: 50)")
     ap.add_argument("--json", help="also write the raw results here")
@@ -192,8 +201,10 @@ def main() -> None:
     jobs = plan(args)
     import torch
 
-    print(f"# fpn-geo benchmarks: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; scenes in {scenes.CACHE}")
-    header = f"{'mode':<34} {'scene':<18} {'pipeline':<15} {'wall s':>7} {'Mpx/s':>7} {'peak RSS MB':>11} {'buildings':>9}  stage shares (ours)"
+    print(f"# fpn-geo benchmarks: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} "
+        f"threads; scenes in {scenes.CACHE}")
+    header = (f"{'mode':<34} {'scene':<18} {'pipeline':<15} {'wall s':>7} {'Mpx/s':>7} {'peak RSS MB':>11} "
+              f"{'buildings':>9}  stage shares (ours)")
     print(header)
     print("-" * len(header))
     results = []
@@ -207,7 +218,8 @@ def main() -> None:
         if job["pipeline"] == "model-only":
             ours = next(x for x in results[::-1] if x["job"]["pipeline"] == "ours" and x["job"]["mode"] == "model")
             extra = f"ours / model-only = {ours['seconds'] / secs:.3f}"
-        print(f"{mode:<34} {label:<18} {job['pipeline']:<15} {secs:7.1f} {mpxs:7.2f} {r['peak_rss_mb']:11.0f} {b!s:>9}  {extra}", flush=True)
+        print(f"{mode:<34} {label:<18} {job['pipeline']:<15} {secs:7.1f} {mpxs:7.2f} {r['peak_rss_mb']:11.0f} "
+            f"{b!s:>9}  {extra}", flush=True)
     print(f"# total {time.perf_counter() - t_all:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

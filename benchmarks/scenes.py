@@ -42,6 +42,8 @@ CACHE = Path(os.environ.get("FPN_GEO_BENCH_DIR", "/tmp/fpn-geo-bench"))
 
 @dataclass(frozen=True)
 class Scene:
+    """A benchmark scene on disk and its size in pixels."""
+
     name: str
     path: Path
     width: int
@@ -100,15 +102,19 @@ def build_vrt(width: int, height: int | None = None, out_dir: Path = CACHE, sour
                 sources.append(
                     f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(str(source))}</SourceFilename>'
                     f"<SourceBand>{b}</SourceBand>"
-                    f'<SourceProperties RasterXSize="{m["width"]}" RasterYSize="{m["height"]}" DataType="Byte" BlockXSize="{bx}" BlockYSize="{by}"/>'
-                    f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/><DstRect xOff="{x}" yOff="{y}" xSize="{w}" ySize="{h}"/>'
+                    f'<SourceProperties RasterXSize="{m["width"]}" RasterYSize="{m["height"]}" DataType="Byte" '
+                    f'BlockXSize="{bx}" BlockYSize="{by}"/>'
+                    f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/><DstRect xOff="{x}" yOff="{y}" xSize="{w}" '
+                    f'ySize="{h}"/>'
                     "</SimpleSource>"
                 )
         colour = ("Red", "Green", "Blue")[b - 1] if b <= 3 else "Undefined"
-        bands.append(f'<VRTRasterBand dataType="Byte" band="{b}"><ColorInterp>{colour}</ColorInterp>{"".join(sources)}</VRTRasterBand>')
+        bands.append('<VRTRasterBand dataType="Byte" '
+            f'band="{b}"><ColorInterp>{colour}</ColorInterp>{"".join(sources)}</VRTRasterBand>')
     xml = (
         f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>{escape(m["crs"].to_wkt())}</SRS>'
-        f"<GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}</GeoTransform>{''.join(bands)}</VRTDataset>"
+        f"<GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, "
+        f"{t.e!r}</GeoTransform>{''.join(bands)}</VRTDataset>"
     )
     tmp = path.with_suffix(".vrt.tmp")
     tmp.write_text(xml)
@@ -119,7 +125,8 @@ def build_vrt(width: int, height: int | None = None, out_dir: Path = CACHE, sour
 def _tiff_profile(width: int, height: int, nodata: int | None, source: Path = MOSAIC) -> dict:
     m = _mosaic_profile(source)
     return dict(
-        driver="GTiff", width=width, height=height, count=m["count"], dtype="uint8", crs=m["crs"], transform=m["transform"],
+        driver="GTiff", width=width, height=height, count=m["count"], dtype="uint8", crs=m["crs"],
+        transform=m["transform"],
         nodata=nodata, tiled=True, blockxsize=512, blockysize=512, compress="deflate", predictor=2, interleave="pixel",
         BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS",
     )
@@ -132,7 +139,11 @@ def _write_tiff(path: Path, width: int, height: int, nodata: int | None, edit=No
     vrt = build_vrt(width, height, path.parent, source)
     tmp = path.with_name(path.name + ".tmp")
     profile = _tiff_profile(width, height, nodata, source)
-    with rasterio.Env(GDAL_CACHEMAX=256 * 1024 * 1024), rasterio.open(vrt) as src, rasterio.open(tmp, "w", **profile) as dst:
+    with (
+        rasterio.Env(GDAL_CACHEMAX=256 * 1024 * 1024),
+        rasterio.open(vrt) as src,
+        rasterio.open(tmp, "w", **profile) as dst,
+    ):
         for y in range(0, height, 512):
             win = Window(0, y, width, min(512, height - y))
             data = src.read(window=win)

@@ -35,12 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     from pyproj import CRS
 
     from fpn_geo.evaluate import building_f1
-    from fpn_geo.truth import SEPARATOR, rasterize_instances, read_labels, separator_target
     from fpn_geo.georef import bounds_utm, pixel_size_m
     from fpn_geo.instances import label_instances
     from fpn_geo.train.cache import grid_shape
     from fpn_geo.train.config import load_train_config
     from fpn_geo.train.validate import export_blocks
+    from fpn_geo.truth import SEPARATOR, rasterize_instances, read_labels, separator_target
 
     cfg = load_train_config(a.config)
     from fpn_geo.regularize import regularize, vertex_count
@@ -61,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
             scores, verts = [], []
             for contact in (sep, None):
                 labels = label_instances(fp, contact, 0.5)
-                polys = [shapely.geometry.shape(s) for s, v in rasterio.features.shapes(labels, mask=labels > 0, transform=t, connectivity=4)]
+                polys = [
+                    shapely.geometry.shape(s)
+                    for s, v in rasterio.features.shapes(labels, mask=labels > 0, transform=t, connectivity=4)
+                ]
                 pred = gpd.GeoDataFrame(geometry=polys, crs=crs)
                 scores.append(building_f1(pred, truth, iou=0.5, min_area_m2=4.0)["f1"])
                 if contact is not None:

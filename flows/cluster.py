@@ -85,12 +85,14 @@ def _prefect_env(kwargs: dict) -> dict:
 
 
 def local_cluster(**kwargs):
+    """A Dask LocalCluster whose workers see this process's Prefect settings."""
     from distributed import LocalCluster
 
     return LocalCluster(**_prefect_env(kwargs))
 
 
 def local_cuda_cluster(**kwargs):
+    """A dask-cuda LocalCUDACluster (one worker per GPU) with this process's Prefect settings."""
     from dask_cuda import LocalCUDACluster
 
     return LocalCUDACluster(**_prefect_env(kwargs))

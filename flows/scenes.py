@@ -28,7 +28,9 @@ def list_scenes(scenes: str | list[str]) -> list[str]:
     elif not is_local(scenes):
         found = [scenes]
     elif os.path.isdir(scenes):
-        found = [str(p) for p in Path(scenes).iterdir() if p.suffix.lower() in RASTER_SUFFIXES and not p.name.startswith(".")]
+        found = [
+            str(p) for p in Path(scenes).iterdir() if p.suffix.lower() in RASTER_SUFFIXES and not p.name.startswith(".")
+        ]
     elif os.path.isfile(scenes) and Path(scenes).suffix.lower() in MANIFEST_SUFFIXES:
         base = Path(scenes).parent
         found = []
@@ -41,7 +43,9 @@ def list_scenes(scenes: str | list[str]) -> list[str]:
     elif os.path.isfile(scenes):
         found = [scenes]
     else:
-        raise InputError(f"scenes {scenes!r} is not a folder, a manifest ({', '.join(MANIFEST_SUFFIXES)}), a glob or a file")
+        raise InputError(
+            f"scenes {scenes!r} is not a folder, a manifest ({', '.join(MANIFEST_SUFFIXES)}), a glob or a file"
+        )
     return sorted(dict.fromkeys(found))
 
 
@@ -58,7 +62,10 @@ def is_own_output(path: str) -> bool:
         import rasterio
 
         with rasterio.open(path) as src:
-            return src.tags().get("scale") == "probability x 255" or (src.descriptions or (None,))[0] == "building_probability"
+            return (
+                src.tags().get("scale") == "probability x 255"
+                or (src.descriptions or (None,))[0] == "building_probability"
+            )
     except Exception:  # unreadable: not ours to judge; segmenting it will say what is wrong
         return False
 
@@ -77,13 +84,16 @@ def scene_name(path: str) -> str:
 
 
 def output_paths(paths: list[str], out_dir: str | Path) -> dict[str, Path]:
-    """scene path -> out_dir/<stem>.gpkg; two scenes with the same stem would overwrite each other, so refuse."""
+    """Map each scene path to out_dir/<stem>.gpkg; two scenes with the same stem would overwrite each other, so
+    refuse."""
     outs: dict[str, Path] = {}
     seen: dict[str, str] = {}
     for p in paths:
         name = scene_name(p)
         if name in seen:
-            raise InputError(f"scenes {seen[name]} and {p} would both write {name}.gpkg; rename one or run them separately")
+            raise InputError(
+                f"scenes {seen[name]} and {p} would both write {name}.gpkg; rename one or run them separately"
+            )
         seen[name] = p
         outs[p] = Path(out_dir) / f"{name}.gpkg"
     return outs

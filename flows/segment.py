@@ -25,24 +25,35 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect import State, flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed
 from prefect_dask import DaskTaskRunner
 
-from flows.server import temporary_server
 from flows.cluster import current_client, describe_workers, gpu_annotation, task_runner
 from flows.scenes import artifact_key, drop_own_outputs, list_scenes, output_paths, scene_name
+from flows.server import temporary_server
 from fpn_geo.config import SegmentConfig, load_config, output_parameters
 from fpn_geo.geopackage import is_up_to_date, merge_geopackages
 from fpn_geo.model.meta import read_verified_meta
 from fpn_geo.pipeline import (
-    BlockResult, RunSummary, SceneWriter, ScenePlan, default_probability_path, plan_from_checkpoint, scene_sha256,
+    BlockResult,
+    RunSummary,
+    ScenePlan,
+    SceneWriter,
+    default_probability_path,
+    plan_from_checkpoint,
+    scene_sha256,
 )
 from fpn_geo.provenance import utc_now
 from fpn_geo.signals import Terminated, terminate_as_interrupt
@@ -85,6 +96,7 @@ def use_worker_threads() -> None:
 
 @task(name="quicklook", cache_policy=NO_CACHE)
 def quicklook_task(scene: str, gpkg: str, png: str, bands: tuple[int, ...], title: str) -> str:
+    """Render the scene's quicklook PNG with its buildings drawn on; returns the PNG path."""
     from fpn_geo.quicklook import render_quicklook
 
     return str(render_quicklook(scene, gpkg, png, bands, title=title))
@@ -105,7 +117,8 @@ class Progress:
     def __init__(self, key: str, total: int, logger) -> None:
         self.total, self.done, self.logger = total, 0, logger
         self.last_update, self.last_tenth = 0.0, 0
-        self.id = create_progress_artifact(progress=0.0, key=key, description=f"blocks done of {total}")
+        # sync_compatible: called from a sync flow it returns the UUID, not a coroutine
+        self.id = cast(UUID, create_progress_artifact(progress=0.0, key=key, description=f"blocks done of {total}"))
 
     def add(self, n: int) -> None:
         self.done += n
@@ -123,7 +136,8 @@ def _summary_markdown(name: str, summary: RunSummary, tasks: int, workers: int, 
     rows = [
         ("scene", name), ("windows", summary.windows), ("windows without data", summary.windows_skipped),
         ("buildings", summary.buildings), ("seconds", f"{summary.seconds:.1f}"), ("Mpx/s", f"{summary.mpx_per_s:.2f}"),
-        ("process-blocks tasks", tasks), ("Dask workers", workers), ("KB received from blocks", f"{summary.bytes_received / 1e3:.0f}"),
+        ("process-blocks tasks", tasks), ("Dask workers", workers),
+        ("KB received from blocks", f"{summary.bytes_received / 1e3:.0f}"),
         ("output", f"`{summary.out}`"),
     ]
     if summary.probability:
@@ -139,7 +153,9 @@ def _summary_markdown(name: str, summary: RunSummary, tasks: int, workers: int, 
     return "\n".join(md)
 
 
-@flow(name="segment-scene", task_runner=task_runner(), log_prints=True)
+# `type: ignore[arg-type]` on task_runner=: prefect types a TaskRunner by its future class, invariantly, so its
+# stubs refuse prefect_dask's DaskTaskRunner (futures: PrefectDaskFuture) although prefect accepts it.
+@flow(name="segment-scene", task_runner=task_runner(), log_prints=True)  # type: ignore[arg-type]
 def segment_scene(
     scene: str,
     checkpoint: str,
@@ -201,7 +217,7 @@ def segment_scene(
     }
 
 
-@flow(name="segment-scenes", task_runner=task_runner(), log_prints=True)
+@flow(name="segment-scenes", task_runner=task_runner(), log_prints=True)  # type: ignore[arg-type]
 def segment_scenes(
     scenes: str | list[str],
     checkpoint: str,
@@ -214,21 +230,23 @@ def segment_scenes(
     max_in_flight: int | None = None,
     quicklook: bool = True,
     blocks_per_task: int = 2,
-):
+) -> State[Any]:
     """Many scenes, one GeoPackage each (out_dir/<stem>.gpkg), each as its own `segment-scene` flow run.
 
     scenes: a folder, a glob, a manifest (.txt/.csv: one path per line) or a list of paths.
     A scene whose GeoPackage already holds the same input sha256, checkpoint sha256 and output parameters
     (every config key that changes the output) is skipped (unless force), so a nightly re-run only does new
-    work. Probability rasters fpn-geo wrote are never taken as scenes, even when out_dir is the scenes folder. merged: also write all buildings into one
-    GeoPackage in `merged_crs`. A scene that fails fails its own flow run; the others go on, and this
-    run ends Failed, listing them.
+    work. Probability rasters fpn-geo wrote are never taken as scenes, even when out_dir is the scenes folder.
+    merged: also write all buildings into one GeoPackage in `merged_crs`. A scene that fails fails its own flow
+    run; the others go on, and this run ends Failed, listing them.
     """
     logger = get_run_logger()
     cfg = load_config(config, **(overrides or {}))
     paths, ours = drop_own_outputs(list_scenes(scenes))
     if ours:
-        logger.info("not segmenting %d fpn-geo output raster(s) found among the scenes: %s", len(ours), ", ".join(ours[:5]))
+        logger.info(
+            "not segmenting %d fpn-geo output raster(s) found among the scenes: %s", len(ours), ", ".join(ours[:5])
+        )
     outs = output_paths(paths, out_dir)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     ckpt_sha = read_verified_meta(checkpoint).weights_sha256
@@ -237,7 +255,7 @@ def segment_scenes(
     address = current_client().scheduler.address
     logger.info("%d scenes from %s; Dask scheduler %s", len(paths), scenes, address)
     processed, skipped, failed = [], [], {}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for path in paths:
         out, name = outs[path], scene_name(path)
         also = [default_probability_path(out)] if cfg.probability == "cog" else []
@@ -246,7 +264,10 @@ def segment_scenes(
             skipped.append(path)
             rows.append({"scene": name, "status": "skipped", "buildings": "", "seconds": "", "output": str(out)})
             continue
-        child = segment_scene.with_options(task_runner=DaskTaskRunner(address=address), flow_run_name=f"segment-scene-{name}")
+        child = segment_scene.with_options(
+            task_runner=DaskTaskRunner(address=address),  # type: ignore[arg-type]
+            flow_run_name=f"segment-scene-{name}",
+        )
         state = child(
             scene=path, checkpoint=checkpoint, out=str(out), config=config, overrides=overrides,
             max_in_flight=max_in_flight, quicklook=quicklook, blocks_per_task=blocks_per_task, return_state=True,
@@ -254,7 +275,8 @@ def segment_scenes(
         if state.is_completed():
             r = state.result()
             processed.append(path)
-            rows.append({"scene": name, "status": "done", "buildings": r["buildings"], "seconds": r["seconds"], "output": str(out)})
+            rows.append({"scene": name, "status": "done", "buildings": r["buildings"], "seconds": r["seconds"],
+                         "output": str(out)})
         else:
             failed[path] = state.message or state.name
             logger.error("%s failed: %s", name, failed[path])
@@ -264,10 +286,16 @@ def segment_scenes(
         parts = [(scene_name(p), outs[p]) for p in paths if p not in failed and outs[p].is_file()]
         merged_count = merge_geopackages(parts, merged, merged_crs)
         logger.info("merged %d buildings from %d scenes into %s", merged_count, len(parts), merged)
-    create_table_artifact(rows, key=artifact_key("segment-scenes"), description="fpn-geo segment-scenes: one row per scene")
+    create_table_artifact(
+        rows, key=artifact_key("segment-scenes"), description="fpn-geo segment-scenes: one row per scene"
+    )
     result = {
-        "processed": processed, "skipped": skipped, "failed": failed,
-        "outputs": {p: str(outs[p]) for p in paths if p not in failed}, "merged": merged, "merged_buildings": merged_count,
+        "processed": processed,
+        "skipped": skipped,
+        "failed": failed,
+        "outputs": {p: str(outs[p]) for p in paths if p not in failed},
+        "merged": merged,
+        "merged_buildings": merged_count,
     }
     if failed:
         listing = "; ".join(f"{scene_name(p)}: {m}" for p, m in failed.items())
@@ -276,8 +304,12 @@ def segment_scenes(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.segment scene|scenes ...``: run a flow once here, without a deployment; the exit code."""
     p = argparse.ArgumentParser(prog="python -m flows.segment", description="Run the fpn-geo flows once, here.")
-    p.add_argument("--dask-address", help="tcp://HOST:8786 of a running scheduler (default: FPN_GEO_DASK_ADDRESS, else a local cluster)")
+    p.add_argument(
+        "--dask-address",
+        help="tcp://HOST:8786 of a running scheduler (default: FPN_GEO_DASK_ADDRESS, else a local cluster)",
+    )
     p.add_argument("--dask-workers", type=int, help="workers of the local cluster")
     p.add_argument("--config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, YAML value")
@@ -299,17 +331,23 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)} or None
-    common = dict(config=args.config, overrides=overrides, max_in_flight=args.max_in_flight, quicklook=not args.no_quicklook,
-                  blocks_per_task=args.blocks_per_task)
+    common = dict(
+        config=args.config,
+        overrides=overrides,
+        max_in_flight=args.max_in_flight,
+        quicklook=not args.no_quicklook,
+        blocks_per_task=args.blocks_per_task,
+    )
     runner = task_runner(args.dask_address, args.dask_workers)
     terminate_as_interrupt()  # SIGTERM (timeout, docker stop) unwinds like Ctrl-C: clusters and servers stop
+    state: State[Any]
     try:
         with temporary_server():
             if args.command == "scene":
-                state = segment_scene.with_options(task_runner=runner)(
+                state = segment_scene.with_options(task_runner=runner)(  # type: ignore[arg-type]
                     scene=args.scene, checkpoint=args.checkpoint, out=args.out, return_state=True, **common)
             else:
-                state = segment_scenes.with_options(task_runner=runner)(
+                state = segment_scenes.with_options(task_runner=runner)(  # type: ignore[arg-type]
                     scenes=args.scenes, checkpoint=args.checkpoint, out_dir=args.out_dir, merged=args.merged,
                     force=args.force, return_state=True, **common)
     except KeyboardInterrupt as e:

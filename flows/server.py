@@ -46,7 +46,7 @@ def temporary_server() -> Iterator[str | None]:
     proxy = types.ModuleType("subprocess")
     proxy.__dict__.update(vars(subprocess))
     proxy.Popen = _popen_dying_with(os.getpid())  # type: ignore[attr-defined]
-    server_module.subprocess = proxy  # type: ignore[attr-defined]
+    server_module.subprocess = proxy
     server = server_module.SubprocessASGIServer()
     server.start()
     try:

@@ -34,6 +34,7 @@ def load_config_task(config: str, overrides: dict[str, Any]) -> TrainConfig:
 
 @task(name="train", cache_policy=NO_CACHE)
 def train_task(cfg: TrainConfig) -> dict[str, Any]:
+    """Run ``fpn_geo.train.train`` with each epoch logged to the flow run; a JSON-ready summary."""
     logger = get_run_logger()
 
     def on_epoch(row: dict[str, Any]) -> None:
@@ -45,28 +46,39 @@ def train_task(cfg: TrainConfig) -> dict[str, Any]:
 
     result = train(cfg, on_epoch=on_epoch)
     return {
-        "out_dir": str(result.out_dir), "best": str(result.best), "last": str(result.last), "epochs_run": result.epochs_run,
-        "best_score": result.best_score, "chips_per_s": result.chips_per_s,
+        "out_dir": str(result.out_dir),
+        "best": str(result.best),
+        "last": str(result.last),
+        "epochs_run": result.epochs_run,
+        "best_score": result.best_score,
+        "chips_per_s": result.chips_per_s,
         "history": [{k: row.get(k) for k in TABLE_KEYS} for row in result.history],
     }
 
 
 @task(name="report-training", cache_policy=NO_CACHE)
 def report_training(summary: dict[str, Any]) -> None:
+    """Publish the per-epoch history and the outcome as Prefect artifacts."""
     rows = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in summary["history"]]
-    create_table_artifact(key="train-segmenter-history", table=rows, description="per-epoch training loss and held-out scores")
+    create_table_artifact(
+        key="train-segmenter-history", table=rows, description="per-epoch training loss and held-out scores"
+    )
     create_markdown_artifact(
         key="train-segmenter-summary",
         markdown=(
             f"**best** `{summary['best']}` (held-out F1 {summary['best_score']:.4f}); **last** `{summary['last']}`; "
-            f"{summary['epochs_run']} epochs at {summary['chips_per_s']:.2f} chips/s; curve `{summary['out_dir']}/curve.png`"
+            f"{summary['epochs_run']} epochs at {summary['chips_per_s']:.2f} chips/s; curve "
+            f"`{summary['out_dir']}/curve.png`"
         ),
     )
 
 
 @flow(name="train-segmenter", log_prints=True)
 def train_segmenter(
-    config: str = "configs/train_default.yaml", out_dir: str | None = None, resume: str | None = None, epochs: int | None = None
+    config: str = "configs/train_default.yaml",
+    out_dir: str | None = None,
+    resume: str | None = None,
+    epochs: int | None = None,
 ) -> dict[str, Any]:
     """Train a building segmenter from a YAML config; returns where the best and last checkpoints are."""
     cfg = load_config_task(config, {"out_dir": out_dir, "resume": resume, "epochs": epochs})
@@ -77,11 +89,13 @@ def train_segmenter(
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(pred: str, truth: str, raster: str | None, iou: float, min_area_m2: float) -> dict[str, Any]:
+    """``fpn_geo.evaluate.evaluate`` as a task: predicted buildings scored against the truth."""
     return evaluate(pred, truth, raster, iou=iou, min_area_m2=min_area_m2)
 
 
 @task(name="write-report", cache_policy=NO_CACHE)
 def write_report(report: dict[str, Any], out: str) -> str:
+    """Write the evaluation report as JSON, atomically; returns its path."""
     return str(write_json_atomic(out, report))
 
 
@@ -103,6 +117,7 @@ def evaluate_buildings(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.train train|evaluate ...``: run a flow once here; the exit code."""
     p = argparse.ArgumentParser(prog="python -m flows.train")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train")
@@ -119,7 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--min-area", type=float, default=0.0)
     a = p.parse_args(argv)
     if a.command == "train":
-        print(json.dumps({k: v for k, v in train_segmenter(a.config, a.out_dir, a.resume, a.epochs).items() if k != "history"}, indent=2))
+        print(
+            json.dumps(
+                {k: v for k, v in train_segmenter(a.config, a.out_dir, a.resume, a.epochs).items() if k != "history"},
+                indent=2,
+            )
+        )
     else:
         print(json.dumps(evaluate_buildings(a.pred, a.truth, a.raster, a.out, a.iou, a.min_area)["building"], indent=2))
     return 0

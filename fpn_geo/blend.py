@@ -8,6 +8,7 @@ bytes wherever it is computed.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,6 +86,11 @@ class BlockCanvas:
         # geometry alone and factor into a row and a column vector instead of an (h, w) array.
         wy = weight_sums(block.y0, block.y1, grid, rows)
         wx = weight_sums(block.x0, block.x1, grid, cols)
+        # torch tensors on CUDA, numpy arrays on the CPU: the code below uses what both support
+        self.sums: Any
+        self.weights: Any
+        self.wy: Any
+        self.wx: Any
         if self.cuda:
             self.sums = torch.zeros((channels, h, w), dtype=torch.float32, device=self.device)
             self.weights = _weights_on(grid.size, grid.overlap, str(self.device))

@@ -1,4 +1,5 @@
-"""`fpn-geo` command line: segment a scene, train a segmenter, evaluate predictions, or describe a scene or checkpoint."""
+"""`fpn-geo` command line: segment a scene, train a segmenter, evaluate predictions, or describe a scene or
+checkpoint."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from pathlib import Path
 
 from fpn_geo.errors import FpnGeoError
 
-
 SEGMENT_FLAGS = {
     "window": "--window", "overlap": "--overlap", "batch": "--batch", "device": "--device", "threshold": "--threshold",
     "min_area_m2": "--min-area", "simplify_m": "--simplify", "compile": "--compile", "probability": "--no-probability",
@@ -23,15 +23,24 @@ def check_segment_run(args: argparse.Namespace, cfg):
     checkpoint's metadata, the scene, its radiometry, the window against the scene, and scratch space.
     Returns the config with the window clamped to the scene."""
     from fpn_geo.config import clamp_window
+    from fpn_geo.georef import model_scale
     from fpn_geo.model.meta import meta_path, read_meta
     from fpn_geo.outputs import check_output_paths, check_scratch_space, sweep_output_folders
-    from fpn_geo.georef import model_scale
     from fpn_geo.pipeline import default_probability_path
     from fpn_geo.scene import open_scene
 
     out = Path(args.out)
-    prob = None if cfg.probability == "none" else Path(args.probability) if args.probability else default_probability_path(out)
-    inputs = {"SCENE": args.scene, "--model": args.model, "--model's metadata": str(meta_path(args.model)), "--config": args.config}
+    prob = (
+        None if cfg.probability == "none"
+        else Path(args.probability) if args.probability
+        else default_probability_path(out)
+    )
+    inputs = {
+        "SCENE": args.scene,
+        "--model": args.model,
+        "--model's metadata": str(meta_path(args.model)),
+        "--config": args.config,
+    }
     check_output_paths(inputs, {"--out": out, "--probability": prob}, kinds={"--out": "gpkg", "--probability": "tif"})
     sweep_output_folders([out, prob])
     meta = read_meta(args.model)
@@ -63,7 +72,8 @@ def _segment(args: argparse.Namespace) -> int:
     from fpn_geo.pipeline import load_segmenter, segment
 
     cfg = load_config(
-        args.config, flags=SEGMENT_FLAGS, window=args.window, overlap=args.overlap, batch=args.batch, device=args.device,
+        args.config, flags=SEGMENT_FLAGS, window=args.window, overlap=args.overlap, batch=args.batch,
+        device=args.device,
         threshold=args.threshold, min_area_m2=args.min_area, simplify_m=args.simplify, compile=args.compile or None,
         probability="none" if args.no_probability else None,
     )
@@ -136,6 +146,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``fpn-geo`` argument parser: one subcommand per task."""
     p = argparse.ArgumentParser(prog="fpn-geo", description="Find buildings in GeoTIFFs.")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
@@ -173,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("pred", help="predicted buildings (GeoPackage or any vector file)")
     e.add_argument("--truth", required=True, help="truth building polygons (any vector file, any CRS)")
     e.add_argument("--out", help="write the JSON report here")
-    e.add_argument("--pred-layer", help="layer of PRED (default: the only one, else 'buildings', else the only polygon layer)")
+    e.add_argument(
+        "--pred-layer", help="layer of PRED (default: the only one, else 'buildings', else the only polygon layer)"
+    )
     e.add_argument("--truth-layer", help="layer of --truth (same default)")
     e.add_argument("--raster", help="a GeoTIFF whose grid is used for pixel IoU")
     e.add_argument("--iou", type=float, default=0.5, help="match threshold (SpaceNet: 0.5)")
@@ -191,6 +204,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``fpn-geo`` entry point: an exit code, with errors on one line instead of a traceback."""
     from fpn_geo.signals import Terminated, terminate_as_interrupt
 
     terminate_as_interrupt()  # `timeout`, `docker stop`, Prefect cancellation: cleaned up like Ctrl-C
@@ -208,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fpn-geo: error: {type(e).__name__}: {_first_line(e)}; no output written", file=sys.stderr)
         return 1
     except Exception as e:
-        if not type(e).__module__.split(".")[0] in ("rasterio", "pyogrio", "sqlite3", "fiona", "shapely"):
+        if type(e).__module__.split(".")[0] not in ("rasterio", "pyogrio", "sqlite3", "fiona", "shapely"):
             raise  # our own bug: the traceback is what a report needs
         print(f"fpn-geo: error: {_first_line(e)}; no output written", file=sys.stderr)
         return 1

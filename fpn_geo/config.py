@@ -41,19 +41,27 @@ class SegmentConfig(BaseModel):
     readers: int = Field(0, ge=0, le=64, description="reader threads; 0 = auto: 1 on CPU, up to 8 on CUDA")
     threshold: float = Field(0.5, gt=0, lt=1, description="building probability threshold")
     min_area_m2: float = Field(4.0, ge=0, le=1e9, description="smallest building kept, in square metres")
-    simplify_m: float = Field(0.3, ge=0, le=1000, description="Douglas-Peucker tolerance in metres (0.3: a pixel of a 0.30 m model grid, which takes out the staircase of traced pixel edges)")
-    regularize: float = Field(0.0, ge=0, le=1, description="right-angled outlines: a building whose IoU with its oriented minimum rectangle is at least this becomes that rectangle (e.g. 0.85); 0 = off")
+    simplify_m: float = Field(0.3, ge=0, le=1000, description="Douglas-Peucker tolerance in metres (0.3: a pixel of a "
+        "0.30 m model grid, which takes out the staircase of traced pixel edges)")
+    regularize: float = Field(0.0, ge=0, le=1, description="right-angled outlines: a building whose IoU with its "
+        "oriented minimum rectangle is at least this becomes that rectangle (e.g. 0.85); 0 = off")
     separate_touching: bool = Field(True, description="split touching buildings with the contact class")
-    block_windows: int = Field(4, gt=0, description="block side in windows: the unit that is blended and vectorized at once; bounds memory")
-    post_threads: int = Field(0, ge=0, description="threads post-processing blocks beside the model; 0 = auto: 1 on CPU, most cores on CUDA")
+    block_windows: int = Field(
+        4, gt=0, description="block side in windows: the unit that is blended and vectorized at once; bounds memory"
+    )
+    post_threads: int = Field(
+        0, ge=0, description="threads post-processing blocks beside the model; 0 = auto: 1 on CPU, most cores on CUDA"
+    )
     match_gsd: bool = Field(True, description="resample windows to the checkpoint's GSD")
     probability: Literal["cog", "none"] = Field("cog", description="also write the probability COG")
-    probability_grid: Literal["model", "native"] = Field("model", description="the COG's grid: the model's GSD, or the scene's own")
+    probability_grid: Literal["model", "native"] = Field(
+        "model", description="the COG's grid: the model's GSD, or the scene's own"
+    )
     gdal_cache_mb: int = Field(128, gt=0, le=1_000_000, description="GDAL block cache; bounds raster I/O memory")
     radiometry: RadiometryConfig = Field(
         default_factory=RadiometryConfig,
-        description="how the scene's pixel values map to the model's input range: {rule: auto|identity|linear|percentile, "
-        "scale, offset, percentiles}; see fpn_geo/radiometry.py",
+        description="how the scene's pixel values map to the model's input range: "
+        "{rule: auto|identity|linear|percentile, scale, offset, percentiles}; see fpn_geo/radiometry.py",
     )
     scratch_dir: str | None = Field(
         None, description="folder for the blocks' compressed probability tiles (well under 1 byte a model-grid pixel); "
@@ -68,9 +76,11 @@ class SegmentConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _check_window(self) -> "SegmentConfig":
+    def _check_window(self) -> SegmentConfig:
         if self.window % 32:
-            raise ValueError(f"window {self.window} must be a multiple of 32, e.g. {max(32, round(self.window / 32) * 32)}")
+            raise ValueError(
+                f"window {self.window} must be a multiple of 32, e.g. {max(32, round(self.window / 32) * 32)}"
+            )
         if self.overlap >= self.window // 2:
             raise ValueError(f"overlap {self.overlap} must be less than half the window ({self.window // 2})")
         return self
@@ -91,7 +101,9 @@ class _BoundedLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             self._aliases += 1
             if self._aliases > MAX_YAML_ALIASES:
-                raise ConfigError(f"more than {MAX_YAML_ALIASES} aliases (*name); a config needs none, this looks like an anchor bomb")
+                raise ConfigError(
+                    f"more than {MAX_YAML_ALIASES} aliases (*name); a config needs none, this looks like an anchor bomb"
+                )
         self._depth += 1
         try:
             if self._depth > MAX_YAML_DEPTH:
@@ -103,7 +115,9 @@ class _BoundedLoader(yaml.SafeLoader):
     def compose_document(self):  # noqa: ANN201
         node = super().compose_document()
         if node is not None and _expanded_size(node, {}) > MAX_YAML_NODES:
-            raise ConfigError(f"expands to more than {MAX_YAML_NODES} values through its aliases; this looks like an anchor bomb")
+            raise ConfigError(
+                f"expands to more than {MAX_YAML_NODES} values through its aliases; this looks like an anchor bomb"
+            )
         return node
 
 
@@ -136,6 +150,7 @@ def parse_yaml(text: str | bytes, source: str) -> Any:
 
 
 def read_yaml_mapping(path: Path, what: str = "config") -> dict[str, Any]:
+    """A YAML file's top-level mapping, or ConfigError for a file that is unreadable, too big or not a mapping."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -171,7 +186,8 @@ def build_config(
     try:
         return model(**data)
     except ValidationError as e:
-        parts, unknown = [], []
+        parts: list[str] = []
+        unknown: list[str] = []
         for err in e.errors():
             loc = [str(x) for x in err["loc"]]
             key = ".".join(loc) or "config"
@@ -231,7 +247,9 @@ def clamp_window(cfg: SegmentConfig, height: int, width: int, scale: float = 1.0
 
 
 # Keys that change how fast a run goes or where it works, never what it writes.
-OUTPUT_NEUTRAL_KEYS = frozenset({"device", "compile", "readers", "batch", "gdal_cache_mb", "post_threads", "scratch_dir"})
+OUTPUT_NEUTRAL_KEYS = frozenset(
+    {"device", "compile", "readers", "batch", "gdal_cache_mb", "post_threads", "scratch_dir"}
+)
 
 
 def output_parameters(cfg: SegmentConfig) -> dict[str, Any]:

@@ -22,7 +22,8 @@ def resolve_device(device: str) -> str:
 
 
 def _auto_threads(threads: int, device: str, keep_free: int) -> int:
-    """`threads` if set; 0 means auto: 1 on CPU, where the model needs the cores; on CUDA the cores but `keep_free`, 1-8."""
+    """`threads` if set; 0 means auto: 1 on CPU, where the model needs the cores; on CUDA the cores but
+    `keep_free`, 1-8."""
     if threads > 0:
         return threads
     return max(1, min(8, (os.cpu_count() or 1) - keep_free)) if str(device).startswith("cuda") else 1

@@ -179,5 +179,7 @@ def evaluate(
                 f"Assign one with `gdal_edit.py -a_srs EPSG:xxxx`."
             )
         report["raster"] = str(raster_path)
-        report["pixel_iou"] = pixel_iou(mask_on_grid(pred, transform, shape, crs), mask_on_grid(truth, transform, shape, crs))
+        report["pixel_iou"] = pixel_iou(
+            mask_on_grid(pred, transform, shape, crs), mask_on_grid(truth, transform, shape, crs)
+        )
     return report

@@ -10,8 +10,8 @@ import contextlib
 import json
 import sqlite3
 import xml.etree.ElementTree as ET
-from datetime import datetime, timezone
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 import geopandas as gpd
@@ -20,7 +20,6 @@ import pyogrio
 import pyogrio.errors
 
 from fpn_geo.errors import OutputError
-
 from fpn_geo.outputs import PendingOutput, atomic_output, check_output_paths, temp_path, verify_geopackage
 
 STYLE_QML = (Path(__file__).parent / "styles" / "buildings.qml").read_text()
@@ -95,7 +94,7 @@ class GeoPackageWriter:
         """
         with write_errors(self.final):
             self._finish(provenance)
-        self.pending.verify(self.tmp)
+        verify_geopackage(self.tmp)
         self.finished = True
 
     def commit(self, provenance: dict | None = None) -> Path:
@@ -109,7 +108,9 @@ class GeoPackageWriter:
     def _finish(self, provenance: dict) -> None:
         if not self.tmp.exists():
             self.append(gpd.GeoDataFrame({"score": [], "area_m2": []}, geometry=[], crs=self.crs))
-        row = {k: (json.dumps(v, default=str) if isinstance(v, (dict, list, tuple)) else v) for k, v in provenance.items()}
+        row = {
+            k: (json.dumps(v, default=str) if isinstance(v, (dict, list, tuple)) else v) for k, v in provenance.items()
+        }
         pyogrio.write_dataframe(pd.DataFrame([row]), self.tmp, layer=PROVENANCE, driver="GPKG")
         with contextlib.closing(sqlite3.connect(self.tmp)) as db, db:
             register_metadata(db, provenance, crs=self.crs)
@@ -118,7 +119,7 @@ class GeoPackageWriter:
     def abort(self) -> None:
         self.pending.discard()
 
-    def __enter__(self) -> "GeoPackageWriter":
+    def __enter__(self) -> GeoPackageWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -166,7 +167,8 @@ def register_metadata(db: sqlite3.Connection, record: dict, crs=None) -> None:
         if not exists:
             db.execute(
                 "INSERT INTO gpkg_extensions(table_name, column_name, extension_name, definition, scope) "
-                "VALUES (?, NULL, 'gpkg_metadata', 'http://www.geopackage.org/spec120/#extension_metadata', 'read-write')",
+                "VALUES (?, NULL, 'gpkg_metadata', 'http://www.geopackage.org/spec120/#extension_metadata', "
+                "'read-write')",
                 (table,),
             )
     abstract = describe(record)
@@ -180,7 +182,8 @@ def register_metadata(db: sqlite3.Connection, record: dict, crs=None) -> None:
             (uri, mime, text),
         )
         db.execute(
-            "INSERT INTO gpkg_metadata_reference(reference_scope, table_name, timestamp, md_file_id) VALUES ('table', ?, ?, ?)",
+            "INSERT INTO gpkg_metadata_reference(reference_scope, table_name, timestamp, md_file_id) VALUES ('table', "
+            "?, ?, ?)",
             (BUILDINGS, _now(), cur.lastrowid),
         )
     db.execute("UPDATE gpkg_contents SET description=? WHERE table_name=?", (abstract, BUILDINGS))
@@ -197,16 +200,24 @@ def describe(record: dict) -> str:
     lines = [f"Building footprints segmented by {r('software', 'fpn-geo')} {r('version', '')}".rstrip()
              + (f" (git {r('git_commit')})" if r("git_commit") else "") + "."]
     if r("input_path"):
-        lines.append(f"Input: {r('input_path')}" + (f" (sha256 {r('input_sha256')})" if r("input_sha256") else "") + ".")
+        lines.append(
+            f"Input: {r('input_path')}" + (f" (sha256 {r('input_sha256')})" if r("input_sha256") else "") + "."
+        )
     if r("checkpoint_path"):
-        lines.append(f"Model: {r('checkpoint_path')}" + (f" (sha256 {r('checkpoint_sha256')})" if r("checkpoint_sha256") else "") + ".")
+        lines.append(
+            f"Model: {r('checkpoint_path')}"
+            + (f" (sha256 {r('checkpoint_sha256')})" if r("checkpoint_sha256") else "")
+            + "."
+        )
     if params:
         keys = [k for k in ("threshold", "min_area_m2", "simplify_m", "window", "overlap") if k in params]
         lines.append("Parameters: " + ", ".join(f"{k}={params[k]}" for k in keys) + ".")
     if r("buildings") is not None:
         lines.append(f"{r('buildings')} buildings.")
     if r("run_id"):
-        lines.append(f"Run {r('run_id')}" + (f", {r('started_utc')} to {r('finished_utc')}" if r("started_utc") else "") + ".")
+        lines.append(
+            f"Run {r('run_id')}" + (f", {r('started_utc')} to {r('finished_utc')}" if r("started_utc") else "") + "."
+        )
     lines.append("Full record: the 'provenance' table of this GeoPackage (also as JSON in gpkg_metadata).")
     return "\n".join(lines)
 
@@ -274,7 +285,8 @@ def register_style(db: sqlite3.Connection, table: str = BUILDINGS) -> None:
     )
     if not db.execute("SELECT 1 FROM gpkg_contents WHERE table_name='layer_styles'").fetchone():
         db.execute(
-            "INSERT INTO gpkg_contents(table_name, data_type, identifier, last_change) VALUES ('layer_styles', 'attributes', 'layer_styles', ?)",
+            "INSERT INTO gpkg_contents(table_name, data_type, identifier, last_change) VALUES ('layer_styles', "
+            "'attributes', 'layer_styles', ?)",
             (_now(),),
         )
     # QGIS finds the default style by table AND geometry column name: take the column GDAL actually wrote.
@@ -321,7 +333,9 @@ def is_up_to_date(
         return False
     if not isinstance(recorded, dict):
         return False
-    return all(json.dumps(recorded.get(k), sort_keys=True) == json.dumps(v, sort_keys=True) for k, v in parameters.items())
+    return all(
+        json.dumps(recorded.get(k), sort_keys=True) == json.dumps(v, sort_keys=True) for k, v in parameters.items()
+    )
 
 
 def merge_geopackages(parts: Sequence[tuple[str, str | Path]], out: str | Path, crs: str = "EPSG:4326") -> int:
@@ -342,7 +356,12 @@ def merge_geopackages(parts: Sequence[tuple[str, str | Path]], out: str | Path, 
     merged.insert(0, "id", range(len(merged)))
     with atomic_output(out, verify=verify_geopackage) as tmp, write_errors(out):
         pyogrio.write_dataframe(
-            merged, tmp, layer=BUILDINGS, driver="GPKG", geometry_type="Polygon", dataset_options={"VERSION": GPKG_VERSION}
+            merged,
+            tmp,
+            layer=BUILDINGS,
+            driver="GPKG",
+            geometry_type="Polygon",
+            dataset_options={"VERSION": GPKG_VERSION},
         )
         with contextlib.closing(sqlite3.connect(tmp)) as db, db:
             register_style(db)

@@ -52,7 +52,11 @@ def read_batches(
             with lock:
                 opened.append(local.src)
         t0 = time.perf_counter()
-        data = [d for d in (read_window(local.src, w, bands, model_size, scale, grid_hw, radiometry) for w in group) if d is not None]
+        data = [
+            d
+            for d in (read_window(local.src, w, bands, model_size, scale, grid_hw, radiometry) for w in group)
+            if d is not None
+        ]
         with lock:  # reader-seconds summed over threads
             times["read"] = times.get("read", 0.0) + time.perf_counter() - t0
         return group, data
@@ -65,7 +69,8 @@ def read_batches(
             src.close()
 
 
-WindowProbs = tuple[GridWindow, "np.ndarray | torch.Tensor | None"]  # (K, h, w) float 0-255 (a tensor on CUDA); None: no data
+# (K, h, w) float 0-255 (a tensor on CUDA); None: no data
+WindowProbs = tuple[GridWindow, "np.ndarray | torch.Tensor | None"]
 
 
 def predict_windows(
@@ -89,9 +94,12 @@ def predict_windows(
     times = times if times is not None else StageTimes()
     device = torch.device(getattr(predictor, "device", "cpu"))
     readers = reader_threads(readers, str(device))
-    for group, data in read_batches(path, windows, bands, model_size, scale, batch, times, readers, grid_hw, radiometry):
+    for group, data in read_batches(
+        path, windows, bands, model_size, scale, batch, times, readers, grid_hw, radiometry
+    ):
         by_window: dict[GridWindow, np.ndarray | torch.Tensor] = {}
         if data:
+            masks: list[torch.Tensor] | list[np.ndarray]
             with times.time("model"):
                 probs = predictor(np.stack([d.image for d in data]), [d.window for d in data])
                 if device.type == "cuda":

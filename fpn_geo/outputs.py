@@ -33,7 +33,8 @@ TEMP_RE = re.compile(r"^\.(?P<name>.+)\.fpn-geo-(?P<pid>\d+)-(?P<rand>[0-9a-f]{8
 STALE_AFTER_S = 60.0  # a dead process's temp this old is left over; younger, it may be a pid from another container
 ABANDONED_AFTER_S = 7 * 24 * 3600.0  # untouched this long: left over whatever its pid says (pids are reused)
 VECTOR_SUFFIXES_REFUSED = {".shp": "an ESRI Shapefile", ".geojson": "GeoJSON", ".json": "JSON", ".gml": "GML",
-                           ".kml": "KML", ".csv": "CSV", ".fgb": "FlatGeobuf", ".tif": "a GeoTIFF", ".tiff": "a GeoTIFF"}
+                           ".kml": "KML", ".csv": "CSV", ".fgb": "FlatGeobuf", ".tif": "a GeoTIFF",
+                           ".tiff": "a GeoTIFF"}
 
 Verifier = Callable[[Path], None]
 
@@ -120,6 +121,7 @@ def atomic_output(final: str | Path, verify: Verifier | None = None) -> Iterator
 
 
 def write_text_atomic(final: str | Path, text: str, verify: Verifier | None = None) -> Path:
+    """Write ``text`` to ``final`` through a temporary file, verified and renamed into place."""
     with atomic_output(final, verify) as tmp:
         with open(tmp, "w") as f:
             f.write(text)
@@ -136,6 +138,7 @@ def write_json_atomic(final: str | Path, data: Any, indent: int | None = 2) -> P
 
 
 def verify_json(path: Path) -> None:
+    """Read ``path`` back as JSON; OutputError if it does not parse (a full disk truncates silently)."""
     try:
         json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
@@ -192,7 +195,8 @@ def _check_blocks_inside(src, size: int, path: Path) -> None:
                     return  # not exposed by this GDAL: the read-back below still checks
                 if int(off) + int(n) > size:
                     raise OutputError(
-                        f"{path} is truncated: block {x},{y} of band {b} ends at byte {int(off) + int(n)}, the file has {size}; "
+                        f"{path} is truncated: block {x},{y} of band {b} ends at byte {int(off) + int(n)}, the file "
+                        f"has {size}; "
                         "the disk may be full"
                     )
 
@@ -208,11 +212,11 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def check_output_paths(
-    inputs: dict[str, str | Path], outputs: dict[str, str | Path | None], kinds: dict[str, str] | None = None
+    inputs: dict[str, str | Path | None], outputs: dict[str, str | Path | None], kinds: dict[str, str] | None = None
 ) -> None:
     """Refuse, before any work, outputs that would destroy an input, each other, or something that is not a file.
 
-    inputs and outputs map a name for messages (a flag such as "--out") to a path; None outputs are skipped.
+    inputs and outputs map a name for messages (a flag such as "--out") to a path; None paths are skipped.
     kinds maps an output name to what it is ("gpkg", "tif"), so a GeoPackage aimed at a `.shp` name is refused.
     Each output must be a new path or an existing regular file, in a folder that exists (or can be made) and
     can be written. Raises OutputError naming the flag.
@@ -234,14 +238,20 @@ def check_output_paths(
         if out.is_symlink() or out.exists():
             st = os.stat(out)
             if stat.S_ISDIR(st.st_mode):
-                raise OutputError(f"{name} {out} is an existing folder; give a file name, e.g. {out / 'buildings.gpkg'}")
+                raise OutputError(
+                    f"{name} {out} is an existing folder; give a file name, e.g. {out / 'buildings.gpkg'}"
+                )
             if not stat.S_ISREG(st.st_mode):
-                raise OutputError(f"{name} {out} exists and is not a regular file (a device, pipe or socket); choose a file path")
+                raise OutputError(
+                    f"{name} {out} exists and is not a regular file (a device, pipe or socket); choose a file path"
+                )
         kind = kinds.get(name)
         refused = VECTOR_SUFFIXES_REFUSED.get(out.suffix.lower())
         if kind == "gpkg" and out.suffix.lower() != ".gpkg":
             if refused:
-                raise OutputError(f"{name} {out}: fpn-geo writes a GeoPackage, not {refused}; name it {out.with_suffix('.gpkg').name}")
+                raise OutputError(
+                    f"{name} {out}: fpn-geo writes a GeoPackage, not {refused}; name it {out.with_suffix('.gpkg').name}"
+                )
             raise OutputError(f"{name} {out} must end in .gpkg (fpn-geo writes a GeoPackage)")
         if kind == "tif" and out.suffix.lower() not in (".tif", ".tiff"):
             raise OutputError(f"{name} {out} must end in .tif (a Cloud-Optimized GeoTIFF)")
@@ -254,7 +264,9 @@ def check_folder_writable(final: Path, name: str = "output") -> None:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OutputError(f"{name}: folder {parent} cannot be created ({e.strerror or e}); it or a parent is not a folder") from e
+        raise OutputError(
+            f"{name}: folder {parent} cannot be created ({e.strerror or e}); it or a parent is not a folder"
+        ) from e
     probe = temp_path(final)
     try:
         probe.touch()
@@ -388,7 +400,11 @@ def sweep_stale_scratch(folder: str | Path, now: float | None = None) -> list[Pa
             if not m or not entry.is_dir(follow_symlinks=False):
                 continue
             pid = int(m["pid"])
-            if now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S and pid != os.getpid() and not _pid_alive(pid):
+            if (
+                now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S
+                and pid != os.getpid()
+                and not _pid_alive(pid)
+            ):
                 shutil.rmtree(entry.path, ignore_errors=True)
                 removed.append(Path(entry.path))
         except OSError:

@@ -39,8 +39,8 @@ from fpn_geo.hashing import sha256_file
 from fpn_geo.model.meta import ModelMeta, read_verified_meta
 from fpn_geo.outputs import PendingOutput, check_output_paths, scratch_space, sweep_output_folders, verify_raster
 from fpn_geo.probability import assemble_cog, encode_tile, write_probability_style, write_tile
-from fpn_geo.radiometry import IDENTITY, Radiometry, resolve_radiometry
 from fpn_geo.provenance import build_record, new_run_id, utc_now
+from fpn_geo.radiometry import IDENTITY, Radiometry, resolve_radiometry
 from fpn_geo.scene import SceneInfo, open_scene
 from fpn_geo.signals import interrupts_deferred
 from fpn_geo.streaming import in_order
@@ -51,8 +51,8 @@ from fpn_geo.vectorize import EdgeJoiner, Piece, split_at_edges, to_buildings, t
 if TYPE_CHECKING:
     import torch
 
-    from fpn_geo.predictor import Predictor
     from fpn_geo.instances import LabelFn
+    from fpn_geo.predictor import Predictor
 
 # torch is imported only where a model runs (load_segmenter, process_blocks): the flow side, which plans and
 # writes, starts about 4 s sooner without it.
@@ -71,9 +71,10 @@ class Segmenter:
 
 
 def load_segmenter(checkpoint: str | Path, device: str = "auto", compile: bool = False) -> Segmenter:
+    """The checkpoint's model as a ``Segmenter`` on ``device`` (auto: CUDA when there is one)."""
     from fpn_geo.device import resolve_device
-    from fpn_geo.predictor import SegmenterPredictor
     from fpn_geo.model.checkpoint import load_checkpoint
+    from fpn_geo.predictor import SegmenterPredictor
 
     model, meta = load_checkpoint(checkpoint)
     dev = resolve_device(device)
@@ -158,10 +159,16 @@ class Buildings:
 
     @classmethod
     def from_frame(cls, gdf: gpd.GeoDataFrame) -> Buildings:
-        return cls(list(shapely.to_wkb(gdf.geometry.values)), gdf["score"].to_numpy(np.float32), gdf["area_m2"].to_numpy(np.float32))
+        return cls(
+            list(shapely.to_wkb(gdf.geometry.values)),
+            gdf["score"].to_numpy(np.float32),
+            gdf["area_m2"].to_numpy(np.float32),
+        )
 
     def to_frame(self, crs) -> gpd.GeoDataFrame:
-        return gpd.GeoDataFrame({"score": self.score, "area_m2": self.area_m2}, geometry=shapely.from_wkb(self.wkb), crs=crs)
+        return gpd.GeoDataFrame(
+            {"score": self.score, "area_m2": self.area_m2}, geometry=shapely.from_wkb(self.wkb), crs=crs
+        )
 
 
 @dataclass
@@ -179,6 +186,7 @@ class BlockResult:
 
 
 def choose_labeler(channels: int, cfg: SegmentConfig) -> LabelFn:
+    """Instance labelling with the separating channel when the model has one and it is wanted, else blobs."""
     from fpn_geo.instances import label_components, label_instances
 
     return label_instances if channels > 1 and cfg.separate_touching else label_components
@@ -204,7 +212,7 @@ class HaloCache:
     def take(self, window: GridWindow, block: Block):
         return self.crops.pop((window.row, window.col, block.row, block.col), KeyError)
 
-    def keep(self, window: GridWindow, probs: torch.Tensor | None, block: Block) -> None:
+    def keep(self, window: GridWindow, probs: np.ndarray | torch.Tensor | None, block: Block) -> None:
         from fpn_geo.blend import crop
 
         for other in self.layout.blocks_of(window):
@@ -274,13 +282,16 @@ def finish_block(plan: ScenePlan, block: Block, probs: np.ndarray, labeler: Labe
     inside = (slice(block.y0 - area.y0, block.y1 - area.y0), slice(block.x0 - area.x0, block.x1 - area.x0))
     with times.time("label"):
         labels = labeler(probs[0], probs[1] if plan.channels > 1 else None, cfg.threshold)[inside]
-    probs = probs[(slice(None), *inside)]
+    index = (slice(None), *inside)
+    probs = probs[index]
     with times.time("trace"):
         pieces = trace_pieces(labels, probs[0], block, plan.grid_hw)
     del labels
     finished, edges = split_at_edges(pieces, block, plan.grid_hw)
     with times.time("polygons"):
-        buildings = Buildings.from_frame(to_buildings(finished, plan.georef, cfg.simplify_m, cfg.min_area_m2, cfg.regularize))
+        buildings = Buildings.from_frame(
+            to_buildings(finished, plan.georef, cfg.simplify_m, cfg.min_area_m2, cfg.regularize)
+        )
     tile = None
     if want_tile:
         with times.time("encode"):
@@ -320,6 +331,8 @@ def process_blocks(
 
 @dataclass
 class RunSummary:
+    """What a finished scene reports: outputs, counts, time and per-stage seconds."""
+
     run_id: str
     out: Path
     probability: Path | None
@@ -344,6 +357,7 @@ class RunSummary:
 
 
 def default_probability_path(out: Path) -> Path:
+    """Where the probability COG goes by default: NAME.probability.tif beside NAME.gpkg."""
     return out.with_name(out.stem + ".probability.tif")
 
 
@@ -366,7 +380,8 @@ class SceneWriter:
         want_cog = plan.cfg.probability == "cog"
         check_output_paths(
             {"scene": plan.scene.path, "checkpoint": plan.checkpoint_path},
-            {"out": self.out, "probability": self.prob_final if want_cog else None}, kinds={"out": "gpkg", "probability": "tif"},
+            {"out": self.out, "probability": self.prob_final if want_cog else None},
+            kinds={"out": "gpkg", "probability": "tif"},
         )
         sweep_output_folders([self.out, self.prob_final if want_cog else None])
         self._stack = contextlib.ExitStack()
@@ -412,6 +427,7 @@ class SceneWriter:
             with self.times.time("write"):
                 self.writer.append(r.buildings.to_frame(self.plan.scene.crs))
                 if r.tile is not None:
+                    assert self.scratch is not None  # tiles come only with probability: cog, which makes it
                     self.tiles.append((r.block, write_tile(r.tile, self.scratch, r.block)))
         with self.times.time("join"):
             done = self.joiner.add_row([p for r in row for p in r.edges], row[0].block.y1)
@@ -433,11 +449,11 @@ class SceneWriter:
             if cfg.probability == "cog":
                 native = plan.scene.georef() if cfg.probability_grid == "native" and plan.scale != 1.0 else None
                 target = native or plan.georef
-                prob = PendingOutput(self.prob_final, functools.partial(
-                    verify_raster, width=target.width, height=target.height, count=plan.channels))
+                verify = functools.partial(verify_raster, width=target.width, height=target.height, count=plan.channels)
+                prob = PendingOutput(self.prob_final, verify)
                 with self.times.time("cog"), write_errors(self.prob_final):
                     assemble_cog(self.tiles, plan.georef, plan.channels, prob.tmp, native)
-                prob.verify(prob.tmp)  # GDAL may only warn when the disk fills up: read it back
+                verify(prob.tmp)  # GDAL may only warn when the disk fills up: read it back
             with self.times.time("hash"):
                 scene_sha = input_sha256 or scene_sha256(plan.scene.path)
             seconds = time.perf_counter() - t0

@@ -48,7 +48,7 @@ class SegmenterPredictor:
         self.meta = meta  # bands, statistics, classes: what it reads and what its channels mean
 
     @torch.inference_mode()
-    def __call__(self, images: np.ndarray, windows: list[GridWindow]) -> np.ndarray:
+    def __call__(self, images: np.ndarray, windows: list[GridWindow]) -> torch.Tensor:
         n = len(images)
         self.batch_seen = max(self.batch_seen, n)
         if self.compiled and n < self.batch_seen:

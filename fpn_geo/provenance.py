@@ -13,16 +13,18 @@ from functools import lru_cache
 from pathlib import Path
 
 from fpn_geo import __version__
-from fpn_geo.model.meta import ModelMeta
 from fpn_geo.georef import is_local
+from fpn_geo.model.meta import ModelMeta
 from fpn_geo.scene import SceneInfo
 
 
 def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def new_run_id() -> str:
+    """A fresh random run id (32 hex digits)."""
     return uuid.uuid4().hex
 
 
@@ -46,6 +48,7 @@ def torch_version() -> str | None:
 
 
 def device_description(device: str) -> str:
+    """The device a run used, for the record: the GPU's name, or the CPU and its core count."""
     if device.startswith("cuda"):
         import torch
 
@@ -60,13 +63,14 @@ def build_record(
     started: str,
     finished: str,
     scene: SceneInfo,
-    scene_sha256: str,
+    scene_sha256: str | None,
     checkpoint_path: str | None,
     meta: ModelMeta | None,
     parameters: dict,
     device: str,
     results: dict,
 ) -> dict:
+    """The provenance record of one run: inputs and their hashes, model, parameters, device and results."""
     return {
         "run_id": run_id,
         "started_utc": started,

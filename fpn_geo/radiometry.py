@@ -37,7 +37,9 @@ class RadiometryConfig(BaseModel):
     rule: Rule = Field("auto", description="auto | identity | linear | percentile")
     scale: float = Field(1.0, allow_inf_nan=False, description="linear: value * scale + offset")
     offset: float = Field(0.0, allow_inf_nan=False, description="linear: value * scale + offset")
-    percentiles: tuple[float, float] = Field((2.0, 98.0), description="percentile: the scene's low and high percentiles")
+    percentiles: tuple[float, float] = Field(
+        (2.0, 98.0), description="percentile: the scene's low and high percentiles"
+    )
 
     @field_validator("percentiles")
     @classmethod
@@ -50,7 +52,9 @@ class RadiometryConfig(BaseModel):
     @classmethod
     def _check_scale(cls, v: float) -> float:
         if v == 0:
-            raise ValueError("scale 0 maps every pixel to the offset; use a non-zero scale, e.g. 255 for 0-1 reflectance")
+            raise ValueError(
+                "scale 0 maps every pixel to the offset; use a non-zero scale, e.g. 255 for 0-1 reflectance"
+            )
         return v
 
 
@@ -116,7 +120,8 @@ def resolve_radiometry(
     n = len(bands)
     kinds = {np.dtype(src.dtypes[b - 1]).kind for b in bands}
     if not kinds <= set("uifb"):
-        raise InputError(f"scene {src.name} has {dtype} pixels; fpn-geo reads integer or real pixels, convert it (gdal_translate -ot Float32)")
+        raise InputError(f"scene {src.name} has {dtype} pixels; fpn-geo reads integer or real pixels, convert it "
+            "(gdal_translate -ot Float32)")
     if cfg.rule == "identity":
         return IDENTITY
     if cfg.rule == "linear":
@@ -133,7 +138,9 @@ def resolve_radiometry(
     )
 
 
-def _percentile_stretch(src, bands: tuple[int, ...], model_range: tuple[float, float], pct: tuple[float, float]) -> Radiometry:
+def _percentile_stretch(
+    src, bands: tuple[int, ...], model_range: tuple[float, float], pct: tuple[float, float]
+) -> Radiometry:
     from rasterio.enums import Resampling
 
     f = max(1.0, max(src.width, src.height) / STATS_MAX_PX)

@@ -25,7 +25,9 @@ class WindowData:
     model_hw: tuple[int, int]
 
 
-def scene_window(window: GridWindow, grid_hw: tuple[int, int], scale: float, scene_hw: tuple[int, int]) -> tuple[Window, tuple[int, int]]:
+def scene_window(
+    window: GridWindow, grid_hw: tuple[int, int], scale: float, scene_hw: tuple[int, int]
+) -> tuple[Window, tuple[int, int]]:
     """The scene pixels under a model-grid window (fractional when scale != 1) and the in-grid size of the window.
 
     scale = model pixels per scene pixel. The model grid may run up to one model pixel past the scene's

@@ -36,8 +36,9 @@ class SceneInfo(OnGround):
         return self.width * self.height / 1e6
 
     def georef(self) -> Georef:
-        utm = local_utm(self.affine, self.crs, self.width, self.height)
-        return Georef(tuple(self.transform[:6]), self.crs_wkt, self.height, self.width, self.gsd_m, int(utm.to_epsg()))
+        epsg = local_utm(self.affine, self.crs, self.width, self.height).to_epsg()
+        assert epsg is not None  # a UTM zone always has its EPSG code
+        return Georef(tuple(self.transform[:6]), self.crs_wkt, self.height, self.width, self.gsd_m, epsg)
 
 
 def open_scene(path: str, bands: tuple[int, ...] | None = None) -> SceneInfo:
@@ -72,7 +73,9 @@ def _describe(src: rasterio.DatasetReader, path: str) -> SceneInfo:
     if src.transform.b != 0 or src.transform.d != 0:
         raise InputError(f"scene {path} has a rotated geotransform; warp it north-up first (gdalwarp)")
     if np.dtype(src.dtypes[0]).kind not in "uif":
-        raise InputError(f"scene {path} is {src.dtypes[0]}; expected integer or real pixels (convert: gdal_translate -ot Float32)")
+        raise InputError(
+            f"scene {path} is {src.dtypes[0]}; expected integer or real pixels (convert: gdal_translate -ot Float32)"
+        )
     return SceneInfo(
         path=path,
         width=src.width,
@@ -91,12 +94,13 @@ def gdal_reason(e: BaseException) -> str:
     missing source file of a VRT), so follow the chain to the first message that says something."""
     messages = []
     seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        first = (str(e).splitlines() or [""])[0]
+    link: BaseException | None = e
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        first = (str(link).splitlines() or [""])[0]
         if first and "see previous exception" not in first.lower():
             messages.append(first)
-        e = e.__cause__ or e.__context__
+        link = link.__cause__ or link.__context__
     return messages[-1] if messages else "unknown GDAL error"
 
 
@@ -109,5 +113,7 @@ def _probe_last_block(src: rasterio.DatasetReader, path: str) -> None:
     except RasterioIOError as e:
         reason = gdal_reason(e)
         if path.lower().endswith(".vrt") or src.driver == "VRT":
-            raise InputError(f"scene {path} cannot be read: {reason}; a VRT's source files must exist and be readable") from e
+            raise InputError(
+                f"scene {path} cannot be read: {reason}; a VRT's source files must exist and be readable"
+            ) from e
         raise InputError(f"scene {path} is corrupt or truncated: {reason}") from e

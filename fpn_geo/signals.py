@@ -58,9 +58,10 @@ def interrupts_deferred() -> Iterator[list[int]]:
                 raise Terminated(f"signal {signal.SIGTERM}")
             if signal.SIGINT in got:
                 raise KeyboardInterrupt
-            if callable(old[signal.SIGTERM]):
-                old[signal.SIGTERM](signal.SIGTERM, None)
-            elif old[signal.SIGTERM] == signal.SIG_DFL:
+            term = old[signal.SIGTERM]
+            if callable(term):
+                term(signal.SIGTERM, None)
+            elif term == signal.SIG_DFL:
                 os.kill(os.getpid(), signal.SIGTERM)
 
 

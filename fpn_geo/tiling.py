@@ -27,7 +27,9 @@ class GridWindow:
 
     def clipped(self, height: int, width: int) -> Window:
         """The part inside the scene, as a rasterio Window."""
-        return Window(self.col_off, self.row_off, min(self.size, width - self.col_off), min(self.size, height - self.row_off))
+        return Window(
+            self.col_off, self.row_off, min(self.size, width - self.col_off), min(self.size, height - self.row_off)
+        )
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,9 @@ def _count(length: int, size: int, stride: int) -> int:
 def make_grid(height: int, width: int, size: int = 512, overlap: int = 64, align: int = ALIGN) -> Grid:
     """Use overlap of about the receptive field the model needs at window edges (32-128 px)."""
     if size <= 0 or size % align:
-        raise ConfigError(f"window size {size} must be a positive multiple of {align}, e.g. {max(align, round(size / align) * align)}")
+        raise ConfigError(
+            f"window size {size} must be a positive multiple of {align}, e.g. {max(align, round(size / align) * align)}"
+        )
     if not 0 <= overlap < size // 2:
         raise ConfigError(f"overlap {overlap} must be >= 0 and < half the window ({size // 2})")
     if height <= 0 or width <= 0:
@@ -154,7 +158,9 @@ class BlockLayout:
 
     def window_ranges(self, block: Block) -> tuple[range, range]:
         """Indexes of the window rows and columns that reach into the block."""
-        return self._window_span(block.y0, block.y1, self.grid.rows), self._window_span(block.x0, block.x1, self.grid.cols)
+        return self._window_span(block.y0, block.y1, self.grid.rows), self._window_span(
+            block.x0, block.x1, self.grid.cols
+        )
 
     def blocks_of(self, window: GridWindow) -> list[Block]:
         """The blocks a window reaches into (1 to 4)."""
@@ -172,13 +178,18 @@ class BlockLayout:
         once, so only the group's edges cost halo windows.
         """
         return [
-            [self.block(r, c) for r in range(r0, min(r0 + side, self.rows)) for c in range(c0, min(c0 + side, self.cols))]
+            [
+                self.block(r, c)
+                for r in range(r0, min(r0 + side, self.rows))
+                for c in range(c0, min(c0 + side, self.cols))
+            ]
             for r0 in range(0, self.rows, side)
             for c0 in range(0, self.cols, side)
         ]
 
 
 def make_blocks(grid: Grid, size: int = 4) -> BlockLayout:
+    """Group the grid's windows into blocks of ``size`` x ``size`` windows (ConfigError if size < 1)."""
     if size <= 0:
         raise ConfigError(f"block size {size} must be a positive number of windows, e.g. 8")
     return BlockLayout(grid, size, math.ceil(grid.rows / size), math.ceil(grid.cols / size))

@@ -9,9 +9,10 @@ contact) that lets the model learn to separate buildings that touch.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import geopandas as gpd
 import numpy as np

@@ -60,7 +60,9 @@ def _polygons(labels: np.ndarray, mask: np.ndarray, x0: int, y0: int) -> tuple[n
     return shapely.polygons(rings, indices=np.asarray(poly_of)), np.asarray(values, dtype=np.int64)
 
 
-def trace_pieces(labels: np.ndarray, footprint: np.ndarray, block: Block, grid_hw: tuple[int, int] | None = None) -> list[Piece]:
+def trace_pieces(
+    labels: np.ndarray, footprint: np.ndarray, block: Block, grid_hw: tuple[int, int] | None = None
+) -> list[Piece]:
     """Every labelled region of a block as a polygon in grid coordinates, with its probability sum.
 
     A label in several parts keeps the parts of at least MIN_PART_SHARE of its largest, and every part that
@@ -180,7 +182,9 @@ def to_buildings(
     pixels, where right angles are right angles whatever the CRS.
     """
     if not pieces:
-        return gpd.GeoDataFrame({"score": np.zeros(0, np.float32), "area_m2": np.zeros(0, np.float32)}, geometry=[], crs=georef.crs)
+        return gpd.GeoDataFrame(
+            {"score": np.zeros(0, np.float32), "area_m2": np.zeros(0, np.float32)}, geometry=[], crs=georef.crs
+        )
     # One vertex order whatever the pieces were joined from: Douglas-Peucker's result depends on where a ring starts.
     geoms = shapely.normalize(shapely.simplify(np.array([p.geom for p in pieces], dtype=object), 0))
     if simplify_m > 0:
@@ -188,7 +192,10 @@ def to_buildings(
     if rect_iou > 0:
         geoms = regularize(geoms, rect_iou)
     a = georef.affine
-    geoms = shapely.transform(geoms, lambda xy: np.column_stack([a.a * xy[:, 0] + a.b * xy[:, 1] + a.c, a.d * xy[:, 0] + a.e * xy[:, 1] + a.f]))
+    geoms = shapely.transform(
+        geoms,
+        lambda xy: np.column_stack([a.a * xy[:, 0] + a.b * xy[:, 1] + a.c, a.d * xy[:, 0] + a.e * xy[:, 1] + a.f]),
+    )
     geoms = shapely.make_valid(geoms)
     score = np.array([p.psum / p.count / 255.0 if p.count else 0.0 for p in pieces], dtype=np.float32)
     gdf = gpd.GeoDataFrame({"score": score}, geometry=geoms, crs=georef.crs)

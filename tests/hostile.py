@@ -32,7 +32,9 @@ def temps(*folders) -> list[str]:
     found = []
     for d in map(Path, folders):
         if d.is_dir():
-            found += [p.name for p in d.iterdir() if TEMP_MARK in p.name or (p.name.startswith(".") and ".tmp" in p.name)]
+            found += [
+                p.name for p in d.iterdir() if TEMP_MARK in p.name or (p.name.startswith(".") and ".tmp" in p.name)
+            ]
     return found
 
 
@@ -46,7 +48,9 @@ def run_inprocess(args: list[str], capsys) -> tuple[int, list[str]]:
 def run_subprocess(args: list[str], timeout: float = 300, env: dict | None = None) -> tuple[int, list[str], str]:
     """`python -m fpn_geo.cli ARGS` as a user runs it: (exit code, stderr lines, stdout)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "fpn_geo.cli", *args], capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fpn_geo.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
     return proc.returncode, [line for line in proc.stderr.strip().splitlines() if line.strip()], proc.stdout
 
 

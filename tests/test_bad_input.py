@@ -58,7 +58,9 @@ def test_empty_file(checkpoint, out_dir, capsys, tmp_path):
 
 
 def test_missing_file(checkpoint, out_dir, capsys, tmp_path):
-    assert_clean_failure(*run_cli(segment_args(tmp_path / "nope.tif", checkpoint, out_dir), capsys), out_dir, "does not exist")
+    assert_clean_failure(
+        *run_cli(segment_args(tmp_path / "nope.tif", checkpoint, out_dir), capsys), out_dir, "does not exist"
+    )
 
 
 def test_no_crs(checkpoint, out_dir, capsys, tmp_path):
@@ -73,7 +75,11 @@ def test_no_geotransform(checkpoint, out_dir, capsys, tmp_path):
 
 def test_wrong_band_count(checkpoint, out_dir, capsys, tmp_path):
     bad = write_raster(tmp_path / "pan.tif", np.ones((1, 64, 64), np.uint16))
-    assert_clean_failure(*run_cli(segment_args(bad, checkpoint, out_dir), capsys), out_dir, "has 1 band(s) but the model reads bands [1, 2, 3]")
+    assert_clean_failure(
+        *run_cli(segment_args(bad, checkpoint, out_dir), capsys),
+        out_dir,
+        "has 1 band(s) but the model reads bands [1, 2, 3]",
+    )
 
 
 def test_checkpoint_with_more_bands_than_the_scene(small_scene, out_dir, capsys, tmp_path):
@@ -85,13 +91,17 @@ def test_mismatched_architecture(small_scene, out_dir, capsys, tmp_path):
     ckpt = make_checkpoint(tmp_path / "c" / "r18.safetensors")
     meta = ckpt.with_suffix(".json")
     meta.write_text(meta.read_text().replace('"depth": 18', '"depth": 50'))
-    assert_clean_failure(*run_cli(segment_args(small_scene, ckpt, out_dir), capsys), out_dir, "does not match architecture resnet50")
+    assert_clean_failure(
+        *run_cli(segment_args(small_scene, ckpt, out_dir), capsys), out_dir, "does not match architecture resnet50"
+    )
 
 
 def test_output_folder_cannot_be_written(small_scene, checkpoint, out_dir, capsys):
     blocker = out_dir / "file"
     blocker.write_text("x")
-    code, err = run_cli(["segment", str(small_scene), "--model", str(checkpoint), "--out", str(blocker / "b.gpkg"), "-q"], capsys)
+    code, err = run_cli(
+        ["segment", str(small_scene), "--model", str(checkpoint), "--out", str(blocker / "b.gpkg"), "-q"], capsys
+    )
     assert code != 0 and len(err) == 1 and "is not a folder" in err[0], err
     assert [p.name for p in out_dir.iterdir()] == ["file"]
 
@@ -99,8 +109,16 @@ def test_output_folder_cannot_be_written(small_scene, checkpoint, out_dir, capsy
 def test_wrong_config_key_and_type(small_scene, checkpoint, out_dir, capsys, tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("window: 512\nwindw: 3\n")
-    assert_clean_failure(*run_cli(segment_args(small_scene, checkpoint, out_dir) + ["--config", str(cfg)], capsys), out_dir, "unknown key 'windw'")
-    assert_clean_failure(*run_cli(segment_args(small_scene, checkpoint, out_dir) + ["--window", "500"], capsys), out_dir, "multiple of 32")
+    assert_clean_failure(
+        *run_cli(segment_args(small_scene, checkpoint, out_dir) + ["--config", str(cfg)], capsys),
+        out_dir,
+        "unknown key 'windw'",
+    )
+    assert_clean_failure(
+        *run_cli(segment_args(small_scene, checkpoint, out_dir) + ["--window", "500"], capsys),
+        out_dir,
+        "multiple of 32",
+    )
 
 
 def test_failed_run_leaves_an_existing_good_output_untouched(small_scene, checkpoint, out_dir, capsys, tmp_path):
@@ -128,7 +146,8 @@ def test_all_nodata_gives_an_empty_valid_geopackage_and_a_warning(checkpoint, ou
 
 def test_console_script_exit_code_and_one_line(checkpoint, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "fpn_geo.cli", "segment", str(tmp_path / "missing.tif"), "--model", str(checkpoint), "--out", str(tmp_path / "o.gpkg")],
+        [sys.executable, "-m", "fpn_geo.cli", "segment", str(tmp_path / "missing.tif"), "--model", str(checkpoint),
+         "--out", str(tmp_path / "o.gpkg")],
         capture_output=True, text=True,
     )
     assert proc.returncode == 2

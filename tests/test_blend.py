@@ -92,4 +92,7 @@ def test_weight_sums_are_those_of_every_window_added_up():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_the_gpu_canvas_gives_the_cpu_bytes():
     truth = field(500, 700)
-    assert np.abs(blend_layout(truth, 256, 32, 1, "cuda").astype(int) - blend_layout(truth, 256, 32, 1).astype(int)).max() <= 1
+    assert (
+        np.abs(blend_layout(truth, 256, 32, 1, "cuda").astype(int) - blend_layout(truth, 256, 32, 1).astype(int)).max()
+        <= 1
+    )

@@ -1,3 +1,5 @@
+"""The `fpn-geo` command line: `info` on scenes and checkpoints, and `segment`'s one-line summary."""
+
 import json
 import re
 
@@ -14,13 +16,19 @@ def test_info_describes_a_scene(capsys):
 def test_info_describes_a_checkpoint(checkpoint, capsys):
     assert main(["info", str(checkpoint)]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["architecture"] == "resnet18-fpn256-semantic128" and info["classes"] == ["background", "building", "contact"]
+    assert info["architecture"] == "resnet18-fpn256-semantic128" and info["classes"] == [
+        "background",
+        "building",
+        "contact",
+    ]
     assert info["parameters"] > 1_000_000
 
 
 def test_segment_prints_a_one_line_summary(small_scene, checkpoint, tmp_path, capsys):
     out = tmp_path / "deep" / "er" / "o.gpkg"  # missing folders are created
-    assert main(["segment", str(small_scene), "--model", str(checkpoint), "--out", str(out), "--window", "128", "--overlap", "32", "-q"]) == 0
+    args = ["segment", str(small_scene), "--model", str(checkpoint), "--out", str(out), "--window", "128",
+            "--overlap", "32", "-q"]
+    assert main(args) == 0
     line = capsys.readouterr().out.strip()
     assert re.fullmatch(r"6 windows \(0 nodata\), \d+ buildings, [\d.]+ s, [\d.]+ Mpx/s -> .*o\.gpkg", line), line
     assert out.exists() and out.with_name("o.probability.tif").exists()

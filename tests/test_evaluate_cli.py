@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
-from tests.doubles import KAMPALA_LABELS, KAMPALA_Z20
 from fpn_geo.cli import main
+from tests.doubles import KAMPALA_LABELS, KAMPALA_Z20
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "metric"
 
 
 def test_evaluate_writes_the_solaris_report(tmp_path, capsys):
     out = tmp_path / "reports" / "report.json"
-    assert main(["evaluate", str(FIXTURES / "pred.geojson"), "--truth", str(FIXTURES / "gt.geojson"), "--out", str(out)]) == 0
+    assert (
+        main(["evaluate", str(FIXTURES / "pred.geojson"), "--truth", str(FIXTURES / "gt.geojson"), "--out", str(out)])
+        == 0
+    )
     report = json.loads(out.read_text())
     b = report["building"]
     assert (b["TP"], b["FP"], b["FN"]) == (8, 20, 20)
@@ -27,7 +29,9 @@ def test_evaluate_writes_the_solaris_report(tmp_path, capsys):
 def test_evaluate_with_a_raster_adds_pixel_iou(tmp_path):
     out = tmp_path / "self.json"
     # the truth against itself, on the Kampala grid (labels in EPSG:4326, raster in EPSG:3857)
-    assert main(["evaluate", str(KAMPALA_LABELS), "--truth", str(KAMPALA_LABELS), "--raster", str(KAMPALA_Z20), "--out", str(out), "--min-area", "4"]) == 0
+    args = ["evaluate", str(KAMPALA_LABELS), "--truth", str(KAMPALA_LABELS), "--raster", str(KAMPALA_Z20),
+            "--out", str(out), "--min-area", "4"]
+    assert main(args) == 0
     report = json.loads(out.read_text())
     assert report["pixel_iou"] == 1.0 and report["building"]["f1"] == 1.0
     assert report["min_area_m2"] == 4.0 and report["building"]["TP"] < report["n_truth"]  # the area filter applied

@@ -90,8 +90,8 @@ def test_summary_artifact_shows_the_quicklook_in_a_real_browser(tmp_path, checkp
         wait_for(lambda: _healthy(api), 120, "the Prefect server")
         out = tmp_path / "out" / "small.gpkg"
         run = subprocess.run(
-            [sys.executable, "-m", "flows.segment", "--set", "window=256", "--set", "overlap=32", "scene", str(small_scene),
-             "--checkpoint", str(checkpoint), "--out", str(out)],
+            [sys.executable, "-m", "flows.segment", "--set", "window=256", "--set", "overlap=32", "scene",
+             str(small_scene), "--checkpoint", str(checkpoint), "--out", str(out)],
             env={**env, "PREFECT_API_URL": api}, cwd=REPO, capture_output=True, text=True, timeout=600,
         )
         assert run.returncode == 0, run.stderr[-3000:]
@@ -114,10 +114,14 @@ def test_summary_artifact_shows_the_quicklook_in_a_real_browser(tmp_path, checkp
 
 
 def _open_in_chromium(url: str, profile: Path, screenshot: Path) -> list[int]:
-    """naturalWidth of every data:image/jpeg <img> on the page once it has rendered; saves a screenshot."""
+    """The naturalWidth of every data:image/jpeg <img> on the page once it has rendered; saves a screenshot."""
     profile.mkdir()
-    proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         active = profile / "DevToolsActivePort"
         wait_for(lambda: active.exists() and active.read_text().strip(), 60, "Chromium's DevTools port")

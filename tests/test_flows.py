@@ -79,10 +79,16 @@ def library_run(scene: Path, checkpoint: Path, out: Path, **overrides) -> Path:
 def test_the_default_task_runner_is_an_embedded_cluster_and_an_address_connects(monkeypatch):
     monkeypatch.delenv("FPN_GEO_DASK_ADDRESS", raising=False)
     local = task_runner(n_workers=2)
-    assert local.address is None and local.cluster_kwargs["n_workers"] == 2 and local.cluster_kwargs["host"] == "127.0.0.1"
+    assert (
+        local.address is None and local.cluster_kwargs["n_workers"] == 2 and local.cluster_kwargs["host"] == "127.0.0.1"
+    )
     assert local.cluster_kwargs["threads_per_worker"] == 1  # one task at a time; torch gets the cores
     assert local.cluster_kwargs["env"]["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
-    assert cpu_worker_shape(None, 2) == (1, 2) and cpu_worker_shape(None, 16) == (4, 4) and cpu_worker_shape(2, 2) == (2, 1)
+    assert (
+        cpu_worker_shape(None, 2) == (1, 2)
+        and cpu_worker_shape(None, 16) == (4, 4)
+        and cpu_worker_shape(2, 2) == (2, 1)
+    )
     assert task_runner("tcp://127.0.0.1:8786").address == "tcp://127.0.0.1:8786"
     monkeypatch.setenv("FPN_GEO_DASK_ADDRESS", "tcp://127.0.0.1:8786")
     assert task_runner().address == "tcp://127.0.0.1:8786"
@@ -121,7 +127,8 @@ def test_a_worker_killed_mid_run_changes_nothing(prefect_api, checkpoint, tmp_pa
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     env = env_for(prefect_api, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # as a Nanny sets for its worker
-    procs = [start([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], env, tmp_path / "scheduler.log")]
+    scheduler = [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
+    procs = [start(scheduler, env, tmp_path / "scheduler.log")]
     try:
         for name in ("w1", "w2"):
             procs.append(start(
@@ -186,7 +193,9 @@ def test_a_served_deployment_runs_from_the_prefect_cli(prefect_api, cluster, che
              "--watch", "--watch-interval", "1", "--watch-timeout", "150"],
             env=env, capture_output=True, text=True, timeout=180,
         )
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + (tmp_path / "serve.log").read_text()[-3000:]
+        assert run.returncode == 0, (
+            run.stdout[-3000:] + run.stderr[-3000:] + (tmp_path / "serve.log").read_text()[-3000:]
+        )
         assert "Completed" in run.stdout
         assert len(geometries(out)) > 0
     finally:

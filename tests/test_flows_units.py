@@ -77,6 +77,9 @@ def test_the_flow_side_starts_without_importing_torch():
     import subprocess
     import sys
 
-    code = "import sys, flows.segment, fpn_geo.pipeline; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    code = (
+        "import sys, flows.segment, fpn_geo.pipeline; "
+        "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

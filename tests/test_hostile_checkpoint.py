@@ -30,7 +30,7 @@ def copy_checkpoint(src, dst_dir):
     return dst
 
 
-def edited(good, tmp_path, change) -> "Path":  # noqa: F821
+def edited(good, tmp_path, change) -> Path:  # noqa: F821
     ckpt = copy_checkpoint(good, tmp_path / "ckpt")
     meta = ckpt.with_suffix(".json")
     text = meta.read_text()
@@ -65,7 +65,11 @@ CASES = [
     ("huge-integer", lambda d: json.dumps(d).replace('"depth": 18', '"depth": ' + "9" * 5000), "cannot be read"),
     ("depth-unsupported", setkey("depth", 7), "depth"),
     ("depth-bool", setkey("depth", True), "depth"),
-    ("bands-absurd", lambda d: {**d, "bands": list(range(1, 100001)), "mean": [1.0] * 100000, "std": [1.0] * 100000}, "bands"),
+    (
+        "bands-absurd",
+        lambda d: {**d, "bands": list(range(1, 100001)), "mean": [1.0] * 100000, "std": [1.0] * 100000},
+        "bands",
+    ),
     ("bands-zero", setkey("bands", [0, 1, 2]), "bands"),
     ("bands-strings", setkey("bands", ["r", "g", "b"]), "bands"),
     ("bands-mismatch", setkey("mean", [100.0, 100.0]), "mean"),
@@ -95,7 +99,9 @@ def test_corrupt_metadata_is_one_line(good_checkpoint, small_scene, tmp_path, ca
     out_dir.mkdir()
     (out_dir / "b.gpkg").write_bytes(b"an old output")
     before = digest([small_scene, ckpt, ckpt.with_suffix(".json"), out_dir])
-    code, err = run_inprocess(["segment", str(small_scene), "--model", str(ckpt), "--out", str(out_dir / "b.gpkg"), "-q"], capsys)
+    code, err = run_inprocess(
+        ["segment", str(small_scene), "--model", str(ckpt), "--out", str(out_dir / "b.gpkg"), "-q"], capsys
+    )
     assert_one_line_failure(code, err, word)
     assert digest([small_scene, ckpt, ckpt.with_suffix(".json"), out_dir]) == before
     assert temps(out_dir) == []
@@ -108,7 +114,9 @@ def test_info_on_corrupt_metadata_is_one_line(good_checkpoint, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
-def test_non_finite_weights_are_refused_even_with_a_matching_sha256(good_checkpoint, small_scene, tmp_path, capsys, bad):
+def test_non_finite_weights_are_refused_even_with_a_matching_sha256(
+    good_checkpoint, small_scene, tmp_path, capsys, bad
+):
     ckpt = copy_checkpoint(good_checkpoint, tmp_path / "ckpt")
     state = load_file(str(ckpt))
     name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
@@ -118,7 +126,9 @@ def test_non_finite_weights_are_refused_even_with_a_matching_sha256(good_checkpo
     meta = ckpt.with_suffix(".json")
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "weights_sha256": sha256_file(ckpt)}))  # sha256 matches
     out_dir = tmp_path / "out"
-    code, err = run_inprocess(["segment", str(small_scene), "--model", str(ckpt), "--out", str(out_dir / "b.gpkg"), "-q"], capsys)
+    code, err = run_inprocess(
+        ["segment", str(small_scene), "--model", str(ckpt), "--out", str(out_dir / "b.gpkg"), "-q"], capsys
+    )
     assert_one_line_failure(code, err, "NaN or infinite", name)
     assert not out_dir.exists() or temps(out_dir) == [] and not (out_dir / "b.gpkg").exists()
 

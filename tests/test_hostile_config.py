@@ -45,7 +45,8 @@ def test_hostile_yaml_is_one_line_and_bounded(tmp_path, checkpoint, small_scene,
     before = digest([small_scene, cfg])
     t0 = time.monotonic()
     code, err = run_inprocess(
-        ["segment", str(small_scene), "--model", str(checkpoint), "--out", str(out_dir / "b.gpkg"), "--config", str(cfg), "-q"], capsys
+        ["segment", str(small_scene), "--model", str(checkpoint), "--out", str(out_dir / "b.gpkg"),
+         "--config", str(cfg), "-q"], capsys
     )
     assert time.monotonic() - t0 < 10
     assert_one_line_failure(code, err, word, str(cfg))
@@ -72,7 +73,8 @@ def test_bad_flag_names_the_flag_not_the_config_file(tmp_path, checkpoint, small
     cfg = tmp_path / "good.yaml"
     cfg.write_text("threshold: 0.5\n")
     code, err = run_inprocess(
-        ["segment", str(small_scene), "--model", str(checkpoint), "--out", str(tmp_path / "b.gpkg"), "--config", str(cfg), "-q", *flags],
+        ["segment", str(small_scene), "--model", str(checkpoint), "--out", str(tmp_path / "b.gpkg"),
+         "--config", str(cfg), "-q", *flags],
         capsys,
     )
     assert_one_line_failure(code, err, named, word)

@@ -3,7 +3,6 @@ radiometry rule, or refused on one line that says how to map it. Never read sile
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import rasterio
@@ -45,21 +44,27 @@ def test_auto_refuses_what_does_not_fit_and_says_how_to_map_it(base, tmp_path, c
     scene = as_dtype(base, tmp_path, dtype, CONVERT[dtype])
     before = digest([scene])
     out_dir = tmp_path / "out"
-    code, err = run_inprocess(["segment", str(scene), "--model", str(checkpoint), "--out", str(out_dir / "b.gpkg"), "-q"], capsys)
+    code, err = run_inprocess(
+        ["segment", str(scene), "--model", str(checkpoint), "--out", str(out_dir / "b.gpkg"), "-q"], capsys
+    )
     assert_one_line_failure(code, err, dtype, "radiometry", "rule")
     assert digest([scene]) == before and temps(out_dir) == [] and not (out_dir / "b.gpkg").exists()
 
 
 def test_uint8_runs_as_it_is(base, tmp_path, checkpoint, capsys):
     scene = as_dtype(base, tmp_path, "uint8", CONVERT["uint8"])
-    code, err = run_inprocess(["segment", str(scene), "--model", str(checkpoint), "--out", str(tmp_path / "b.gpkg"), "-q"], capsys)
+    code, err = run_inprocess(
+        ["segment", str(scene), "--model", str(checkpoint), "--out", str(tmp_path / "b.gpkg"), "-q"], capsys
+    )
     assert code == 0, err
 
 
 def test_complex_pixels_are_refused(base, tmp_path, checkpoint, capsys):
     data, crs, transform = base
     scene = write_raster(tmp_path / "c.tif", data.astype(np.complex64), crs=crs, transform=transform)
-    code, err = run_inprocess(["segment", str(scene), "--model", str(checkpoint), "--out", str(tmp_path / "b.gpkg"), "-q"], capsys)
+    code, err = run_inprocess(
+        ["segment", str(scene), "--model", str(checkpoint), "--out", str(tmp_path / "b.gpkg"), "-q"], capsys
+    )
     assert_one_line_failure(code, err, "complex64")
 
 
@@ -88,7 +93,9 @@ def test_percentile_stretch_maps_the_scene_into_the_model_range(base, tmp_path):
     scene = as_dtype(base, tmp_path, "uint16", lambda d: d.astype(np.uint32) * 40 + 1000)
     with rasterio.open(scene) as src:
         mapping = resolve_radiometry(src, (1, 2, 3), (0.0, 255.0), RadiometryConfig(rule="percentile"))
-        image = read_window(src, next(iter(make_grid(src.height, src.width, 128, 32))), (1, 2, 3), 128, radiometry=mapping).image
+        image = read_window(
+            src, next(iter(make_grid(src.height, src.width, 128, 32))), (1, 2, 3), 128, radiometry=mapping
+        ).image
     assert image.dtype == np.float32 and image.min() >= 0 and image.max() <= 255 and image.std() > 10
 
 
@@ -99,9 +106,15 @@ def test_end_to_end_mapped_scene_gives_the_8_bit_result(base, tmp_path, checkpoi
     scene = as_dtype(base, tmp_path, dtype, CONVERT[dtype])
     cfg = tmp_path / "c.yaml"
     cfg.write_text("radiometry: " + str(rule).replace("'", "") + "\n")
-    assert run_inprocess(["segment", str(ref), "--model", str(checkpoint), "--out", str(tmp_path / "ref.gpkg"), "-q"], capsys)[0] == 0
+    assert (
+        run_inprocess(
+            ["segment", str(ref), "--model", str(checkpoint), "--out", str(tmp_path / "ref.gpkg"), "-q"], capsys
+        )[0]
+        == 0
+    )
     code, err = run_inprocess(
-        ["segment", str(scene), "--model", str(checkpoint), "--out", str(tmp_path / "m.gpkg"), "--config", str(cfg), "-q"], capsys
+        ["segment", str(scene), "--model", str(checkpoint), "--out", str(tmp_path / "m.gpkg"), "--config", str(cfg),
+         "-q"], capsys
     )
     assert code == 0, err
     with rasterio.open(tmp_path / "ref.probability.tif") as a, rasterio.open(tmp_path / "m.probability.tif") as b:

@@ -14,8 +14,8 @@ import pyogrio
 import pytest
 import rasterio
 
-from fpn_geo.outputs import atomic_output, check_output_paths, sweep_stale_temps, temp_path, verify_raster
 from fpn_geo.errors import OutputError
+from fpn_geo.outputs import atomic_output, check_output_paths, sweep_stale_temps, temp_path, verify_raster
 from tests.hostile import assert_one_line_failure, digest, run_inprocess, temps
 
 ROOT = os.geteuid() == 0
@@ -56,9 +56,13 @@ def test_out_through_a_symlink_to_the_scene_is_refused(small_scene, checkpoint, 
 
 def test_probability_equal_to_the_scene_or_to_out_is_refused(small_scene, checkpoint, tmp_path, capsys):
     before = digest([small_scene])
-    code, err = run_inprocess(seg(small_scene, checkpoint, tmp_path / "b.gpkg", "--probability", str(small_scene)), capsys)
+    code, err = run_inprocess(
+        seg(small_scene, checkpoint, tmp_path / "b.gpkg", "--probability", str(small_scene)), capsys
+    )
     assert_one_line_failure(code, err, "--probability", "is the input SCENE")
-    code, err = run_inprocess(seg(small_scene, checkpoint, tmp_path / "b.gpkg", "--probability", str(tmp_path / "b.gpkg")), capsys)
+    code, err = run_inprocess(
+        seg(small_scene, checkpoint, tmp_path / "b.gpkg", "--probability", str(tmp_path / "b.gpkg")), capsys
+    )
     assert_one_line_failure(code, err, "--probability")
     assert digest([small_scene]) == before and not (tmp_path / "b.gpkg").exists()
 
@@ -66,9 +70,12 @@ def test_probability_equal_to_the_scene_or_to_out_is_refused(small_scene, checkp
 def test_out_equal_to_the_checkpoint_is_refused(small_scene, tmp_path, capsys):
     from tests.doubles import make_checkpoint
 
-    checkpoint = make_checkpoint(tmp_path / "own" / "r18.safetensors")  # not the shared one: a broken build overwrites it
+    # not the shared one: a broken build overwrites it
+    checkpoint = make_checkpoint(tmp_path / "own" / "r18.safetensors")
     before = digest([checkpoint, checkpoint.with_suffix(".json")])
-    code, err = run_inprocess(seg(small_scene, checkpoint, checkpoint.with_suffix(".json"), "--probability", str(checkpoint)), capsys)
+    code, err = run_inprocess(
+        seg(small_scene, checkpoint, checkpoint.with_suffix(".json"), "--probability", str(checkpoint)), capsys
+    )
     assert code != 0 and len(err) == 1
     assert digest([checkpoint, checkpoint.with_suffix(".json")]) == before
 
@@ -107,7 +114,9 @@ def test_a_geopackage_under_another_formats_name_is_refused(small_scene, checkpo
 def test_probability_in_a_read_only_folder_fails_before_any_work(small_scene, checkpoint, tmp_path, capsys):
     with tmpfs(tmp_path / "ro", "1m", readonly=True) as ro:
         t0 = time.monotonic()
-        code, err = run_inprocess(seg(small_scene, checkpoint, tmp_path / "b.gpkg", "--probability", str(ro / "p.tif")), capsys)
+        code, err = run_inprocess(
+            seg(small_scene, checkpoint, tmp_path / "b.gpkg", "--probability", str(ro / "p.tif")), capsys
+        )
         assert_one_line_failure(code, err, "--probability", "cannot be written")
         assert time.monotonic() - t0 < 5  # before the model loads
     assert not (tmp_path / "b.gpkg").exists()
@@ -167,7 +176,10 @@ def test_atomic_output_refuses_an_incomplete_raster(tmp_path, small_scene):
     final = tmp_path / "p.tif"
     final.write_bytes(b"old")
     data = small_scene.read_bytes()
-    with pytest.raises(OutputError, match="incomplete|truncated|not"), atomic_output(final, verify=verify_raster) as tmp:
+    with (
+        pytest.raises(OutputError, match="incomplete|truncated|not"),
+        atomic_output(final, verify=verify_raster) as tmp,
+    ):
         tmp.write_bytes(data[: len(data) * 2 // 3])
     assert final.read_bytes() == b"old" and temps(tmp_path) == []
 

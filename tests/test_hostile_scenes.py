@@ -18,7 +18,9 @@ def test_vrt_with_a_missing_source_names_the_missing_file(tmp_path, checkpoint, 
     )
     vrt.write_text(f'<VRTDataset rasterXSize="300" rasterYSize="200"><SRS>EPSG:32636</SRS>'
                    f"<GeoTransform>500000,0.3,0,40000,0,-0.3</GeoTransform>{bands}</VRTDataset>")
-    code, err = run_inprocess(["segment", str(vrt), "--model", str(checkpoint), "--out", str(tmp_path / "b.gpkg"), "-q"], capsys)
+    code, err = run_inprocess(
+        ["segment", str(vrt), "--model", str(checkpoint), "--out", str(tmp_path / "b.gpkg"), "-q"], capsys
+    )
     assert_one_line_failure(code, err, "gone.tif", "No such file")
 
 
@@ -27,7 +29,9 @@ def test_epsg_4326_scene_runs_without_area_warnings(tmp_path, checkpoint, small_
         data = src.read()
     deg = 0.3 / 111_320
     scene = write_raster(tmp_path / "geo.tif", data, crs="EPSG:4326", transform=from_origin(32.58, 0.35, deg, deg))
-    code, err, _ = run_subprocess(["segment", str(scene), "--model", str(checkpoint), "--out", str(tmp_path / "b.gpkg"), "-q"])
+    code, err, _ = run_subprocess(
+        ["segment", str(scene), "--model", str(checkpoint), "--out", str(tmp_path / "b.gpkg"), "-q"]
+    )
     assert code == 0, err
     noisy = [line for line in err if "area" in line.lower() or "warning" in line.lower()]
     assert noisy == [], err

@@ -24,7 +24,9 @@ def start_cli(out: Path, ckpt: Path, scratch: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(scratch), "PYTHONUNBUFFERED": "1"}
     args = [sys.executable, "-m", "fpn_geo.cli", "segment", str(KAMPALA_Z20), "--model", str(ckpt), "--out", str(out),
             "--window", "256", "--overlap", "32", "-q"]
-    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
 
 
 def wait_until(pred, proc, timeout=120.0):
@@ -74,7 +76,9 @@ def test_signal_leaves_nothing_and_keeps_the_old_output(tmp_path, checkpoint, ol
         if not wait_until(stage_started(stage, old_outputs, scratch), proc):
             if stage == "cog" and proc.poll() == 0:
                 pytest.skip("the COG write was over before it was seen")
-            pytest.fail(f"stage {stage} never seen: rc {proc.poll()} {proc.stderr.read() if proc.poll() is not None else ''}")
+            pytest.fail(
+                f"stage {stage} never seen: rc {proc.poll()} {proc.stderr.read() if proc.poll() is not None else ''}"
+            )
         if stage == "inference":
             time.sleep(0.5)
         os.kill(proc.pid, sig)

@@ -26,11 +26,12 @@ def installed(tmp_path_factory) -> Path:
     """A fresh venv with the fpn-geo wheel; its dependencies come from this interpreter's site-packages (a .pth)."""
     tmp = tmp_path_factory.mktemp("installed")
     wheel_dir = tmp / "wheel"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), str(REPO)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(wheel_dir), str(REPO)], check=True, capture_output=True, timeout=300)
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    purelib = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+    purelib = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; "
+                                  "print(sysconfig.get_paths()['purelib'])"],
                                   check=True, capture_output=True, text=True).stdout.strip())
     deps = [p for p in site.getsitepackages() + [sysconfig.get_paths()["purelib"]] if Path(p).is_dir()]
     (purelib / "zz_deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")
@@ -51,11 +52,20 @@ def parameters(gpkg: Path) -> dict:
     return json.loads(pyogrio.read_dataframe(gpkg, layer="provenance").iloc[0]["parameters"])
 
 
-def test_installed_package_gets_the_documented_defaults_outside_the_repository(installed, tmp_path, small_scene, checkpoint):
-    where = subprocess.run([str(installed / "bin" / "python"), "-c", "import fpn_geo; print(fpn_geo.__file__)"],
-                           cwd=tmp_path, capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+def test_installed_package_gets_the_documented_defaults_outside_the_repository(
+    installed, tmp_path, small_scene, checkpoint
+):
+    where = subprocess.run(
+        [str(installed / "bin" / "python"), "-c", "import fpn_geo; print(fpn_geo.__file__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
     assert str(installed) in where.stdout, where.stdout + where.stderr  # the wheel, not the checkout
-    proc = run_installed(installed, tmp_path, "segment", str(small_scene), "--model", str(checkpoint), "--out", "a.gpkg", "-q")
+    proc = run_installed(
+        installed, tmp_path, "segment", str(small_scene), "--model", str(checkpoint), "--out", "a.gpkg", "-q"
+    )
     assert proc.returncode == 0, proc.stderr
     got = parameters(tmp_path / "a.gpkg")
     want = output_parameters(SegmentConfig())
@@ -64,8 +74,8 @@ def test_installed_package_gets_the_documented_defaults_outside_the_repository(i
 
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "my.yaml").write_text("threshold: 0.4\nwindow: 256\noverlap: 32\n")  # overrides only
-    proc = run_installed(installed, tmp_path, "segment", str(small_scene), "--model", str(checkpoint), "--out", "b.gpkg",
-                         "--config", "cfg/my.yaml", "-q")
+    proc = run_installed(installed, tmp_path, "segment", str(small_scene), "--model", str(checkpoint),
+                         "--out", "b.gpkg", "--config", "cfg/my.yaml", "-q")
     assert proc.returncode == 0, proc.stderr
     got = parameters(tmp_path / "b.gpkg")
     assert (got["threshold"], got["window"], got["overlap"]) == (0.4, 256, 32)

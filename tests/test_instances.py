@@ -9,8 +9,8 @@ from rasterio.transform import from_origin
 from shapely.geometry import box
 
 from fpn_geo.errors import ConfigError, InputError
-from fpn_geo.truth import CONTACT, rasterize_classes, rasterize_instances, read_labels
 from fpn_geo.instances import connected_components, label_components, label_instances
+from fpn_geo.truth import CONTACT, rasterize_classes, rasterize_instances, read_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 KAMPALA_TIF = ROOT / "data/kampala_oam/mosaic_z21_12x8_3072x2048.tif"

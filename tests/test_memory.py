@@ -18,8 +18,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
 SIDE = 16384
 # The default 4x4-window blocks (1792² px on the model's grid, labelled with 64 px of context: 1920²) fit under
@@ -70,7 +68,8 @@ def child(vrt: str, out: str, allocate_scene: bool) -> None:
     from fpn_geo.pipeline import Segmenter, segment
 
     cfg = load_config(
-        window=512, overlap=64, batch=8, probability="none", simplify_m=0.0, min_area_m2=1.0, gdal_cache_mb=32, device="cpu"
+        window=512, overlap=64, batch=8, probability="none", simplify_m=0.0, min_area_m2=1.0, gdal_cache_mb=32,
+        device="cpu"
     )
     predictor = FullSceneAllocator() if allocate_scene else SquarePredictor()
     seg = Segmenter(predictor, ModelMeta(gsd_m=None))
@@ -79,7 +78,11 @@ def child(vrt: str, out: str, allocate_scene: bool) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     summary = segment(vrt, seg, out, cfg)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"buildings": summary.buildings, "windows": summary.windows, "vm_data_mb": before, "peak_rss_mb": peak_rss}))
+    print(
+        json.dumps(
+            {"buildings": summary.buildings, "windows": summary.windows, "vm_data_mb": before, "peak_rss_mb": peak_rss}
+        )
+    )
 
 
 def run_child(tmp_path: Path, allocate_scene: bool) -> subprocess.CompletedProcess:

@@ -1,3 +1,5 @@
+"""The segmenter and its checkpoint format: shapes, pyramid, metadata checks, safe loading, compiled padding."""
+
 import json
 
 import pytest

@@ -15,8 +15,8 @@ import shapely
 from fpn_geo.config import load_config
 from fpn_geo.evaluate import building_f1
 from fpn_geo.hashing import sha256_file
-from fpn_geo.truth import read_labels
 from fpn_geo.pipeline import load_segmenter, segment
+from fpn_geo.truth import read_labels
 from tests.doubles import KAMPALA, KAMPALA_LABELS, KAMPALA_Z20, REPO, oracle_segmenter
 
 
@@ -64,7 +64,9 @@ def test_the_bundled_model_gives_the_same_buildings_in_one_block_or_many(tmp_pat
     for bw in (1, 100):
         cfg = load_config(window=256, overlap=32, probability="none", block_windows=bw)
         runs.append(segment(str(KAMPALA_Z20), seg, tmp_path / f"b{bw}.gpkg", cfg))
-    assert runs[0].windows == runs[1].windows and runs[0].windows_predicted == runs[1].windows_predicted == runs[0].windows
+    assert (
+        runs[0].windows == runs[1].windows and runs[0].windows_predicted == runs[1].windows_predicted == runs[0].windows
+    )
     a, b = (gpd.read_file(r.out, layer="buildings") for r in runs)
     assert len(a) > 10 and abs(len(a) - len(b)) <= max(1, len(a) // 200)
     assert agreement(a, b) >= 0.995 and agreement(b, a) >= 0.995

@@ -59,7 +59,9 @@ def test_internal_mask_counts_as_nodata(tmp_path):
             mask = np.zeros((300, 300), np.uint8)
             mask[100:200, 100:200] = 255
             dst.write_mask(mask)
-    summary = segment(str(path), footprint_only(BrightPredictor()), tmp_path / "o.gpkg", load_config(window=128, overlap=32))
+    summary = segment(
+        str(path), footprint_only(BrightPredictor()), tmp_path / "o.gpkg", load_config(window=128, overlap=32)
+    )
     with rasterio.open(summary.probability) as prob:
         p = prob.read(1)
     assert (p > 0).sum() == 100 * 100 and p[100:200, 100:200].min() == 255
@@ -125,8 +127,8 @@ def test_same_inputs_give_the_same_polygons_and_ids(small_scene, checkpoint, tmp
 def test_parallel_readers_give_the_same_batches_in_the_same_order():
     """Several reader threads (the GPU default) must hand the model exactly what one reader does."""
     from fpn_geo.inference import read_batches
-    from fpn_geo.timing import StageTimes
     from fpn_geo.tiling import make_grid
+    from fpn_geo.timing import StageTimes
 
     with rasterio.open(KAMPALA_Z20) as src:
         grid = make_grid(src.height, src.width, 256, 32)

@@ -114,7 +114,8 @@ print("QGIS_PROBE " + json.dumps(out, default=str))
 
 def _skip_loudly(why: str) -> None:
     """Skip, and also warn, so the reason shows in the warnings summary even without `pytest -rs`."""
-    msg = f"QGIS CHECK NOT RUN: {why}; the GeoPackage was not opened in a real GIS client. To run it (Debian/Ubuntu): {INSTALL}"
+    msg = (f"QGIS CHECK NOT RUN: {why}; the GeoPackage was not opened in a real GIS client. "
+           f"To run it (Debian/Ubuntu): {INSTALL}")
     if os.environ.get("FPN_GEO_REQUIRE_QGIS"):  # CI installs PyQGIS (.ci/run): there a skip is a failure
         pytest.fail(msg)
     warnings.warn(msg, UserWarning, stacklevel=2)

@@ -47,8 +47,10 @@ def test_readme_deployment_commands_run_as_written(tmp_path):
     port = free_port()
     api = commands[1].split("=", 1)[1].replace("4200", str(port))
     env = {
-        **os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "home"),
-        "PREFECT_SERVER_API_PORT": str(port), "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_WORKER_QUERY_SECONDS": "2",
+        **os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(REPO),
+        "PREFECT_HOME": str(tmp_path / "home"),
+        "PREFECT_SERVER_API_PORT": str(port), "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
         "PREFECT_UI_ENABLED": "false", "FPN_GEO_DASK_WORKERS": "1",
     }
     env.pop("PREFECT_API_URL", None)

@@ -1,3 +1,5 @@
+"""`streaming.in_order`: results in submission order with a bounded read-ahead."""
+
 from concurrent.futures import ThreadPoolExecutor
 
 from fpn_geo.streaming import in_order

@@ -1,3 +1,5 @@
+"""Window grids and blocks: full coverage, order, refused sizes, and which windows reach each block."""
+
 import numpy as np
 import pytest
 
@@ -5,7 +7,9 @@ from fpn_geo.errors import ConfigError
 from fpn_geo.tiling import make_grid
 
 
-@pytest.mark.parametrize("h,w,size,overlap", [(2048, 3072, 512, 64), (1000, 777, 256, 32), (100, 50, 512, 64), (513, 512, 512, 0)])
+@pytest.mark.parametrize(
+    "h,w,size,overlap", [(2048, 3072, 512, 64), (1000, 777, 256, 32), (100, 50, 512, 64), (513, 512, 512, 0)]
+)
 def test_grid_covers_every_pixel_including_remainders(h, w, size, overlap):
     grid = make_grid(h, w, size, overlap)
     covered = np.zeros((h, w), np.int32)
@@ -38,7 +42,11 @@ def test_blocks_cover_the_grid_once_and_their_windows_are_the_ones_that_reach_in
         covered = np.zeros((grid.height, grid.width), np.int32)
         for b in layout:
             covered[b.y0 : b.y1, b.x0 : b.x1] += 1
-            reach = [w for w in grid if w.row_off < b.y1 and w.row_off + w.size > b.y0 and w.col_off < b.x1 and w.col_off + w.size > b.x0]
+            reach = [
+                w
+                for w in grid
+                if w.row_off < b.y1 and w.row_off + w.size > b.y0 and w.col_off < b.x1 and w.col_off + w.size > b.x0
+            ]
             assert layout.windows(b) == reach
         assert (covered == 1).all()
         groups = layout.groups(2)

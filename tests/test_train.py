@@ -15,10 +15,9 @@ import rasterio
 import torch
 import yaml
 
-from tests.doubles import DATA, KAMPALA_LABELS, KAMPALA_Z20, write_raster
 from fpn_geo.cli import main
-from fpn_geo.evaluate import areas_m2
 from fpn_geo.errors import CheckpointError, ConfigError, InputError
+from fpn_geo.evaluate import areas_m2
 from fpn_geo.model import load_checkpoint
 from fpn_geo.train import load_train_config, train
 from fpn_geo.train.augment import Augment, dihedral
@@ -26,6 +25,7 @@ from fpn_geo.train.dataset import IGNORE, crop, load_source
 from fpn_geo.train.history import read_rows
 from fpn_geo.train.losses import CEDiceLoss
 from fpn_geo.train.samplers import Block, ChipQuery, Extent, GridChipSampler, RandomChipSampler
+from tests.doubles import DATA, KAMPALA_LABELS, KAMPALA_Z20, write_raster
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +39,12 @@ def crop_tif(tmp_path_factory):
 
 def tiny_config(crop_tif, out_dir, **kw) -> dict:
     cfg = dict(
-        out_dir=str(out_dir), gsd_m=0.3, depth=18, fpn_channels=32, head_channels=32, chip=64, val_chip=64, val_overlap=0,
+        out_dir=str(out_dir), gsd_m=0.3, depth=18, fpn_channels=32, head_channels=32, chip=64, val_chip=64,
+        val_overlap=0,
         batch=4, epochs=3, steps_per_epoch=6, lr=2e-3, warmup_steps=2, threads=1, seed=0, jitter=0.05,
-        sources=[{"name": "kampala", "image": str(crop_tif), "labels": str(KAMPALA_LABELS), "val_block": [0.5, 0.0, 1.0, 1.0]}],
+        sources=[{
+            "name": "kampala", "image": str(crop_tif), "labels": str(KAMPALA_LABELS), "val_block": [0.5, 0.0, 1.0, 1.0],
+        }],
     )
     cfg.update(kw)
     return cfg
@@ -87,12 +90,16 @@ def test_source_errors_are_clear(tmp_path, crop_tif):
     with pytest.raises(ConfigError, match="unknown key 'sources.0.label'"):
         load_train_config(**tiny_config(crop_tif, tmp_path, sources=[{**src, "label": "x"}]))
     with pytest.raises(ConfigError, match="exactly one of 'labels'"):
-        load_train_config(**tiny_config(crop_tif, tmp_path, sources=[{**src, "mask": "m.tif", "val_block": [0.5, 0, 1, 1]}]))
+        load_train_config(
+            **tiny_config(crop_tif, tmp_path, sources=[{**src, "mask": "m.tif", "val_block": [0.5, 0, 1, 1]}])
+        )
     with pytest.raises(ConfigError, match=r"val_block \[0.5, 0.0, 0.2, 1.0\] must be fractions"):
         load_train_config(**tiny_config(crop_tif, tmp_path, sources=[{**src, "val_block": [0.5, 0, 0.2, 1]}]))
     with pytest.raises(ConfigError, match="no source has a val_block"):
         load_train_config(**tiny_config(crop_tif, tmp_path, sources=[src]))
-    cfg = load_train_config(**tiny_config(crop_tif, tmp_path, sources=[{**src, "image": "nowhere/*.tif", "val_block": [0.5, 0, 1, 1]}]))
+    cfg = load_train_config(
+        **tiny_config(crop_tif, tmp_path, sources=[{**src, "image": "nowhere/*.tif", "val_block": [0.5, 0, 1, 1]}])
+    )
     with pytest.raises(ConfigError, match="no image matches 'nowhere/\\*.tif'"):
         cfg.sources[0].pairs(cfg.root)
 
@@ -255,7 +262,11 @@ def test_resume_needs_the_optimizer_state(tmp_path, crop_tif):
     run = train(load_train_config(**tiny_config(crop_tif, tmp_path / "r", epochs=1, steps_per_epoch=1)))
     (tmp_path / "r" / "last.state.safetensors").unlink()
     with pytest.raises(CheckpointError, match="last.state.safetensors and last.state.json must sit beside it"):
-        train(load_train_config(**tiny_config(crop_tif, tmp_path / "r", epochs=2, steps_per_epoch=1, resume=str(run.last))))
+        train(
+            load_train_config(
+                **tiny_config(crop_tif, tmp_path / "r", epochs=2, steps_per_epoch=1, resume=str(run.last))
+            )
+        )
 
 
 # --- validation scoring ------------------------------------------------------------------------------
@@ -269,7 +280,10 @@ def test_holdout_export_is_the_block_training_never_saw(tmp_path):
     with rasterio.open(tif) as crop_ds, rasterio.open(DATA / "kampala_oam" / "mosaic_z21_12x8_3072x2048.tif") as scene:
         assert crop_ds.height == scene.height and 0.3 < crop_ds.width / scene.width < 0.34  # the eastern third
         assert crop_ds.bounds.right == pytest.approx(scene.bounds.right) and crop_ds.crs == scene.crs
-        assert np.array_equal(crop_ds.read(1, window=((0, 8), (0, 8))), scene.read(1, window=((0, 8), (scene.width - crop_ds.width, scene.width - crop_ds.width + 8))))
+        assert np.array_equal(
+            crop_ds.read(1, window=((0, 8), (0, 8))),
+            scene.read(1, window=((0, 8), (scene.width - crop_ds.width, scene.width - crop_ds.width + 8))),
+        )
     import geopandas as gpd
 
     assert 40 <= len(gpd.read_file(gpkg)) <= 50

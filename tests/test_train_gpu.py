@@ -44,11 +44,13 @@ def synthetic_cache(path: Path, gsds=(0.3,), side: int = 320) -> Path:
         for k, g in enumerate(gsds):
             arrays[f"s{i}_t{k}"] = tgt
         sources.append({
-            "name": f"synthetic{i}", "place": f"place{i}", "weight": 0.5, "store_gsd": gsds[0], "store_shape": [side, side],
+            "name": f"synthetic{i}", "place": f"place{i}", "weight": 0.5, "store_gsd": gsds[0],
+            "store_shape": [side, side],
             "grids": [{"gsd": g, "shape": [side, side], "block": block} for g in gsds],
         })
     config = {
-        "chip": 64, "batch": 4, "seed": 0, "lr": 1e-3, "weight_decay": 1e-4, "warmup_steps": 2, "class_weights": [1, 1, 3],
+        "chip": 64, "batch": 4, "seed": 0, "lr": 1e-3, "weight_decay": 1e-4, "warmup_steps": 2,
+        "class_weights": [1, 1, 3],
         "dice_weight": 1.0, "depth": 18, "fpn_channels": 32, "head_channels": 32, "bands": [1, 2, 3],
         "scale_aug": [0.7, 1.4], "colour_aug": 0.25, "blur_p": 0.5,
     }
@@ -84,7 +86,8 @@ class Block:
             raise ImportError('blocked for this test: ' + name)
 sys.meta_path.insert(0, Block())
 from fpn_geo.train.gpu import main
-sys.exit(main(['--cache', {str(cache)!r}, '--out-dir', {str(tmp_path / 'out')!r}, '--device', 'cpu', '--max-steps', '2', '--deadline-minutes', '1']))
+sys.exit(main(['--cache', {str(cache)!r}, '--out-dir', {str(tmp_path / 'out')!r}, '--device', 'cpu',
+               '--max-steps', '2', '--deadline-minutes', '1']))
 """
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
@@ -103,7 +106,9 @@ def _train_and_join(tmp_path, device: str, steps: int) -> dict:
 
     cache = synthetic_cache(tmp_path / "c.npz")
     out = tmp_path / "out"
-    assert main(["--cache", str(cache), "--out-dir", str(out), "--device", device, "--max-steps", str(steps), "--deadline-minutes", "2"]) == 0
+    args = ["--cache", str(cache), "--out-dir", str(out), "--device", device, "--max-steps", str(steps),
+            "--deadline-minutes", "2"]
+    assert main(args) == 0
     report = json.loads((out / "train_gpu.json").read_text())
     (ckpt,) = join(out, tmp_path / "joined")
     from safetensors.torch import load_file
@@ -126,7 +131,9 @@ def test_cpu_training_writes_checkpoint_parts_that_join(tmp_path):
     assert m["steps"] == 3 and m["device"] == "cpu"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs in benchmarks/train_gpu.sh on the device)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (runs in benchmarks/train_gpu.sh on the device)"
+)
 def test_cuda_training_bf16_channels_last(tmp_path):
     m = _train_and_join(tmp_path, "cuda", 30)
     assert m["steps"] == 30 and m["device"] != "cpu" and m["chips_per_s"] > 0

@@ -6,7 +6,6 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-import shapely
 from rasterio.transform import from_origin
 from shapely.geometry import GeometryCollection, LineString, Polygon, box
 
@@ -157,7 +156,9 @@ def test_empty_labels_give_background():
 def test_mask_raster_labels_match_vector_labels():
     mask, transform, crs = read_label_mask(SPACENET_MASK)
     assert crs.to_epsg() == 4326 and set(np.unique(mask).tolist()) == {0, 1}
-    vectors = read_labels(SPACENET_MASK.parents[1] / "labels_vectorized_from_masks" / (SPACENET_MASK.stem + "_vectorized.geojson"), crs)
+    vectors = read_labels(
+        SPACENET_MASK.parents[1] / "labels_vectorized_from_masks" / (SPACENET_MASK.stem + "_vectorized.geojson"), crs
+    )
     burnt = rasterize_instances(vectors, transform, mask.shape) > 0
     agree = np.count_nonzero(burnt & (mask > 0)) / max(1, np.count_nonzero(burnt | (mask > 0)))
     assert agree > 0.95

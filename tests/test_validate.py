@@ -4,18 +4,16 @@ reads every new set with its labels on the imagery, and never holds a held-out b
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
-import rasterio
 import torch
 
-from tests.doubles import DATA
 from fpn_geo.cli import main
 from fpn_geo.model import ModelMeta, build_model, load_checkpoint, save_checkpoint
 from fpn_geo.train import load_train_config
 from fpn_geo.train.samplers import fraction_block
+from tests.doubles import DATA
 
 CONFIG = DATA.parent / "configs" / "train_default.yaml"
 
@@ -42,8 +40,8 @@ def test_validation_equals_cli_segment_plus_evaluate(tmp_path, separator_checkpo
     model, meta = load_checkpoint(separator_checkpoint)  # an in-memory model, as the training loop holds it
     ours = score_block(segmenter_from_model(model, meta, "cpu"), block, tmp_path / "val", threshold=0.5, separate=True)
     gpkg, report = tmp_path / "cli.gpkg", tmp_path / "cli.json"
-    assert main(["segment", str(block.image), "--model", str(separator_checkpoint), "--out", str(gpkg), "--device", "cpu",
-                 "--threshold", "0.5", "--no-probability", "-q"]) == 0
+    assert main(["segment", str(block.image), "--model", str(separator_checkpoint), "--out", str(gpkg),
+                 "--device", "cpu", "--threshold", "0.5", "--no-probability", "-q"]) == 0
     assert main(["evaluate", str(gpkg), "--truth", str(block.truth), "--raster", str(block.image), "--min-area", "4",
                  "--out", str(report)]) == 0
     cli = json.loads(report.read_text())

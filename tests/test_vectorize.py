@@ -33,7 +33,9 @@ def shapes_scene(tmp_path, h=600, w=700):
 
 @pytest.mark.parametrize("block_windows", [1, 2, 100])
 def test_buildings_across_block_edges_come_out_whole_with_their_area(tmp_path, block_windows):
-    cfg = load_config(window=128, overlap=32, simplify_m=0.0, min_area_m2=1.0, probability="none", block_windows=block_windows)
+    cfg = load_config(
+        window=128, overlap=32, simplify_m=0.0, min_area_m2=1.0, probability="none", block_windows=block_windows
+    )
     seg = Segmenter(Bright(), ModelMeta(classes=("background", "building"), gsd_m=None))
     summary = segment(str(shapes_scene(tmp_path)), seg, tmp_path / "o.gpkg", cfg)
     got = gpd.read_file(tmp_path / "o.gpkg", layer="buildings").sort_values("area_m2").reset_index(drop=True)
@@ -64,7 +66,11 @@ def test_edge_pieces_are_held_only_until_the_next_row_of_blocks():
     assert [p.geom.area for p in done] == [4.0] and [p.geom.area for p in edges] == [10.0]
     joiner = EdgeJoiner((20, 10))
     assert joiner.add_row(edges, 10) == [] and len(joiner.open) == 1
-    below = trace_pieces(np.pad(np.ones((3, 2), np.int32), ((0, 7), (2, 6))), np.full((10, 10), 255, np.uint8), Block(1, 0, 10, 20, 0, 10))
+    below = trace_pieces(
+        np.pad(np.ones((3, 2), np.int32), ((0, 7), (2, 6))),
+        np.full((10, 10), 255, np.uint8),
+        Block(1, 0, 10, 20, 0, 10),
+    )
     finished = joiner.add_row(below, 20)
     assert len(finished) == 1 and finished[0].geom.area == 16.0 and joiner.open == []
 

@@ -19,6 +19,7 @@ __all__ = ["build_model", "load_checkpoint", "save_checkpoint"]
 
 
 def build_model(meta: ModelMeta) -> BuildingSegmenter:
+    """A randomly initialised segmenter of the architecture ``meta`` describes."""
     return BuildingSegmenter(
         depth=meta.depth,
         in_channels=len(meta.bands),
@@ -47,8 +48,8 @@ def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
             raise CheckpointError(
-                f"checkpoint {path}: weight {name} holds {bad} NaN or infinite value(s); the model is broken, retrain or "
-                "use an earlier checkpoint"
+                f"checkpoint {path}: weight {name} holds {bad} NaN or infinite value(s); the model is broken, "
+                "retrain or use an earlier checkpoint"
             )
 
 

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from numbers import Real
 from pathlib import Path
+from typing import Any
 
 from fpn_geo.errors import CheckpointError
 from fpn_geo.hashing import sha256_file
@@ -66,11 +67,13 @@ class ModelMeta:
         return {"format": FORMAT, "architecture": self.architecture, **d}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelMeta":
+    def from_dict(cls, d: dict) -> ModelMeta:
         if not isinstance(d, dict):
             raise CheckpointError(f"checkpoint metadata must be a JSON object, got {type(d).__name__}")
         if "format" in d and d["format"] != FORMAT:
-            raise CheckpointError(f"checkpoint metadata format is {str(d['format'])[:40]!r}; this fpn-geo reads {FORMAT!r}")
+            raise CheckpointError(
+                f"checkpoint metadata format is {str(d['format'])[:40]!r}; this fpn-geo reads {FORMAT!r}"
+            )
         if "p6" in d and d["p6"] is not False:  # an option that was removed: P6 was computed and never read by the head
             raise CheckpointError(f"checkpoint metadata has p6 = {str(d['p6'])[:20]!r}; P6 is no longer built: "
                                   "retrain without it, or remove the key (false is accepted)")
@@ -79,7 +82,7 @@ class ModelMeta:
         unknown = set(d) - names - {"format", "architecture"}
         if unknown:
             raise CheckpointError(f"unknown metadata keys {sorted(unknown)}; expected some of {sorted(names)}")
-        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}
+        kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}
         try:
             return cls(**kw)
         except (TypeError, ValueError, OverflowError) as e:
@@ -122,7 +125,11 @@ def validate_meta(m: ModelMeta) -> None:
     if not all(_is_int(b) and 1 <= b <= 65535 for b in m.bands) or len(set(m.bands)) != len(m.bands):
         raise _bad("bands", m.bands, "distinct 1-based band numbers, e.g. [1, 2, 3]")
     n = len(m.bands)
-    if not isinstance(m.input_range, (tuple, list)) or len(m.input_range) != 2 or not all(_is_number(v) for v in m.input_range):
+    if (
+        not isinstance(m.input_range, (tuple, list))
+        or len(m.input_range) != 2
+        or not all(_is_number(v) for v in m.input_range)
+    ):
         raise _bad("input_range", m.input_range, "[low, high], two finite numbers, e.g. [0, 255]")
     lo, hi = (float(v) for v in m.input_range)
     if not lo < hi or max(abs(lo), abs(hi)) > 1e12:
@@ -151,16 +158,20 @@ def validate_meta(m: ModelMeta) -> None:
 
 
 def meta_path(weights: str | Path) -> Path:
+    """The metadata file of a weights file: NAME.json beside NAME.safetensors."""
     return Path(weights).with_suffix(".json")
 
 
 def read_meta(path: str | Path) -> ModelMeta:
+    """A checkpoint's metadata, read and checked; CheckpointError if it is missing or malformed."""
     mp = meta_path(path)
     if not mp.is_file():
         raise CheckpointError(f"checkpoint metadata {mp} is missing; a checkpoint is NAME.safetensors + NAME.json")
     size = mp.stat().st_size
     if size > MAX_META_BYTES:
-        raise CheckpointError(f"checkpoint metadata {mp} is {size} bytes; metadata over {MAX_META_BYTES} bytes is refused")
+        raise CheckpointError(
+            f"checkpoint metadata {mp} is {size} bytes; metadata over {MAX_META_BYTES} bytes is refused"
+        )
     try:
         data = json.loads(mp.read_bytes())
     except json.JSONDecodeError as e:

@@ -8,6 +8,7 @@ from torch import nn
 
 
 def conv3x3_gn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    """3x3 convolution, GroupNorm(32), ReLU: the head's building block."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
         nn.GroupNorm(32, out_channels),

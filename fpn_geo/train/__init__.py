@@ -12,7 +12,14 @@ Names are resolved on first use, so ``fpn_geo.train.gpu`` imports without pydant
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fpn_geo._lazy import lazy_exports
+
+if TYPE_CHECKING:  # the lazy names, spelled out for type checkers
+    from fpn_geo.train.config import TrainConfig as TrainConfig
+    from fpn_geo.train.config import load_train_config as load_train_config
+    from fpn_geo.train.loop import train as train
 
 _WHERE = {
     "TrainConfig": "fpn_geo.train.config",

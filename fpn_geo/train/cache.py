@@ -21,6 +21,7 @@ import logging
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,6 +59,7 @@ def _nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
+    """An (C, H, W) uint8 image as JPEG bytes (a uint8 array), via torchvision."""
     import torch
     from torchvision.io import encode_jpeg
 
@@ -74,15 +76,17 @@ def cache_source(
     from rasterio.enums import Resampling
 
     from fpn_geo.errors import ConfigError, InputError
-    from fpn_geo.truth import rasterize_instances, read_labels
     from fpn_geo.scene import open_scene
+    from fpn_geo.truth import rasterize_instances, read_labels
 
     if label_path.suffix.lower() in (".tif", ".tiff"):
         raise ConfigError(f"source {name!r}: the training cache needs vector labels, not the mask {label_path.name}")
     gsds = tuple(float(g) for g in cfg.cache_gsds)
     scene = open_scene(str(image_path), tuple(cfg.bands))  # the product's checks
     if len(cfg.bands) != 3 or scene.dtype != "uint8":
-        raise InputError(f"the training cache stores 3-band uint8 imagery as JPEG; {image_path} is {scene.count}x{scene.dtype}")
+        raise InputError(
+            f"the training cache stores 3-band uint8 imagery as JPEG; {image_path} is {scene.count}x{scene.dtype}"
+        )
     native = scene.gsd_m
     with rasterio.open(image_path) as src:
         store_gsd = max(native, min(gsds))
@@ -100,7 +104,8 @@ def cache_source(
     keep = valid.copy()
     if val_block:
         b = fraction_block(val_block, sh, sw, math.ceil(cfg.holdout_margin_m / store_gsd))
-        image[(slice(None), *b.slices)] = 0  # the held-out pixels never enter the cache
+        held_out = (slice(None), *b.slices)
+        image[held_out] = 0  # the held-out pixels never enter the cache
         keep[b.slices] = False
     arrays = {"jpeg": encode_jpeg(image)}
     for k, g in enumerate(gsds):
@@ -124,13 +129,16 @@ def cache_source(
 def prepare_cache(cfg: TrainConfig, out: str | Path, root: Path | None = None) -> Path:
     """Decode every source of ``cfg`` once and write the cache to ``out``; returns the path."""
     root = cfg.root if root is None else root
-    records, arrays = [], {}
+    records: list[dict[str, Any]] = []
+    arrays: dict[str, np.ndarray] = {}
     mean_acc: dict[str, list] = {}
     for sc in cfg.sources:
         pairs = sc.pairs(root)
         for img, lab, _kind in pairs:
             name = sc.name if len(pairs) == 1 else f"{sc.name}/{img.stem}"
-            rec, arr, (s1, s2, n) = cache_source(name, sc.place or sc.name, img, lab, cfg, sc.weight / len(pairs), sc.val_block)
+            rec, arr, (s1, s2, n) = cache_source(
+                name, sc.place or sc.name, img, lab, cfg, sc.weight / len(pairs), sc.val_block
+            )
             i = len(records)
             records.append(rec)
             arrays.update({f"s{i}_{k}": v for k, v in arr.items()})
@@ -155,12 +163,14 @@ def prepare_cache(cfg: TrainConfig, out: str | Path, root: Path | None = None) -
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez_compressed(tmp, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    # numpy's stub lets **arrays reach allow_pickle: bool; every key here is a source's array name
+    np.savez_compressed(tmp, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)  # type: ignore[arg-type]
     tmp.replace(out)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fpn_geo.train.cache``: build a training cache from a config; the exit code."""
     from fpn_geo.errors import FpnGeoError
     from fpn_geo.train.config import load_train_config
 

@@ -24,7 +24,9 @@ class SourceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    place: str | None = Field(None, description="place this source belongs to (held-out scores are per place); default: name")
+    place: str | None = Field(
+        None, description="place this source belongs to (held-out scores are per place); default: name"
+    )
     image: str = Field(description="GeoTIFF path or glob, relative to the config file's folder or absolute")
     labels: str | None = Field(None, description="vector labels (GeoJSON, GPKG, Shapefile), any CRS")
     mask: str | None = Field(None, description="building mask raster (0/1 or 0/255) on the image grid")
@@ -34,12 +36,12 @@ class SourceConfig(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _check(self) -> "SourceConfig":
+    def _check(self) -> SourceConfig:
         if (self.labels is None) == (self.mask is None):
             raise ValueError(f"source {self.name!r} needs exactly one of 'labels' (vector file) or 'mask' (raster)")
         if self.val_block is not None:
-            l, t, r, b = self.val_block
-            if not (0 <= l < r <= 1 and 0 <= t < b <= 1):
+            left, top, right, bottom = self.val_block
+            if not (0 <= left < right <= 1 and 0 <= top < bottom <= 1):
                 raise ValueError(
                     f"source {self.name!r}: val_block {list(self.val_block)} must be fractions "
                     "0 <= left < right <= 1 and 0 <= top < bottom <= 1, e.g. [0.6667, 0, 1, 1]"
@@ -51,8 +53,11 @@ class SourceConfig(BaseModel):
         pattern = self.image if Path(self.image).is_absolute() else str(root / self.image)
         images = sorted(Path(p) for p in glob.glob(pattern)) if glob.has_magic(pattern) else [Path(pattern)]
         if not images or not images[0].exists():
-            raise ConfigError(f"source {self.name!r}: no image matches {self.image!r}; check the path (relative to {root})")
+            raise ConfigError(
+                f"source {self.name!r}: no image matches {self.image!r}; check the path (relative to {root})"
+            )
         kind, template = ("labels", self.labels) if self.labels is not None else ("mask", self.mask)
+        assert template is not None  # _check: exactly one of labels and mask
         out = []
         for img in images:
             lab = template.format(stem=img.stem)
@@ -77,7 +82,8 @@ class TrainConfig(BaseModel):
     head_channels: int = Field(128, gt=0)
     contact_px: int = Field(2, ge=0, description="half-width of the contact band / separator gap, model pixels")
     target: Literal["separator", "contact"] = Field(
-        "separator", description="separator: background/interior/separator (1-px inner border + gaps); contact: the old contact band"
+        "separator",
+        description="separator: background/interior/separator (1-px inner border + gaps); contact: the old contact band"
     )
     cache_gsds: tuple[float, ...] = Field((0.15, 0.3), min_length=1, description="model GSDs the training cache holds")
     colour_aug: float = Field(0.25, ge=0, lt=1, description="colour augmentation strength (GPU trainer)")
@@ -122,16 +128,19 @@ class TrainConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> TrainConfig:
         if self.val_overlap >= self.val_chip // 2:
-            raise ValueError(f"val_overlap {self.val_overlap} must be less than half of val_chip ({self.val_chip // 2})")
+            raise ValueError(
+                f"val_overlap {self.val_overlap} must be less than half of val_chip ({self.val_chip // 2})"
+            )
         if self.fpn_channels % 32 or self.head_channels % 32:
             raise ValueError("fpn_channels and head_channels must be multiples of 32 (GroupNorm uses 32 groups)")
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique, got {names}")
         if not any(s.val_block for s in self.sources):
-            raise ValueError("no source has a val_block; hold out a block of one source for validation, e.g. val_block: [0.6667, 0, 1, 1]")
+            raise ValueError("no source has a val_block; hold out a block of one source for validation, e.g. "
+                "val_block: [0.6667, 0, 1, 1]")
         return self
 
 
@@ -154,5 +163,8 @@ def load_train_config(path: str | Path | None = None, **overrides: Any) -> Train
             overrides[key] = str(Path(overrides[key]).resolve())
     data.update({k: v for k, v in overrides.items() if v is not None})
     return build_config(
-        TrainConfig, data, source, lambda key: SourceConfig.model_fields if "sources" in key else TrainConfig.model_fields
+        TrainConfig,
+        data,
+        source,
+        lambda key: SourceConfig.model_fields if "sources" in key else TrainConfig.model_fields,
     )

@@ -20,10 +20,18 @@ from pyproj import CRS
 from rasterio.enums import Resampling
 
 from fpn_geo.errors import InputError
-from fpn_geo.truth import BUILDING, CONTACT, contact_from_instances, read_label_mask, read_labels, rasterize_instances, separator_target
 from fpn_geo.georef import model_scale, pixel_size_m, scaled_shape
 from fpn_geo.scene import open_scene
 from fpn_geo.train.samplers import Block, ChipQuery, fraction_block
+from fpn_geo.truth import (
+    BUILDING,
+    CONTACT,
+    contact_from_instances,
+    rasterize_instances,
+    read_label_mask,
+    read_labels,
+    separator_target,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +107,9 @@ def load_source(
 
         mask, mask_transform, mask_crs = read_label_mask(label_path)
         if mask.shape != src_shape:
-            raise InputError(f"mask {label_path} is {mask.shape}, image {image_path} is {src_shape}; they must share a grid")
+            raise InputError(
+                f"mask {label_path} is {mask.shape}, image {image_path} is {src_shape}; they must share a grid"
+            )
         rows = np.minimum(((np.arange(h) + 0.5) * src_shape[0] / h).astype(int), src_shape[0] - 1)
         cols = np.minimum(((np.arange(w) + 0.5) * src_shape[1] / w).astype(int), src_shape[1] - 1)
         mask = mask[rows][:, cols]  # nearest neighbour at pixel centres
@@ -173,8 +183,12 @@ class ChipDataset(torch.utils.data.Dataset):
         if self.transform is not None:
             image, target = self.transform(image, target)
         image = (image - self.mean) / self.std
-        return {"image": torch.from_numpy(np.ascontiguousarray(image)), "mask": torch.from_numpy(np.ascontiguousarray(target).astype(np.int64))}
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image)),
+            "mask": torch.from_numpy(np.ascontiguousarray(target).astype(np.int64)),
+        }
 
 
 def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack a list of sample dicts into one batch dict."""
     return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}

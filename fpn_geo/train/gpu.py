@@ -57,11 +57,14 @@ def load_cache(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
         arrays = {k: z[k] for k in z.files}
     meta = json.loads(arrays.pop("meta").tobytes().decode())
     if meta.get("format") != "fpn-geo-train-cache/1":
-        raise ValueError(f"{path} is not an fpn-geo training cache (format {meta.get('format')!r}); build one with python -m fpn_geo.train.cache")
+        raise ValueError(f"{path} is not an fpn-geo training cache (format {meta.get('format')!r}); build one with "
+            "python -m fpn_geo.train.cache")
     return meta, arrays
 
 
-def sources_on_device(meta: dict, arrays: dict[str, np.ndarray], gsd: float, device: torch.device, min_side: int) -> list[DeviceSource]:
+def sources_on_device(
+    meta: dict, arrays: dict[str, np.ndarray], gsd: float, device: torch.device, min_side: int
+) -> list[DeviceSource]:
     """Decode each source's JPEG, resample it to the grid of ``gsd`` on the device, pad to ``min_side``."""
     from torchvision.io import decode_jpeg
 
@@ -81,11 +84,16 @@ def sources_on_device(meta: dict, arrays: dict[str, np.ndarray], gsd: float, dev
             img = F.pad(img, (0, pw, 0, ph))
             tgt = F.pad(tgt, (0, pw, 0, ph), value=IGNORE)
         b = grid["block"]
-        out.append(DeviceSource(rec["name"], rec["place"], img.contiguous(), tgt.contiguous(), Block(*b) if b else None, rec["weight"]))
+        out.append(
+            DeviceSource(
+                rec["name"], rec["place"], img.contiguous(), tgt.contiguous(), Block(*b) if b else None, rec["weight"]
+            )
+        )
     return out
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A separable Gaussian blur of (N, C, H, W) ``x``, each channel on its own."""
     r = max(1, math.ceil(2 * sigma))
     k = torch.exp(-0.5 * (torch.arange(-r, r + 1, device=x.device, dtype=x.dtype) / sigma) ** 2)
     k = k / k.sum()
@@ -140,10 +148,14 @@ class ChipBatcher:
         zoom = math.exp(self.rng.uniform(math.log(lo), math.log(hi))) if hi > lo else lo
         side = min(self.max_side, max(32, int(round(self.chip * zoom))))
         qs = [next(self.positions) for _ in range(self.batch)]
-        x = torch.stack([self.sources[q.source].image[:, q.row : q.row + side, q.col : q.col + side] for q in qs]).float()
+        x = torch.stack(
+            [self.sources[q.source].image[:, q.row : q.row + side, q.col : q.col + side] for q in qs]
+        ).float()
         y = torch.stack([self.sources[q.source].target[q.row : q.row + side, q.col : q.col + side] for q in qs])
         if side != self.chip:
-            x = F.interpolate(x, size=(self.chip, self.chip), mode="bilinear", align_corners=False, antialias=side > self.chip)
+            x = F.interpolate(
+                x, size=(self.chip, self.chip), mode="bilinear", align_corners=False, antialias=side > self.chip
+            )
             y = F.interpolate(y[:, None].float(), size=(self.chip, self.chip), mode="nearest")[:, 0].to(torch.uint8)
         k, flip = int(self.rng.integers(4)), bool(self.rng.integers(2))
         if flip:
@@ -188,8 +200,11 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
 
 
 def fp16_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Weights as fp16 (half the bytes; ``load_checkpoint`` copies them into fp32 parameters); BN statistics stay fp32."""
-    return {k: (v.half() if v.is_floating_point() and "running_" not in k else v) for k, v in model.state_dict().items()}
+    """Weights as fp16 (half the bytes; ``load_checkpoint`` copies them into fp32 parameters); BN statistics stay
+    fp32."""
+    return {
+        k: (v.half() if v.is_floating_point() and "running_" not in k else v) for k, v in model.state_dict().items()
+    }
 
 
 def write_checkpoint(model: torch.nn.Module, meta: ModelMeta, path: Path) -> dict:
@@ -216,27 +231,71 @@ def split_parts(path: Path, out_dir: Path, part_bytes: int = PART_BYTES) -> list
     return parts
 
 
-def train_one(cache_meta: dict, arrays: dict, gsd: float, seconds: float, device: torch.device, args: argparse.Namespace, log=print) -> tuple[torch.nn.Module, ModelMeta, dict]:
-    """Train one model at ``gsd`` for ``seconds`` of wall time (or ``args.max_steps``); returns model, metadata, metrics."""
-    from fpn_geo.model.segmenter import BuildingSegmenter
-
+def train_one(
+    cache_meta: dict, arrays: dict, gsd: float, seconds: float, device: torch.device, args: argparse.Namespace,
+    log=print,
+) -> tuple[torch.nn.Module, ModelMeta, dict]:
+    """Train one model at ``gsd`` for ``seconds`` of wall time (or ``args.max_steps``); returns model, metadata,
+    metrics."""
     cfg = cache_meta["config"]
     chip, batch = args.chip or cfg["chip"], args.batch or cfg["batch"]
-    cuda = device.type == "cuda"
     torch.manual_seed(cfg["seed"])
     t_load = time.perf_counter()
     scale = tuple(cfg.get("scale_aug", (1.0, 1.0)))
     sources = sources_on_device(cache_meta, arrays, gsd, device, int(math.ceil(chip * max(scale) / 32) * 32))
-    batcher = ChipBatcher(sources, chip, batch, cache_meta["mean"], cache_meta["std"], scale, cfg.get("colour_aug", 0.25), cfg.get("blur_p", 0.3), cfg["seed"])
+    batcher = ChipBatcher(
+        sources, chip, batch, cache_meta["mean"], cache_meta["std"], scale, cfg.get("colour_aug", 0.25),
+        cfg.get("blur_p", 0.3), cfg["seed"],
+    )
     load_s = time.perf_counter() - t_load
-    depth, fpn_ch, head_ch = args.depth or cfg["depth"], args.fpn_channels or cfg["fpn_channels"], args.head_channels or cfg["head_channels"]
+    model, meta = _new_model(cache_meta, gsd, device, args)
+    step, losses, train_s, chips_per_s = _train_steps(model, batcher, cfg, batch, seconds, device, args, log, gsd)
+    metrics = {
+        "gsd_m": gsd, "steps": step, "chips": step * batch, "batch": batch, "chip": chip,
+        "train_seconds": round(train_s, 1),
+        "load_seconds": round(load_s, 1), "chips_per_s": round(chips_per_s, 1), "loss_curve": losses,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__,
+    }
+    model.eval()
+    meta = ModelMeta(**{**meta.__dict__, "extra": {"training": {
+        "trainer": "fpn_geo.train.gpu", **metrics, "places": sorted({s.place for s in sources}),
+        "sources": [{
+            "name": s.name, "place": s.place, "weight": s.weight,
+            "held_out_px": [s.block.row0, s.block.col0, s.block.row1, s.block.col1] if s.block else None,
+        } for s in sources],
+        "config": cfg, "cache_sha256": args.cache_sha256,
+    }}})
+    return model, meta, metrics
+
+
+def _new_model(
+    cache_meta: dict, gsd: float, device: torch.device, args: argparse.Namespace,
+) -> tuple[torch.nn.Module, ModelMeta]:
+    """A fresh segmenter on ``device`` (channels_last on CUDA) and its metadata; ``args`` may override the size."""
+    from fpn_geo.model.segmenter import BuildingSegmenter
+
+    cfg = cache_meta["config"]
+    depth, fpn_ch, head_ch = (
+        args.depth or cfg["depth"],
+        args.fpn_channels or cfg["fpn_channels"],
+        args.head_channels or cfg["head_channels"],
+    )
     meta = ModelMeta(
         depth=depth, bands=tuple(cfg["bands"]), mean=tuple(cache_meta["mean"]), std=tuple(cache_meta["std"]),
         classes=tuple(cache_meta["classes"]), gsd_m=gsd, fpn_channels=fpn_ch, head_channels=head_ch,
     )
     model = BuildingSegmenter(depth, len(meta.bands), len(meta.classes), fpn_ch, head_ch).to(device)
-    if cuda:
+    if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    return model, meta
+
+
+def _train_steps(
+    model: torch.nn.Module, batcher: ChipBatcher, cfg: dict, batch: int, seconds: float, device: torch.device,
+    args: argparse.Namespace, log, gsd: float,
+) -> tuple[int, list[tuple[int, float, float]], float, float]:
+    """Optimizer steps until ``seconds`` or ``args.max_steps``: (steps, loss curve, seconds, chips/s after warm-up)."""
+    cuda = device.type == "cuda"
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], fused=cuda)
     loss_fn = CEDiceLoss(tuple(cfg["class_weights"]), cfg["dice_weight"]).to(device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
@@ -271,27 +330,28 @@ def train_one(cache_meta: dict, arrays: dict, gsd: float, seconds: float, device
     if cuda:
         torch.cuda.synchronize()
     t_end = time.perf_counter()
-    timed = (step - step_warm) * batch / (t_end - t_warm) if t_warm and step > step_warm else step * batch / max(t_end - t0, 1e-9)
-    metrics = {
-        "gsd_m": gsd, "steps": step, "chips": step * batch, "batch": batch, "chip": chip, "train_seconds": round(t_end - t0, 1),
-        "load_seconds": round(load_s, 1), "chips_per_s": round(timed, 1), "loss_curve": losses,
-        "device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
-    }
-    model.eval()
-    meta = ModelMeta(**{**meta.__dict__, "extra": {"training": {
-        "trainer": "fpn_geo.train.gpu", **metrics, "places": sorted({s.place for s in sources}),
-        "sources": [{"name": s.name, "place": s.place, "weight": s.weight, "held_out_px": [s.block.row0, s.block.col0, s.block.row1, s.block.col1] if s.block else None} for s in sources],
-        "config": cfg, "cache_sha256": args.cache_sha256,
-    }}})
-    return model, meta, metrics
+    timed = (
+        (step - step_warm) * batch / (t_end - t_warm)
+        if t_warm and step > step_warm
+        else step * batch / max(t_end - t0, 1e-9)
+    )
+    return step, losses, t_end - t0, timed
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fpn_geo.train.gpu``: train on a cache; the exit code."""
     p = argparse.ArgumentParser(prog="python -m fpn_geo.train.gpu", description=__doc__.splitlines()[0])
     p.add_argument("--cache", required=True)
     p.add_argument("--out-dir", required=True, help="checkpoint parts, SHA256SUMS and train_gpu.json go here")
-    p.add_argument("--gsd", type=float, nargs="+", default=None, help="model GSDs to train, in order (default: all in the cache)")
-    p.add_argument("--deadline-minutes", type=float, default=6.3, help="wall time for everything from process start; split over the models")
+    p.add_argument(
+        "--gsd", type=float, nargs="+", default=None, help="model GSDs to train, in order (default: all in the cache)"
+    )
+    p.add_argument(
+        "--deadline-minutes",
+        type=float,
+        default=6.3,
+        help="wall time for everything from process start; split over the models",
+    )
     p.add_argument("--device", default="cuda")
     p.add_argument("--batch", type=int, default=0)
     p.add_argument("--chip", type=int, default=0)
@@ -304,41 +364,61 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            print("gpu: error: --device cuda but torch sees no CUDA device; use --device cpu for a smoke test", file=sys.stderr)
+            print(
+                "gpu: error: --device cuda but torch sees no CUDA device; use --device cpu for a smoke test",
+                file=sys.stderr,
+            )
             return 2
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = out_dir / "whole" if args.keep_whole else Path(os.environ.get("TMPDIR", "/tmp")) / f"fpn-geo-gpu-{os.getpid()}"
+    work = (
+        out_dir / "whole" if args.keep_whole else Path(os.environ.get("TMPDIR", "/tmp")) / f"fpn-geo-gpu-{os.getpid()}"
+    )
     work.mkdir(parents=True, exist_ok=True)
     args.cache_sha256 = sha256_file(Path(args.cache))
     cache_meta, arrays = load_cache(args.cache)
     gsds = args.gsd or cache_meta["gsds"]
     deadline = args.deadline_minutes * 60
     reserve = 8.0  # per model: the checkpoint write and split
-    report = {"cache": str(args.cache), "cache_sha256": args.cache_sha256, "deadline_minutes": args.deadline_minutes, "models": {}}
+    report = {
+        "cache": str(args.cache),
+        "cache_sha256": args.cache_sha256,
+        "deadline_minutes": args.deadline_minutes,
+        "models": {},
+    }
     sums = []
     for i, gsd in enumerate(gsds):
         left = deadline - (time.perf_counter() - _T0) - reserve * (len(gsds) - i)
         seconds = max(5.0, left / (len(gsds) - i))
         print(f"gsd {gsd}: training for {seconds:.0f} s on {device}", flush=True)
-        model, meta, metrics = train_one(cache_meta, arrays, gsd, seconds, device, args, log=lambda s: print(s, flush=True))
+        model, meta, metrics = train_one(
+            cache_meta, arrays, gsd, seconds, device, args, log=lambda s: print(s, flush=True)
+        )
         name = f"fpn_r{meta.depth}_gsd{int(round(gsd * 100)):03d}"
         ckpt = work / f"{name}.safetensors"
         meta_d = write_checkpoint(model, meta, ckpt)
         parts = split_parts(ckpt, out_dir)
         sums += [(h, n) for n, h in parts]
-        report["models"][name] = {"meta": meta_d, "sha256": meta_d["weights_sha256"], "bytes": ckpt.stat().st_size, "parts": [n for n, _ in parts], "metrics": metrics}
-        print(f"gsd {gsd}: {metrics['steps']} steps, {metrics['chips_per_s']:.0f} chips/s, {ckpt.stat().st_size / 2**20:.1f} MiB -> {len(parts)} part(s)", flush=True)
+        report["models"][name] = {
+            "meta": meta_d, "sha256": meta_d["weights_sha256"], "bytes": ckpt.stat().st_size,
+            "parts": [n for n, _ in parts], "metrics": metrics,
+        }
+        print(f"gsd {gsd}: {metrics['steps']} steps, {metrics['chips_per_s']:.0f} chips/s, "
+            f"{ckpt.stat().st_size / 2**20:.1f} MiB -> {len(parts)} part(s)", flush=True)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
     (out_dir / "SHA256SUMS").write_text("".join(f"{h}  {n}\n" for h, n in sums))
     report["wall_seconds"] = round(time.perf_counter() - _T0, 1)
     (out_dir / "train_gpu.json").write_text(json.dumps(report, indent=1))
-    print(f"done in {report['wall_seconds']:.0f} s: " + ", ".join(f"{n} {m['metrics']['chips_per_s']:.0f} chips/s" for n, m in report["models"].items()), flush=True)
+    print(
+        f"done in {report['wall_seconds']:.0f} s: "
+        + ", ".join(f"{n} {m['metrics']['chips_per_s']:.0f} chips/s" for n, m in report["models"].items()),
+        flush=True,
+    )
     return 0
 
 

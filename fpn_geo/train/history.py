@@ -7,13 +7,16 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = (
-    "epoch", "step", "lr", "train_loss", "train_ce", "train_dice", "chips", "chips_per_s", "train_seconds", "val_seconds",
-    "val_pixel_iou", "val_f1_sep", "val_f1_nosep", "val_precision_sep", "val_recall_sep", "val_tp_sep", "val_fp_sep", "val_fn_sep",
+    "epoch", "step", "lr", "train_loss", "train_ce", "train_dice", "chips", "chips_per_s", "train_seconds",
+    "val_seconds",
+    "val_pixel_iou", "val_f1_sep", "val_f1_nosep", "val_precision_sep", "val_recall_sep", "val_tp_sep", "val_fp_sep",
+    "val_fn_sep",
     "val_tp_nosep", "val_fp_nosep", "val_fn_nosep", "val_mean_place_f1_sep", "val_mean_place_f1_nosep",
 )
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append one epoch's metrics to the CSV, writing the header first when the file is new."""
     new = not path.exists()
     with path.open("a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
@@ -23,6 +26,7 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
 
 
 def read_rows(path: Path) -> list[dict[str, float]]:
+    """The CSV's rows as numbers (empty cells left out); [] when there is no file yet."""
     if not path.exists():
         return []
     with path.open() as f:
@@ -52,7 +56,11 @@ def plot_curve(csv_path: Path, png_path: Path) -> None:
     a.plot(ep, [r["train_loss"] for r in rows], label="train loss (CE + Dice)")
     a.set_xlabel("epoch")
     a.legend()
-    for key, label in (("val_pixel_iou", "pixel IoU"), ("val_f1_sep", "F1 @0.5, separated"), ("val_f1_nosep", "F1 @0.5, not separated")):
+    for key, label in (
+        ("val_pixel_iou", "pixel IoU"),
+        ("val_f1_sep", "F1 @0.5, separated"),
+        ("val_f1_nosep", "F1 @0.5, not separated"),
+    ):
         ys = [r.get(key) for r in rows]
         if any(y is not None for y in ys):
             b.plot(ep, [y if y is not None else float("nan") for y in ys], label=label)

@@ -17,9 +17,9 @@ import rasterio.windows
 import shapely
 
 from fpn_geo.errors import ConfigError, FpnGeoError
-from fpn_geo.truth import read_labels
 from fpn_geo.train.config import TrainConfig, load_train_config
 from fpn_geo.train.samplers import fraction_block
+from fpn_geo.truth import read_labels
 
 
 def export_holdout(cfg: TrainConfig, source: str, out_dir: str | Path, root: Path | None = None) -> tuple[Path, Path]:
@@ -34,6 +34,8 @@ def export_holdout(cfg: TrainConfig, source: str, out_dir: str | Path, root: Pat
         have = [s.name for s in cfg.sources if s.val_block]
         raise ConfigError(f"source {source!r} has no val_block in this config; sources with one: {have}")
     sc = matches[0]
+    val_block = sc.val_block
+    assert val_block is not None  # checked above
     pairs = sc.pairs(root)
     if len(pairs) != 1 or pairs[0][2] != "labels":
         raise ConfigError(f"source {source!r} must be one image with vector labels to export its block")
@@ -42,10 +44,11 @@ def export_holdout(cfg: TrainConfig, source: str, out_dir: str | Path, root: Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     tif, gpkg = out_dir / f"{source}_holdout.tif", out_dir / f"{source}_holdout_labels.gpkg"
     with rasterio.open(image) as src:
-        b = fraction_block(sc.val_block, src.height, src.width)
+        b = fraction_block(val_block, src.height, src.width)
         win = rasterio.windows.Window(b.col0, b.row0, b.width, b.height)
         profile = {**src.profile, "width": b.width, "height": b.height, "transform": src.window_transform(win)}
-        profile.update(driver="GTiff", tiled=True, blockxsize=256, blockysize=256, compress="deflate", photometric="RGB" if src.count == 3 else "MINISBLACK")
+        profile.update(driver="GTiff", tiled=True, blockxsize=256, blockysize=256, compress="deflate",
+                       photometric="RGB" if src.count == 3 else "MINISBLACK")
         profile.pop("jpeg_quality", None)
         with rasterio.open(tif, "w", **profile) as dst:
             dst.write(src.read(window=win))
@@ -61,6 +64,7 @@ def export_holdout(cfg: TrainConfig, source: str, out_dir: str | Path, root: Pat
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fpn_geo.train.holdout``: export one source's held-out block; the exit code."""
     p = argparse.ArgumentParser(prog="python -m fpn_geo.train.holdout", description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True)
     p.add_argument("--source", required=True)

@@ -10,7 +10,9 @@ IGNORE = 255
 """Target value with no loss (outside the image, padding, held-out blocks); the same as ``dataset.IGNORE``."""
 
 
-def soft_dice(logits: torch.Tensor, target: torch.Tensor, classes: tuple[int, ...], ignore: int = IGNORE, eps: float = 1.0) -> torch.Tensor:
+def soft_dice(
+    logits: torch.Tensor, target: torch.Tensor, classes: tuple[int, ...], ignore: int = IGNORE, eps: float = 1.0
+) -> torch.Tensor:
     """1 - mean Dice of the given classes, computed over the whole batch (so empty chips do not explode it)."""
     probs = logits.float().softmax(dim=1)
     valid = (target != ignore).unsqueeze(1)
@@ -27,6 +29,8 @@ def soft_dice(logits: torch.Tensor, target: torch.Tensor, classes: tuple[int, ..
 class CEDiceLoss(nn.Module):
     """``CE(weights) + dice_weight * Dice(foreground classes)``; returns the total and its parts for logging."""
 
+    weight: torch.Tensor  # a buffer: it moves with .to(device)
+
     def __init__(self, class_weights: tuple[float, ...], dice_weight: float = 1.0, ignore: int = IGNORE) -> None:
         super().__init__()
         self.register_buffer("weight", torch.tensor(class_weights, dtype=torch.float32))
@@ -36,7 +40,11 @@ class CEDiceLoss(nn.Module):
     def ce_dice(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The total alone, without reading values back to the host (no device sync: the GPU trainer's path)."""
         ce = F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore)
-        return ce + self.dice_weight * soft_dice(logits, target, self.dice_classes, self.ignore) if self.dice_weight else ce
+        return (
+            ce + self.dice_weight * soft_dice(logits, target, self.dice_classes, self.ignore)
+            if self.dice_weight
+            else ce
+        )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         ce = F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore)

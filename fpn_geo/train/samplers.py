@@ -37,7 +37,10 @@ class Block:
 
     def intersects(self, row: int, col: int, size: int, gap: int = 0) -> bool:
         return not (
-            row + size + gap <= self.row0 or row >= self.row1 + gap or col + size + gap <= self.col0 or col >= self.col1 + gap
+            row + size + gap <= self.row0
+            or row >= self.row1 + gap
+            or col + size + gap <= self.col0
+            or col >= self.col1 + gap
         )
 
 
@@ -49,10 +52,10 @@ def fraction_block(fractions: tuple[float, float, float, float], height: int, wi
     """
     import math
 
-    l, t, r, b = fractions
+    left, top, right, bottom = fractions
     return Block(
-        max(0, math.floor(t * height) - margin), max(0, math.floor(l * width) - margin),
-        min(height, math.ceil(b * height) + margin), min(width, math.ceil(r * width) + margin),
+        max(0, math.floor(top * height) - margin), max(0, math.floor(left * width) - margin),
+        min(height, math.ceil(bottom * height) + margin), min(width, math.ceil(right * width) + margin),
     )
 
 
@@ -77,7 +80,8 @@ class Extent:
 
 
 class RandomChipSampler:
-    """Training chips: a source drawn by weight, then a uniform position whose chip stays ``gap`` px clear of the held-out block.
+    """Training chips: a source drawn by weight, then a uniform position whose chip stays ``gap`` px clear of the
+    held-out block.
 
     Yields ``length`` queries per iteration; the generator's state carries on across epochs.
     """
@@ -112,7 +116,9 @@ class RandomChipSampler:
         return rows, cols, ok_r, ok_c
 
     def _draw(self, i: int) -> tuple[int, int]:
-        rows, cols, ok_r, ok_c = self._positions[i]
+        positions = self._positions[i]
+        assert positions is not None  # _usable holds only the extents that have free positions
+        rows, cols, ok_r, ok_c = positions
         # a chip is clear if it is clear in rows OR in columns; pick which, weighted by how many corners each offers
         n_r, n_c = ok_r.sum() * len(cols), ok_c.sum() * len(rows)
         if self.rng.random() < n_r / (n_r + n_c):
@@ -132,7 +138,8 @@ class RandomChipSampler:
 class GridChipSampler:
     """Validation chips: a grid of ``size`` windows, ``overlap`` apart, covering every held-out block exactly.
 
-    The last row and column are moved back to end at the block's edge (no padding unless the block is smaller than a chip).
+    The last row and column are moved back to end at the block's edge (no padding unless the block is smaller
+    than a chip).
     """
 
     def __init__(self, extents: Sequence[Extent], size: int, overlap: int = 0) -> None:

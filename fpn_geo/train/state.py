@@ -33,7 +33,9 @@ def save_train_state(optimizer: torch.optim.Optimizer, progress: dict[str, Any],
     tpath, jpath = state_paths(checkpoint)
     tmp_t, tmp_j = tpath.with_name(tpath.name + ".tmp"), jpath.with_name(jpath.name + ".tmp")
     save_file(tensors, str(tmp_t))
-    tmp_j.write_text(json.dumps({"param_groups": sd["param_groups"], "scalars": scalars, "progress": progress}, indent=1))
+    tmp_j.write_text(
+        json.dumps({"param_groups": sd["param_groups"], "scalars": scalars, "progress": progress}, indent=1)
+    )
     os.replace(tmp_t, tpath)
     os.replace(tmp_j, jpath)
 

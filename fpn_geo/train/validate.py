@@ -48,8 +48,8 @@ def segmenter_from_model(model: Any, meta: Any, device: str = "cpu") -> Any:
     The ONE place that builds the pipeline's segmenter from a model rather than a checkpoint file: adapt it
     here if the pipeline's ``Segmenter`` changes. ``pipeline.load_segmenter(checkpoint)`` does the same from a file.
     """
-    from fpn_geo.predictor import SegmenterPredictor
     from fpn_geo.pipeline import Segmenter
+    from fpn_geo.predictor import SegmenterPredictor
 
     predictor = SegmenterPredictor(model, meta, device)
     return Segmenter(predictor, meta, None, str(predictor.device))
@@ -94,7 +94,8 @@ def validate_places(
     segmenter: Any, blocks: list[HeldOutBlock], work_dir: str | Path, threshold: float = 0.5,
     min_area_m2: float = 4.0, simplify_m: float = 0.3, **segment_overrides: Any,
 ) -> dict[str, Any]:
-    """Every held-out block with the separator split on and off; flat ``val_*`` keys for the metrics CSV plus ``rows``."""
+    """Every held-out block with the separator split on and off; flat ``val_*`` keys for the metrics CSV plus
+    ``rows``."""
     rows = [
         score_block(segmenter, b, work_dir, threshold, sep, min_area_m2, simplify_m, **segment_overrides)
         for b in blocks
@@ -107,7 +108,8 @@ def validate_places(
         rs = [r for r in rows if r["separate"] == sep]
         if rs:
             p = pooled(rs)
-            out.update({f"val_f1_{key}": p["f1"], f"val_precision_{key}": p["precision"], f"val_recall_{key}": p["recall"],
+            out.update({f"val_f1_{key}": p["f1"], f"val_precision_{key}": p["precision"],
+                        f"val_recall_{key}": p["recall"],
                         f"val_tp_{key}": p["tp"], f"val_fp_{key}": p["fp"], f"val_fn_{key}": p["fn"],
                         f"val_mean_place_f1_{key}": p["mean_place_f1"]})
             for r in rs:
