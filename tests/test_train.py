@@ -116,7 +116,8 @@ def test_relative_paths_resolve_against_the_config_files_folder(tmp_path, crop_t
     monkeypatch.chdir(tmp_path)  # somewhere else
     cfg = load_train_config(path)
     assert cfg.root == folder.resolve()
-    assert cfg.sources[0].pairs(cfg.root) == [(folder.resolve() / "imgs" / "a.tif", folder.resolve() / "labels.geojson", "labels")]
+    base = folder.resolve()
+    assert cfg.sources[0].pairs(cfg.root) == [(base / "imgs" / "a.tif", base / "labels.geojson", "labels")]
     flagged = load_train_config(path, out_dir="elsewhere")  # a command-line path: relative to where it is typed
     assert Path(flagged.out_dir) == tmp_path.resolve() / "elsewhere"
 

@@ -12,7 +12,6 @@ from fpn_geo.config import build_config, read_yaml_mapping
 from fpn_geo.errors import ConfigError
 
 
-
 class SourceConfig(BaseModel):
     """One labelled scene (or a glob of them): a GeoTIFF plus either vector labels or a mask raster.
 
