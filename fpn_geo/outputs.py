@@ -294,34 +294,40 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def sweep_stale_temps(folder: str | Path, now: float | None = None) -> list[Path]:
-    """Remove fpn-geo temporary files in `folder` that a killed run left; returns what was removed.
-
-    Only files named by `temp_path` are touched, and only when their process is gone (and the file is over a
-    minute old) or the file has not changed for a week. Never raises: a sweep must not fail a run.
-    """
-    folder = Path(folder)
+def _ours_and_stale(folder: str | Path, pattern: re.Pattern, now: float | None, is_kind) -> Iterator[os.DirEntry]:
+    """Entries of `folder` named by `pattern` (with a `pid` group), of the right kind, that a dead process left
+    over a minute ago, or that no one touched for a week. Never raises: a sweep must not fail a run."""
     now = time.time() if now is None else now
-    removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
     except OSError:
-        return removed
+        return
     for entry in entries:
-        m = TEMP_RE.match(entry.name)
+        m = pattern.match(entry.name)
         if not m:
             continue
         try:
             st = entry.stat(follow_symlinks=False)
-            if not stat.S_ISREG(st.st_mode):
+            if not is_kind(st.st_mode):
                 continue
-            age = now - st.st_mtime
-            pid = int(m["pid"])
+            age, pid = now - st.st_mtime, int(m["pid"])
             if age > ABANDONED_AFTER_S or (age > STALE_AFTER_S and pid != os.getpid() and not _pid_alive(pid)):
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
+                yield entry
         except OSError:
             continue
+
+
+def sweep_stale_temps(folder: str | Path, now: float | None = None) -> list[Path]:
+    """Remove fpn-geo temporary files in `folder` that a killed run left; returns what was removed.
+
+    Only files named by `temp_path` are touched, and only when their process is gone (and the file is over a
+    minute old) or the file has not changed for a week.
+    """
+    removed: list[Path] = []
+    for entry in _ours_and_stale(folder, TEMP_RE, now, stat.S_ISREG):
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
     return removed
 
 
@@ -388,25 +394,8 @@ def sweep_stale_scratch(folder: str | Path, now: float | None = None) -> list[Pa
     """Remove `fpn-geo-PID-*` scratch folders whose process is gone (and that are over a minute old)."""
     import shutil
 
-    now = time.time() if now is None else now
     removed: list[Path] = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    for entry in entries:
-        m = SCRATCH_RE.match(entry.name)
-        try:
-            if not m or not entry.is_dir(follow_symlinks=False):
-                continue
-            pid = int(m["pid"])
-            if (
-                now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S
-                and pid != os.getpid()
-                and not _pid_alive(pid)
-            ):
-                shutil.rmtree(entry.path, ignore_errors=True)
-                removed.append(Path(entry.path))
-        except OSError:
-            continue
+    for entry in _ours_and_stale(folder, SCRATCH_RE, now, stat.S_ISDIR):
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(Path(entry.path))
     return removed

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.doubles import REPO
-from tests.flows.helpers import BIN, free_port, stop, wait_for
+from tests.flows.helpers import BIN, free_port, server_healthy, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +87,7 @@ def test_summary_artifact_shows_the_quicklook_in_a_real_browser(tmp_path, checkp
         with open(log, "ab") as f:
             procs.append(subprocess.Popen([str(BIN / "prefect"), "server", "start"], env=env, stdout=f,
                                           stderr=subprocess.STDOUT, start_new_session=True))
-        wait_for(lambda: _healthy(api), 120, "the Prefect server")
+        wait_for(lambda: server_healthy(api), 120, "the Prefect server")
         out = tmp_path / "out" / "small.gpkg"
         run = subprocess.run(
             [sys.executable, "-m", "flows.segment", "--set", "window=256", "--set", "overlap=32", "scene",
@@ -150,11 +150,3 @@ def _open_in_chromium(url: str, profile: Path, screenshot: Path) -> list[int]:
             tools.close()
     finally:
         stop([proc])
-
-
-def _healthy(api: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api}/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False

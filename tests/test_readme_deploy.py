@@ -9,14 +9,13 @@ import os
 import re
 import shutil
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import pyogrio
 import pytest
 
 from tests.doubles import REPO
-from tests.flows.helpers import BIN, free_port, stop, wait_for
+from tests.flows.helpers import BIN, free_port, server_healthy, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +67,7 @@ def test_readme_deployment_commands_run_as_written(tmp_path):
                     procs.append(subprocess.Popen(["bash", "-c", cmd], cwd=here, env=dict(env), stdout=f,
                                                   stderr=subprocess.STDOUT, start_new_session=True))
                 if cmd == "prefect server start":
-                    wait_for(lambda: _healthy(api), 120, "the Prefect server")
+                    wait_for(lambda: server_healthy(api), 120, "the Prefect server")
                 continue
             proc = subprocess.run(["bash", "-c", cmd], cwd=here, env=env, capture_output=True, text=True, timeout=600)
             assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -81,11 +80,3 @@ def test_readme_deployment_commands_run_as_written(tmp_path):
         stop(procs)
     assert pyogrio.read_info(here / "out" / "kampala.gpkg", layer="buildings")["features"] > 0
     assert (here / "out" / "buildings" / "mosaic_z20_6x4_1536x1024.gpkg").is_file()
-
-
-def _healthy(api: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api}/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False

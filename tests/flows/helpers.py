@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import rasterio
@@ -78,3 +79,12 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
             return value
         time.sleep(interval)
     raise TimeoutError(f"{what} did not happen within {timeout:.0f} s")
+
+
+def server_healthy(api: str) -> bool:
+    """Does the Prefect server at `api` (…/api) answer its health check?"""
+    try:
+        with urllib.request.urlopen(f"{api}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
