@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from fpn_geo.errors import FpnGeoError
@@ -208,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     from fpn_geo.signals import Terminated, terminate_as_interrupt
 
     terminate_as_interrupt()  # `timeout`, `docker stop`, Prefect cancellation: cleaned up like Ctrl-C
+    # Scenes without a geotransform are refused by open_scene with a line that says so; rasterio's warning about
+    # in-memory arrays without one (tracing a block at the grid's origin) is noise that would break that one line.
+    from rasterio.errors import NotGeoreferencedWarning
+
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
