@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.doubles import REPO
-from tests.flows.helpers import BIN, free_port, server_healthy, stop, wait_for
+from tests.flow_support.helpers import BIN, free_port, server_healthy, stop, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -26,7 +26,7 @@ from flows.cluster import cpu_worker_shape, task_runner
 from flows.segment import segment_scene, segment_scenes
 from fpn_geo.config import load_config
 from fpn_geo.pipeline import load_segmenter, segment
-from tests.flows.helpers import BIN, crop, env_for, free_port, start, stop, wait_for
+from tests.flow_support.helpers import BIN, crop, env_for, free_port, start, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -177,7 +177,7 @@ def test_a_served_deployment_runs_from_the_prefect_cli(prefect_api, cluster, che
     scene = crop(tmp_path / "scene.tif", 300, 300, 300, 200)
     out = tmp_path / "deployed.gpkg"
     env = env_for(prefect_api, FPN_GEO_DASK_ADDRESS=cluster, PREFECT_RUNNER_POLL_FREQUENCY="1")
-    server = start([str(BIN / "python"), "-m", "tests.flows.serve_segment"], env, tmp_path / "serve.log")
+    server = start([str(BIN / "python"), "-m", "tests.flow_support.serve_segment"], env, tmp_path / "serve.log")
     try:
         def deployed():
             with get_client(sync_client=True) as client:

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from tests.doubles import REPO
-from tests.flows.helpers import wait_for
+from tests.flow_support.helpers import wait_for
 
 pytestmark = pytest.mark.slow
 

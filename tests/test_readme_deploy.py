@@ -15,7 +15,7 @@ import pyogrio
 import pytest
 
 from tests.doubles import REPO
-from tests.flows.helpers import BIN, free_port, server_healthy, stop, wait_for
+from tests.flow_support.helpers import BIN, free_port, server_healthy, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
