@@ -76,7 +76,7 @@ class PendingOutput:
     def commit(self, verify: bool = True) -> Path:
         """Verify (unless already done: verify=False), fsync and rename into place. Raises OutputError (and
         removes the temp) if any step fails."""
-        try:
+        with self.discarded_on_failure():
             if not self.tmp.is_file():
                 raise OutputError(f"{self.final}: nothing was written (no temporary file {self.tmp.name})")
             if verify and self.verify is not None:
@@ -87,14 +87,20 @@ class PendingOutput:
                 Path(f"{self.tmp}{s}").unlink(missing_ok=True)
             with contextlib.suppress(OSError):  # some filesystems cannot fsync a folder; the rename still happened
                 _fsync_path(self.final.parent, directory=True)
+        self.committed = True
+        return self.final
+
+    @contextlib.contextmanager
+    def discarded_on_failure(self) -> Iterator[None]:
+        """On any exception (KeyboardInterrupt included) remove the temp; OS errors (a full disk) become one line."""
+        try:
+            yield
         except OSError as e:
             self.discard()
             raise OutputError(f"cannot write {self.final}: {e.strerror or e}; nothing was replaced") from e
         except BaseException:
             self.discard()
             raise
-        self.committed = True
-        return self.final
 
     def discard(self) -> None:
         remove_temp(self.tmp)
@@ -109,14 +115,8 @@ def atomic_output(final: str | Path, verify: Verifier | None = None) -> Iterator
     `verify_geopackage`, `verify_json`). Disk-full and other OS errors become one-line OutputErrors.
     """
     out = PendingOutput(final, verify)
-    try:
+    with out.discarded_on_failure():
         yield out.tmp
-    except OSError as e:
-        out.discard()
-        raise OutputError(f"cannot write {out.final}: {e.strerror or e}; nothing was replaced") from e
-    except BaseException:
-        out.discard()
-        raise
     out.commit()
 
 
