@@ -10,8 +10,12 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fpn_geo.errors import FpnGeoError
+
+if TYPE_CHECKING:
+    from fpn_geo.pipeline import ScenePlan
 
 SEGMENT_FLAGS = {
     "window": "--window", "overlap": "--overlap", "batch": "--batch", "device": "--device", "threshold": "--threshold",
@@ -19,16 +23,13 @@ SEGMENT_FLAGS = {
 }
 
 
-def check_segment_run(args: argparse.Namespace, cfg):
+def check_segment_run(args: argparse.Namespace, cfg) -> ScenePlan:
     """Everything that can be checked before the model loads and the first window is read: output paths, the
-    checkpoint's metadata, the scene, its radiometry, the window against the scene, and scratch space.
-    Returns the config with the window clamped to the scene."""
-    from fpn_geo.config import clamp_window
-    from fpn_geo.georef import model_scale
+    checkpoint's metadata, then the plan itself (the scene, its radiometry, the window clamped to the scene),
+    and scratch space. Returns the plan, which `segment` then runs as it is."""
     from fpn_geo.model.meta import meta_path, read_meta
     from fpn_geo.outputs import check_output_paths, check_scratch_space, sweep_output_folders
-    from fpn_geo.pipeline import default_probability_path
-    from fpn_geo.scene import open_scene
+    from fpn_geo.pipeline import default_probability_path, plan_scene
 
     out = Path(args.out)
     prob = (
@@ -45,25 +46,13 @@ def check_segment_run(args: argparse.Namespace, cfg):
     check_output_paths(inputs, {"--out": out, "--probability": prob}, kinds={"--out": "gpkg", "--probability": "tif"})
     sweep_output_folders([out, prob])
     meta = read_meta(args.model)
-    scene = open_scene(args.scene, meta.bands)
-    _check_radiometry(scene.path, meta, cfg)
-    scale = model_scale(scene.gsd_m, meta.gsd_m, cfg.match_gsd)
-    clamped = clamp_window(cfg, scene.height, scene.width, scale)
-    if clamped.window != cfg.window:
-        logging.getLogger("fpn_geo").info("window %d is larger than the scene: using %d", cfg.window, clamped.window)
+    plan = plan_scene(args.scene, meta, cfg, args.model)
+    if plan.cfg.window != cfg.window:
+        logging.getLogger("fpn_geo").info("window %d is larger than the scene: using %d", cfg.window, plan.cfg.window)
     if cfg.probability == "cog":  # the blocks' compressed tiles: well under a byte a model pixel and channel
-        model_px = scene.width * scene.height * scale * scale
+        model_px = plan.grid.height * plan.grid.width
         check_scratch_space(cfg.scratch_dir, int(model_px * meta.channels * 0.5), "the probability tiles")
-    return clamped
-
-
-def _check_radiometry(path: str, meta, cfg) -> None:
-    import rasterio
-
-    from fpn_geo.radiometry import resolve_radiometry
-
-    with rasterio.open(path) as src:  # raises, with the rule to set, when the scene's values need one
-        resolve_radiometry(src, meta.bands, meta.input_range, cfg.radiometry)
+    return plan
 
 
 def _segment(args: argparse.Namespace) -> int:
@@ -78,12 +67,12 @@ def _segment(args: argparse.Namespace) -> int:
         threshold=args.threshold, min_area_m2=args.min_area, simplify_m=args.simplify, compile=args.compile or None,
         probability="none" if args.no_probability else None,
     )
-    cfg = check_segment_run(args, cfg)
-    segmenter = load_segmenter(args.model, cfg.device, cfg.compile)
+    plan = check_segment_run(args, cfg)
+    segmenter = load_segmenter(args.model, plan.cfg.device, plan.cfg.compile)
     bar = tqdm(total=0, unit="win", desc="segment", disable=args.quiet or None, file=sys.stderr)
     summary = segment(
-        args.scene, segmenter, args.out, cfg, args.probability,
-        on_start=lambda n: bar.reset(total=n), on_batch=bar.update,
+        args.scene, segmenter, args.out, plan.cfg, args.probability,
+        on_start=lambda n: bar.reset(total=n), on_batch=bar.update, plan=plan,
     )
     bar.close()
     print(summary.line())

@@ -196,6 +196,9 @@ def _owns(block: Block, window: GridWindow) -> bool:
     return block.y0 <= window.row_off < block.y1 and block.x0 <= window.col_off < block.x1
 
 
+NOT_CACHED = object()  # HaloCache.take: this window must be predicted (None means: cached, and it held no data)
+
+
 class HaloCache:
     """The parts of predicted windows that later blocks of the same run will need, so no window is predicted twice.
 
@@ -210,7 +213,7 @@ class HaloCache:
         self.crops: dict[tuple, tuple | None] = {}
 
     def take(self, window: GridWindow, block: Block):
-        return self.crops.pop((window.row, window.col, block.row, block.col), KeyError)
+        return self.crops.pop((window.row, window.col, block.row, block.col), NOT_CACHED)
 
     def keep(self, window: GridWindow, probs: np.ndarray | torch.Tensor | None, block: Block) -> None:
         from fpn_geo.blend import crop
@@ -243,7 +246,7 @@ def blend_block(
     windows = plan.blocks.windows(block)
     area = plan.context(block)
     cached = {w: cache.take(w, block) for w in windows}
-    todo = [w for w in windows if cached[w] is KeyError]
+    todo = [w for w in windows if cached[w] is NOT_CACHED]
     predicted = predict_windows(
         plan.scene.path, todo, plan.meta.bands, segmenter.predictor, cfg.window, plan.scale, cfg.batch, times,
         readers=cfg.readers, grid_hw=plan.grid_hw, radiometry=plan.radiometry,
@@ -252,7 +255,7 @@ def blend_block(
     nodata = 0
     for w in windows:
         part = cached[w]
-        if part is KeyError:
+        if part is NOT_CACHED:
             w2, probs = next(predicted)
             if w2 != w:
                 raise FpnGeoError(f"window {w2} came back where {w} was expected")
@@ -492,10 +495,12 @@ def segment(
     probability_out: str | Path | None = None,
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    plan: ScenePlan | None = None,
 ) -> RunSummary:
-    """Plan, process every block here, write. Nothing appears at `out` unless the run succeeds."""
+    """Plan (unless the caller did: `plan`), process every block here, write. Nothing appears at `out` unless the
+    run succeeds."""
     t0, started = time.perf_counter(), utc_now()
-    plan = plan_scene(scene_path, segmenter.meta, cfg, segmenter.checkpoint_path)
+    plan = plan or plan_scene(scene_path, segmenter.meta, cfg, segmenter.checkpoint_path)
     if on_start:
         on_start(len(plan.grid))
     with SceneWriter(plan, out, probability_out) as writer:
