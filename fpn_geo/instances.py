@@ -59,30 +59,6 @@ def label_components(footprint: np.ndarray, contact: np.ndarray | None = None, t
     return label_instances(footprint, None, threshold)
 
 
-def _markers(core: np.ndarray, blobs: np.ndarray, n_blobs: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeds for the watershed and each blob's seed count.
-
-    Seeds are the contact-free cores; a blob with no core (a tiny or very thin
-    building that is all contact) becomes its own seed, or the vectorizer would lose it.
-    """
-    seeds, n_seeds = ndimage.label(core, structure=_FOUR, output=np.int32)
-    seed_blob = np.zeros(n_seeds + 1, dtype=np.int32)
-    seed_blob[seeds[core]] = blobs[core]  # a 4-connected core lies inside one blob
-    per_blob = np.bincount(seed_blob[1:], minlength=n_blobs + 1)
-    orphan = (blobs > 0) & (per_blob[blobs] == 0)
-    seeds[orphan] = blobs[orphan] + n_seeds
-    return seeds, per_blob
-
-
-def _relabel(labels: np.ndarray) -> np.ndarray:
-    """Make ids consecutive 1..n so downstream code can size arrays by the max id."""
-    present = np.flatnonzero(np.bincount(labels.ravel()))  # bincount: no 6M-pixel sort
-    present = present[present > 0]
-    lut = np.zeros(int(labels.max()) + 1, dtype=np.int32)
-    lut[present] = np.arange(1, len(present) + 1, dtype=np.int32)
-    return lut[labels]
-
-
 def label_instances(footprint: np.ndarray, contact: np.ndarray | None = None, threshold: float = 0.5) -> np.ndarray:
     """One int32 id per building (0 background) from uint8 footprint and separator probabilities.
 
@@ -106,29 +82,46 @@ def label_instances(footprint: np.ndarray, contact: np.ndarray | None = None, th
     blobs, n_blobs = ndimage.label(fg, structure=_FOUR, output=np.int32)
     if n_blobs == 0:
         return blobs
-    interior = np.clip(footprint.astype(np.int16) - contact.astype(np.int16), 0, 255).astype(np.uint8)
-    core = fg & (interior >= t)
-    if core.any():  # drop specks of core: a few noisy pixels must not split a roof
-        cores, n_cores = ndimage.label(core, structure=_FOUR, output=np.int32)
-        small = np.bincount(cores.ravel(), minlength=n_cores + 1) < _MIN_CORE_PX
-        small[0] = False
-        core &= ~small[cores]
-    seeds, per_blob = _markers(core, blobs, n_blobs)
-    elevation = 255 - interior  # flood from the most certain interior outwards
-    blob_id = np.zeros(n_blobs + 1, dtype=np.int32)  # blobs with <= 1 seed keep one id
-    blob_id[blobs[seeds > 0]] = seeds[seeds > 0]
-    blob_id[per_blob > 1] = 0
+    interior = footprint - np.minimum(footprint, contact)  # max(footprint - separator, 0) without a wider dtype
+    seeds_of, n_seeds = _cores(interior >= t)  # interior <= footprint: a core lies in the footprint
+    # the blob of each core, and each blob's core count (a 4-connected core lies inside one blob)
+    core_px = np.flatnonzero(seeds_of > 0)
+    seed_blob = np.zeros(n_seeds + 1, dtype=np.int32)
+    seed_blob[seeds_of[core_px]] = blobs.ravel()[core_px]
+    per_blob = np.bincount(seed_blob[1:], minlength=n_blobs + 1)
+    # Final ids, already consecutive: seeds keep theirs (1..n_seeds, raster order of the cores); a blob with no
+    # core (a tiny or thin building that is all separator) gets the next ids, or the vectorizer would lose it.
+    blob_id = np.zeros(n_blobs + 1, dtype=np.int32)
+    alone = per_blob[seed_blob[1:]] == 1
+    blob_id[seed_blob[1:][alone]] = np.flatnonzero(alone).astype(np.int32) + 1
+    orphans = np.flatnonzero(per_blob[1:] == 0) + 1
+    blob_id[orphans] = np.arange(n_seeds + 1, n_seeds + 1 + len(orphans), dtype=np.int32)
     labels = blob_id[blobs]
     split = np.flatnonzero(per_blob > 1)
+    if len(split) == 0:
+        return labels
+    seeds = seeds_of.reshape(blobs.shape)
+    elevation = 255 - interior  # flood from the most certain interior outwards
     if len(split) > _MANY_BLOBS:  # one global flood beats thousands of small calls
         in_split = (per_blob > 1)[blobs]
         flooded = watershed(elevation, markers=np.where(in_split, seeds, 0), mask=in_split, connectivity=1)
         labels[in_split] = flooded[in_split]
-        return _relabel(labels)
+        return labels
     boxes = ndimage.find_objects(blobs)
     for i in split:
         box = boxes[i - 1]
         in_blob = blobs[box] == i
         flooded = watershed(elevation[box], markers=np.where(in_blob, seeds[box], 0), mask=in_blob, connectivity=1)
         labels[box][in_blob] = flooded[in_blob]
-    return _relabel(labels)
+    return labels
+
+
+def _cores(core: np.ndarray) -> tuple[np.ndarray, int]:
+    """The cores (4-connected, at least _MIN_CORE_PX pixels: specks must not split a roof) numbered 1..n in raster
+    order, as a flat int32 array, and n."""
+    cores, n = ndimage.label(core, structure=_FOUR, output=np.int32)
+    keep = np.bincount(cores.ravel(), minlength=n + 1) >= _MIN_CORE_PX
+    keep[0] = False
+    lut = np.zeros(n + 1, dtype=np.int32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return lut[cores.ravel()], int(keep.sum())
