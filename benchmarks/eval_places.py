@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-area", type=float, default=4.0)
     p.add_argument("--simplify", type=float, default=0.3)
     p.add_argument("--device", default="auto")
+    p.add_argument("--labelling", choices=["auto", "cpu", "device"], default="auto",
+                   help="where buildings are labelled and split (config key labelling); device on a CPU runs the "
+                   "torch flood that CUDA runs")
     p.add_argument("--work", default=str(REPO / "runs" / "holdout"))
     p.add_argument("--json", help="write every row and the summary here")
     p.add_argument(
@@ -85,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     for t in a.thresholds:
         for b in blocks:
             for sep in modes:
-                r = score_block(seg, b, Path(a.work) / Path(a.checkpoint).stem, t, sep, a.min_area, a.simplify)
+                r = score_block(seg, b, Path(a.work) / f"{Path(a.checkpoint).stem}_{a.labelling}", t, sep, a.min_area,
+                                a.simplify, labelling=a.labelling)
                 if a.regularize:
                     r.update(regularized(r, b, a.regularize, a.min_area))
                 rows.append(r)

@@ -108,11 +108,13 @@ class BlockCanvas:
             piece = torch.as_tensor(piece).to(self.device, torch.float32)
         self.sums[:, br, bc] += piece * weights
 
-    def finish(self) -> np.ndarray:
-        """round(sums / weights) as uint8, in place: no block-sized temporaries."""
+    def finish(self, host: bool = True) -> Probs:
+        """round(sums / weights) as uint8, in place: no block-sized temporaries. On CUDA with `host=False` the
+        result stays on the device, for labelling there."""
         if self.cuda:
             self.sums /= self.wy[:, None] * self.wx[None, :]
-            return self.sums.round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+            out = self.sums.round_().clamp_(0, 255).to(torch.uint8)
+            return out.cpu().numpy() if host else out
         out = np.empty(self.sums.shape, np.uint8)
         inv_x = 1.0 / self.wx
         for y in range(0, out.shape[1], 256):  # a band of rows at a time

@@ -46,6 +46,10 @@ class SegmentConfig(BaseModel):
     regularize: float = Field(0.0, ge=0, le=1, description="right-angled outlines: a building whose IoU with its "
         "oriented minimum rectangle is at least this becomes that rectangle (e.g. 0.85); 0 = off")
     separate_touching: bool = Field(True, description="split touching buildings with the contact class")
+    labelling: Literal["auto", "cpu", "device"] = Field(
+        "auto", description="where buildings are labelled and split: cpu = scipy/skimage watershed; device = torch on "
+        "the model's device (a level-by-level flood, within a pixel of the watershed); auto = device on CUDA, else cpu"
+    )
     block_windows: int = Field(
         4, gt=0, description="block side in windows: the unit that is blended and vectorized at once; bounds memory"
     )

@@ -178,11 +178,17 @@ class BlockResult:
     block: Block
     buildings: Buildings  # finished buildings, in the scene's CRS
     edges: list[Piece]  # pieces cut by the block's edge, in model-grid pixels, to be joined with the neighbours'
-    tile: bytes | None  # the block's probabilities as a DEFLATE GeoTIFF, when a probability COG is wanted
+    tile: bytes | None  # the block's probabilities as an LZW GeoTIFF, when a probability COG is wanted
     windows_nodata: int  # windows of this block (by their origin) that held no data
     windows_predicted: int  # windows the model ran on for this block, halo included
     device: str
     times: dict = field(default_factory=dict)
+    wire_bytes: int = 0  # its pickled size, measured where it was made: what crosses the network in a flow
+
+    def measure(self) -> BlockResult:
+        """Set `wire_bytes` (on the worker, so the one serial writer does not pickle every result again)."""
+        self.wire_bytes = len(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
+        return self
 
 
 def choose_labeler(channels: int, cfg: SegmentConfig) -> LabelFn:
@@ -190,6 +196,11 @@ def choose_labeler(channels: int, cfg: SegmentConfig) -> LabelFn:
     from fpn_geo.instances import label_components, label_instances
 
     return label_instances if channels > 1 and cfg.separate_touching else label_components
+
+
+def labels_on_device(cfg: SegmentConfig, device: str) -> bool:
+    """Whether blocks are labelled by torch where the model runs (`labelling`: auto means on CUDA)."""
+    return cfg.labelling == "device" or (cfg.labelling == "auto" and str(device).startswith("cuda"))
 
 
 def _owns(block: Block, window: GridWindow) -> bool:
@@ -235,10 +246,10 @@ def _copy(a):
 
 def blend_block(
     plan: ScenePlan, block: Block, segmenter: Segmenter, cache: HaloCache, times: StageTimes,
-    on_windows: Callable[[int], None] | None = None,
-) -> tuple[np.ndarray, int, int]:
+    on_windows: Callable[[int], None] | None = None, host: bool = True,
+) -> tuple[np.ndarray | torch.Tensor, int, int]:
     """The uint8 probabilities (K, h, w) of the block's context area (`plan.context`), its nodata window count and
-    the windows predicted. Inside the block they equal the whole-scene blend."""
+    the windows predicted. Inside the block they equal the whole-scene blend. `host=False`: left on a CUDA device."""
     from fpn_geo.blend import BlockCanvas, crop
     from fpn_geo.inference import predict_windows
 
@@ -268,23 +279,46 @@ def blend_block(
     if on_windows:
         on_windows(sum(_owns(block, w) for w in windows))
     with times.time("blend"):
-        probs = canvas.finish()
+        probs = canvas.finish(host)
     cache.done(block)
     return probs, nodata, len(todo)
 
 
-def finish_block(plan: ScenePlan, block: Block, probs: np.ndarray, labeler: LabelFn, want_tile: bool) -> tuple:
+def _inside(plan: ScenePlan, block: Block) -> tuple[slice, slice]:
+    """The block's own pixels within its context area."""
+    area = plan.context(block)
+    return slice(block.y0 - area.y0, block.y1 - area.y0), slice(block.x0 - area.x0, block.x1 - area.x0)
+
+
+def label_on_device(plan: ScenePlan, block: Block, probs: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Label the block's context area where its probabilities are (`fpn_geo.instances_gpu`); the block's own labels
+    and the context's probabilities, on the host."""
+    import torch
+
+    from fpn_geo.instances_gpu import label_instances_torch
+
+    p = torch.as_tensor(probs)
+    separator = p[1] if plan.channels > 1 and plan.cfg.separate_touching else None
+    labels = label_instances_torch(p[0], separator, plan.cfg.threshold)[_inside(plan, block)]
+    return labels.cpu().numpy(), p.cpu().numpy()
+
+
+def finish_block(
+    plan: ScenePlan, block: Block, probs: np.ndarray, labeler: LabelFn, want_tile: bool,
+    labels: np.ndarray | None = None,
+) -> tuple:
     """Threshold, separate, trace and georeference one blended block (CPU); what a block sends back.
 
     `probs` covers the block's context area: instances are labelled there, so a building cut by the block's
-    edge is split as its neighbour splits it, then only the block's own pixels are traced.
+    edge is split as its neighbour splits it, then only the block's own pixels are traced. `labels`: the block's
+    own, when they were made on the device.
     """
     times = StageTimes()
     cfg = plan.cfg
-    area = plan.context(block)
-    inside = (slice(block.y0 - area.y0, block.y1 - area.y0), slice(block.x0 - area.x0, block.x1 - area.x0))
-    with times.time("label"):
-        labels = labeler(probs[0], probs[1] if plan.channels > 1 else None, cfg.threshold)[inside]
+    inside = _inside(plan, block)
+    if labels is None:
+        with times.time("label"):
+            labels = labeler(probs[0], probs[1] if plan.channels > 1 else None, cfg.threshold)[inside]
     index = (slice(None), *inside)
     probs = probs[index]
     with times.time("trace"):
@@ -312,18 +346,23 @@ def process_blocks(
     labeler = choose_labeler(plan.channels, plan.cfg)
     want_tile = plan.cfg.probability == "cog"
     threads = post_threads(plan.cfg.post_threads, segmenter.device)
+    on_device = labels_on_device(plan.cfg, segmenter.device)
 
     def blended(block: Block):
         times = StageTimes()
-        probs, nodata, predicted = blend_block(plan, block, segmenter, cache, times, on_windows)
-        return block, probs, nodata, predicted, times
+        probs, nodata, predicted = blend_block(plan, block, segmenter, cache, times, on_windows, host=not on_device)
+        labels = None
+        if on_device:
+            with times.time("label"):
+                labels, probs = label_on_device(plan, block, probs)
+        return block, probs, labels, nodata, predicted, times
 
     def post(item) -> BlockResult:
-        block, probs, nodata, predicted, times = item
-        buildings, edges, tile, post_times = finish_block(plan, block, probs, labeler, want_tile)
+        block, probs, labels, nodata, predicted, times = item
+        buildings, edges, tile, post_times = finish_block(plan, block, probs, labeler, want_tile, labels)
         for k, v in post_times.items():
             times[k] = times.get(k, 0.0) + v
-        return BlockResult(block, buildings, edges, tile, nodata, predicted, segmenter.device, dict(times))
+        return BlockResult(block, buildings, edges, tile, nodata, predicted, segmenter.device, dict(times)).measure()
 
     with ThreadPoolExecutor(threads, thread_name_prefix="fpn-geo-post") as pool:
         yield from in_order(lambda block: pool.submit(post, blended(block)), blocks, threads + 1)
@@ -412,7 +451,7 @@ class SceneWriter:
 
     def add(self, result: BlockResult) -> None:
         b = result.block
-        self.bytes_received += len(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+        self.bytes_received += result.wire_bytes
         self.pending[(b.row, b.col)] = result
         layout = self.plan.blocks
         while self.next_row < layout.rows and all((self.next_row, c) in self.pending for c in range(layout.cols)):

@@ -141,3 +141,21 @@ def test_parallel_readers_give_the_same_batches_in_the_same_order():
         assert [d.window for d in d1] == [d.window for d in d2]
         assert all(np.array_equal(a.image, b.image) for a, b in zip(d1, d2))
     assert times["read"] > 0
+
+
+def test_a_block_result_knows_its_own_wire_size_and_the_writer_adds_them_up(tmp_path):
+    """The bytes a flow receives are counted on the worker, where the result is made; the writer only sums."""
+    import pickle
+
+    from fpn_geo.pipeline import SceneWriter, plan_scene, process_blocks
+
+    seg = footprint_only(BrightPredictor())
+    plan = plan_scene(str(KAMPALA_Z20), seg.meta, load_config(window=256, overlap=32, block_windows=1))
+    results = list(process_blocks(plan, plan.blocks, seg))
+    assert len(results) > 4
+    for r in results:
+        assert abs(r.wire_bytes - len(pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL))) <= 8
+    with SceneWriter(plan, tmp_path / "o.gpkg") as writer:
+        for r in reversed(results):
+            writer.add(r)
+        assert writer.bytes_received == sum(r.wire_bytes for r in results)
