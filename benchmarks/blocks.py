@@ -6,9 +6,10 @@
 - e2e: `segment` end to end (probability COG included) against model-only (the same windows in the same batches,
   read beforehand, only the predictor timed), bundled model, on the 7.5 cm Kampala mosaic and on an 8192² scene at
   0.30 m (the mosaic averaged 4x and tiled).
-- post: post-processing throughput per stage with the oracle "model" (rasterized truth), one post thread, in
-  model-grid megapixels per second, 8192² at 0.30 m.
-- rss: peak RSS of `segment` (bundled model) on 2048² and 8192² Kampala-derived 7.5 cm scenes, each in its own process.
+- post: post-processing throughput per stage with the oracle "model" (rasterized truth), the stages in turn in one
+  thread, in model-grid megapixels per second, 8192² at 0.30 m.
+- rss: peak RSS of `segment` (bundled model) on 2048² and 8192² Kampala-derived 7.5 cm scenes, each in its own process,
+  `--repeat` times each (median: one run's peak varies by about +-50 MB).
 - flow: the flow's worker path on a Dask LocalCluster of 1 and of 2 single-thread workers, oracle model, 8192² at
   0.30 m, no probability COG: blocks processed on the workers, results joined and written here. Also the bytes the
   writer received against the size of the uint8 probability raster it no longer receives.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -121,7 +123,39 @@ def child_flow(job: dict, out: Path) -> dict:
             "raster_bytes": plan.channels * g.height * g.width, "blocks": len(plan.blocks), "times": s.times}
 
 
-CHILDREN = {"e2e": child_e2e, "model-only": child_model_only, "flow": child_flow}
+def child_post(job: dict, out: Path) -> dict:
+    """Post-processing stage by stage with nothing beside it: blend then finish each block in this one thread (in
+    `segment` a thread finishes block k while this one blends k+1, and on 2 cores they share the GIL, which
+    inflates both stages' wall times), then the writer."""
+    from fpn_geo.pipeline import (
+        BlockResult,
+        HaloCache,
+        SceneWriter,
+        blend_block,
+        choose_labeler,
+        finish_block,
+        plan_scene,
+    )
+    from fpn_geo.timing import StageTimes
+
+    seg = _oracle_segmenter(job["scene"], job["source"])
+    plan = plan_scene(job["scene"], seg.meta, _cfg(**job.get("cfg", {})))
+    blocks = list(plan.blocks)
+    cache, labeler, times = HaloCache(plan, blocks), choose_labeler(plan.channels, plan.cfg), StageTimes()
+    t0 = time.perf_counter()
+    with SceneWriter(plan, out / "o.gpkg") as writer:
+        for block in blocks:
+            probs, nodata, predicted = blend_block(plan, block, seg, cache, times)
+            buildings, edges, tile, post_times = finish_block(plan, block, probs, labeler, True)
+            for k, v in post_times.items():
+                times[k] = times.get(k, 0.0) + v
+            writer.add(BlockResult(block, buildings, edges, tile, nodata, predicted, "cpu"))
+        s = writer.finish(t0, "bench")
+    return {"seconds": time.perf_counter() - t0, "times": {**times, **s.times}, "buildings": s.buildings,
+            "grid_mpx": plan.grid.height * plan.grid.width / 1e6}
+
+
+CHILDREN = {"e2e": child_e2e, "model-only": child_model_only, "flow": child_flow, "post": child_post}
 
 
 def measure(job: dict) -> dict:
@@ -141,7 +175,10 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", default=["e2e", "post", "rss", "flow"], choices=["e2e", "post", "rss", "flow"])
     ap.add_argument("--side", type=int, default=8192, help="side of the 0.30 m scene")
     ap.add_argument("--rss-sides", type=int, nargs="+", default=[2048, 8192], help="rss row: 7.5 cm scene sides")
-    ap.add_argument("--repeat", type=int, default=2, help="e2e rows: pairs of (e2e, model-only) runs")
+    ap.add_argument("--repeat", type=int, default=2,
+                    help="e2e rows: pairs of (e2e, model-only) runs; rss: runs per side")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="config overrides for the rss row, e.g. gdal_cache_mb=64 (YAML values)")
     ap.add_argument("--json")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -151,6 +188,9 @@ def main() -> None:
             print(json.dumps(CHILDREN[job.pop("kind")](job, Path(d))))
         return
 
+    import yaml
+
+    overrides = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     coarse = scenes.coarse_mosaic(4)
     big = scenes.build_tiff(args.side, source=coarse)
     print(f"# {os.cpu_count()} CPUs; 0.30 m scene {big} ({args.side}²); model {MODEL.name}", flush=True)
@@ -174,25 +214,26 @@ def main() -> None:
                   f"{best_e2e / best_only:.3f}", flush=True)
             results[f"e2e {label}"] = [{"e2e": e, "model_only": o} for e, o in pairs]
     if "post" in args.rows:
-        r = measure(
-            {"kind": "e2e", "scene": str(big), "source": str(coarse), "oracle": True, "cfg": {"post_threads": 1}}
-        )
+        r = measure({"kind": "post", "scene": str(big), "source": str(coarse)})
         results["post"] = r
-        mpx = args.side * args.side / 1e6
         per = ", ".join(
-            f"{k} {mpx / v:.0f}" for k, v in r["times"].items() if k not in ("model", "read", "hash") and v > 0
+            f"{k} {r['grid_mpx'] / v:.0f}" for k, v in r["times"].items()
+            if k not in ("model", "read", "hash") and v > 0
         )
-        print(f"post-processing, oracle, {args.side}² at 0.30 m, 1 post thread, model-grid Mpx/s per stage: {per}; "
-              f"{r['buildings']} buildings, {r['seconds']:.1f} s end to end", flush=True)
+        print(f"post-processing, oracle, {args.side}² at 0.30 m, one thread, stages in turn, model-grid Mpx/s per "
+              f"stage: {per}; {r['buildings']} buildings, {r['seconds']:.1f} s", flush=True)
     if "rss" in args.rows:
-        rss = {}
-        for side in args.rss_sides:
-            rss[side] = measure({"kind": "e2e", "scene": str(scenes.build_tiff(side)), "checkpoint": str(MODEL)})
+        rss: dict = {side: [] for side in args.rss_sides}
+        for _ in range(args.repeat):  # interleaved; peak RSS varies by +-50 MB run to run (thread timing, arenas)
+            for side in args.rss_sides:
+                rss[side].append(measure({"kind": "e2e", "scene": str(scenes.build_tiff(side)),
+                                          "checkpoint": str(MODEL), "cfg": overrides}))
         results["rss"] = rss
         first = args.rss_sides[0]
-        print("peak RSS, bundled model, 7.5 cm: " + ", ".join(
-            f"{side}² {r['peak_rss_mb']:.0f} MB (x{r['peak_rss_mb'] / rss[first]['peak_rss_mb']:.3f})"
-            for side, r in rss.items()), flush=True)
+        med = {side: statistics.median(r["peak_rss_mb"] for r in runs) for side, runs in rss.items()}
+        print("peak RSS, bundled model, 7.5 cm, median of " + str(args.repeat) + ": " + ", ".join(
+            f"{side}² {med[side]:.0f} MB (x{med[side] / med[first]:.3f}; runs "
+            + " ".join(f"{r['peak_rss_mb']:.0f}" for r in rss[side]) + ")" for side in rss), flush=True)
     if "flow" in args.rows:
         flow = {w: measure({"kind": "flow", "scene": str(big), "source": str(coarse), "workers": w}) for w in (1, 2)}
         results["flow"] = flow

@@ -75,6 +75,9 @@ def main() -> None:
     ap.add_argument("--scene-side", type=int, default=8192)
     ap.add_argument("--checkpoint", help="the model to time (default: random weights shaped like models/default)")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--runs", nargs="+", default=["device:none", "device:cog", "cpu:none"], metavar="LABELLING:COG",
+                    help="end-to-end runs: where buildings are labelled (config labelling: device or cpu) and whether "
+                    "the probability COG is written (cog or none)")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     if args.cpu:
@@ -145,18 +148,20 @@ def main() -> None:
         seg.predictor(np.zeros((args.batch, len(seg.meta.bands), args.tile, args.tile), np.uint8), [None] * args.batch)
     best = max(results.values())
     lines = []
-    for probability in ("none", "cog"):
-        s = segment(
-            str(scene), seg, work / f"out_{probability}.gpkg", cfg.model_copy(update={"probability": probability})
-        )
+    for run in args.runs:
+        labelling, probability = run.split(":")
+        s = segment(str(scene), seg, work / f"out_{labelling}_{probability}.gpkg",
+                    cfg.model_copy(update={"probability": probability, "labelling": labelling}))
         tiles_per_s = s.windows / s.seconds
-        emit(what="end-to-end", probability=probability, windows=s.windows, predicted=s.windows_predicted,
-             buildings=s.buildings, seconds=s.seconds, mpx_per_s=s.mpx_per_s, tiles_per_s=tiles_per_s,
-             share_of_model_only=tiles_per_s / best, stage_seconds=s.times, compiled=use_compile)
+        emit(what="end-to-end", labelling=labelling, probability=probability, windows=s.windows,
+             predicted=s.windows_predicted, buildings=s.buildings, seconds=s.seconds, mpx_per_s=s.mpx_per_s,
+             tiles_per_s=tiles_per_s, share_of_model_only=tiles_per_s / best, stage_seconds=s.times,
+             compiled=use_compile)
         stages = " ".join(f"{k} {v:.2f}" for k, v in s.times.items())
         lines.append(
-            f"end-to-end ({probability} COG) {tiles_per_s:.0f} tiles/s = {tiles_per_s / best:.3f} of model-only; "
-            f"{s.seconds:.1f} s, {s.buildings} buildings; stage seconds (summed over threads) {stages}"
+            f"end-to-end (labels on {labelling}, {probability} COG) {tiles_per_s:.0f} tiles/s = "
+            f"{tiles_per_s / best:.3f} of model-only; {s.seconds:.1f} s, {s.buildings} buildings; "
+            f"stage seconds (summed over threads) {stages}"
         )
     print(
         f"\n{label}: model-only eager {results['eager']:.0f} tiles/s"
