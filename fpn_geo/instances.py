@@ -22,7 +22,7 @@ LabelFn = Callable[[np.ndarray, "np.ndarray | None", float], np.ndarray]
 """(footprint uint8, separator uint8 or None, threshold 0-1) -> int32 ids, 0 background: ``label_instances`` or
 ``label_components``; the pipeline picks one per run."""
 
-_MIN_CORE_PX = 4  # cores smaller than this are noise, not buildings: they would split a roof
+MIN_CORE_PX = 4  # cores smaller than this are noise, not buildings: they would split a roof
 _MANY_BLOBS = 300  # above this many blobs to split, one whole-image watershed is faster
 _FOUR = ndimage.generate_binary_structure(2, 1)  # 4-connectivity: diagonal touches do not merge
 
@@ -37,7 +37,7 @@ def _check_probability(name: str, arr: np.ndarray) -> None:
         )
 
 
-def _threshold_u8(threshold: float) -> float:
+def threshold_u8(threshold: float) -> float:
     """Map a 0-1 threshold onto the 0-255 scale of the probability arrays."""
     if not 0.0 < float(threshold) <= 1.0:
         raise ConfigError(f"threshold={threshold!r}; expected a probability in (0, 1]. Pass e.g. threshold=0.5.")
@@ -69,7 +69,7 @@ def label_instances(footprint: np.ndarray, contact: np.ndarray | None = None, th
     touching buildings stay one component.
     """
     _check_probability("footprint", footprint)
-    t = _threshold_u8(threshold)
+    t = threshold_u8(threshold)
     fg = footprint >= t
     if contact is None:
         return connected_components(fg)
@@ -117,10 +117,10 @@ def label_instances(footprint: np.ndarray, contact: np.ndarray | None = None, th
 
 
 def _cores(core: np.ndarray) -> tuple[np.ndarray, int]:
-    """The cores (4-connected, at least _MIN_CORE_PX pixels: specks must not split a roof) numbered 1..n in raster
+    """The cores (4-connected, at least MIN_CORE_PX pixels: specks must not split a roof) numbered 1..n in raster
     order, as a flat int32 array, and n."""
     cores, n = ndimage.label(core, structure=_FOUR, output=np.int32)
-    keep = np.bincount(cores.ravel(), minlength=n + 1) >= _MIN_CORE_PX
+    keep = np.bincount(cores.ravel(), minlength=n + 1) >= MIN_CORE_PX
     keep[0] = False
     lut = np.zeros(n + 1, dtype=np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)

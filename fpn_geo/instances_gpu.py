@@ -4,11 +4,11 @@ On a GPU host the CPU watershed (`fpn_geo.instances`) was the stage the model wa
 took 55 thread-seconds of an 11 s run (issue 9). Here the same rules run as whole-array torch ops, so only the
 labels (int32) and the probabilities (uint8) are copied back:
 
-- connected components by min-label propagation with pointer jumping (ids are each component's first pixel in
-  raster order, so after `consecutive` they equal `scipy.ndimage.label`'s);
-- the watershed of P(interior) from the cores is a flood in a few descending levels of P(interior), each level
+- connected components by union-find in whole-array steps (ids are each component's first pixel in raster order,
+  so after `consecutive` they equal `scipy.ndimage.label`'s);
+- the watershed of P(interior) from the cores is a flood in FLOOD_LEVELS descending levels of P(interior), each
   grown to a fixed point: blobs with one core come out exactly as on the CPU, split lines between touching
-  buildings can sit a pixel away from the exact watershed's.
+  buildings can sit a pixel away from the exact watershed's (held-out F1 is the same: see the README).
 
 The same code runs on the CPU (the tests compare it with `fpn_geo.instances` there), but slower than scipy: the
 pipeline uses it only on CUDA.
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from fpn_geo.instances import _MIN_CORE_PX, _threshold_u8
+from fpn_geo.instances import MIN_CORE_PX, threshold_u8
 
 FLOOD_LEVELS = 16  # descending levels of P(interior) between the threshold and 0 that the flood fills in turn
 
@@ -101,14 +101,14 @@ def _flood(seeds: torch.Tensor, fg: torch.Tensor, interior: torch.Tensor, t: flo
 
 def label_instances_torch(footprint: torch.Tensor, separator: torch.Tensor | None, threshold: float) -> torch.Tensor:
     """`fpn_geo.instances.label_instances` on uint8 (h, w) tensors, on their device: consecutive int32 ids."""
-    t = _threshold_u8(threshold)
+    t = threshold_u8(threshold)
     fg = footprint >= t
     if separator is None:
         return consecutive(components(fg))
     interior = footprint - torch.minimum(footprint, separator)
     cores = components(interior >= t)
     size = torch.bincount(cores.view(-1), minlength=fg.numel() + 1)
-    seeds = torch.where(size[cores] >= _MIN_CORE_PX, cores, 0)
+    seeds = torch.where(size[cores] >= MIN_CORE_PX, cores, 0)
     labels = _flood(seeds, fg, interior, t)
     orphan = fg & (labels == 0)  # blobs with no core: a tiny or thin building that is all separator keeps an id
     if bool(orphan.any()):
