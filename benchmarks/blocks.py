@@ -1,7 +1,7 @@
 """The block pipeline's numbers (issue 9), each a ratio measured in this one run on the same input:
 
     python benchmarks/blocks.py              # all rows, ~15 minutes on 2 cores
-    python benchmarks/blocks.py --rows e2e   # some rows: e2e post rss flow
+    python benchmarks/blocks.py --rows e2e   # some rows: e2e post rss flow workers
 
 - e2e: `segment` end to end (probability COG included) against model-only (the same windows in the same batches,
   read beforehand, only the predictor timed), bundled model, on the 7.5 cm Kampala mosaic and on an 8192² scene at
@@ -10,6 +10,7 @@
   thread, in model-grid megapixels per second, 8192² at 0.30 m.
 - rss: peak RSS of `segment` (bundled model) on 2048² and 8192² Kampala-derived 7.5 cm scenes, each in its own process,
   `--repeat` times each (median: one run's peak varies by about +-50 MB).
+- workers: `segment` with the oracle, 8192² at 0.30 m, 2 post workers as threads and as processes (post_workers).
 - flow: the flow's worker path on a Dask LocalCluster of 1 and of 2 single-thread workers, oracle model, 8192² at
   0.30 m, no probability COG: blocks processed on the workers, results joined and written here. Also the bytes the
   writer received against the size of the uint8 probability raster it no longer receives.
@@ -172,7 +173,8 @@ def measure(job: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", nargs="+", default=["e2e", "post", "rss", "flow"], choices=["e2e", "post", "rss", "flow"])
+    ap.add_argument("--rows", nargs="+", default=["e2e", "post", "rss", "flow"],
+                    choices=["e2e", "post", "rss", "flow", "workers"])
     ap.add_argument("--side", type=int, default=8192, help="side of the 0.30 m scene")
     ap.add_argument("--rss-sides", type=int, nargs="+", default=[2048, 8192], help="rss row: 7.5 cm scene sides")
     ap.add_argument("--repeat", type=int, default=2,
@@ -222,6 +224,16 @@ def main() -> None:
         )
         print(f"post-processing, oracle, {args.side}² at 0.30 m, one thread, stages in turn, model-grid Mpx/s per "
               f"stage: {per}; {r['buildings']} buildings, {r['seconds']:.1f} s", flush=True)
+    if "workers" in args.rows:
+        runs = {}
+        for kind in ("threads", "processes"):
+            cfg = {"post_threads": 2, "post_workers": kind, "probability": "none"}
+            runs[kind] = measure({"kind": "e2e", "scene": str(big), "source": str(coarse), "oracle": True, "cfg": cfg})
+        results["workers"] = runs
+        t, p = runs["threads"], runs["processes"]
+        print(f"post_workers, oracle, {args.side}² at 0.30 m, 2 post workers, no COG: threads {t['seconds']:.1f} s, "
+              f"processes {p['seconds']:.1f} s (x{t['seconds'] / p['seconds']:.2f}); same buildings "
+              f"{t['buildings'] == p['buildings']} ({p['buildings']})", flush=True)
     if "rss" in args.rows:
         rss: dict = {side: [] for side in args.rss_sides}
         for _ in range(args.repeat):  # interleaved; peak RSS varies by +-50 MB run to run (thread timing, arenas)

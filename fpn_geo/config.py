@@ -56,6 +56,10 @@ class SegmentConfig(BaseModel):
     post_threads: int = Field(
         0, ge=0, description="threads post-processing blocks beside the model; 0 = auto: 1 on CPU, most cores on CUDA"
     )
+    post_workers: Literal["threads", "processes"] = Field(
+        "threads", description="what finishes blocks beside the model: threads, or processes (spawned, dying with "
+        "their parent) for GPU hosts with many cores, since tracing holds the GIL; a daemonic Dask worker uses threads"
+    )
     match_gsd: bool = Field(True, description="resample windows to the checkpoint's GSD")
     probability: Literal["cog", "none"] = Field("cog", description="also write the probability COG")
     probability_grid: Literal["model", "native"] = Field(
@@ -252,7 +256,7 @@ def clamp_window(cfg: SegmentConfig, height: int, width: int, scale: float = 1.0
 
 # Keys that change how fast a run goes or where it works, never what it writes.
 OUTPUT_NEUTRAL_KEYS = frozenset(
-    {"device", "compile", "readers", "batch", "gdal_cache_mb", "post_threads", "scratch_dir"}
+    {"device", "compile", "readers", "batch", "gdal_cache_mb", "post_threads", "post_workers", "scratch_dir"}
 )
 
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import multiprocessing
 import os
 import pickle
+import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,7 +44,7 @@ from fpn_geo.probability import assemble_cog, encode_tile, write_probability_sty
 from fpn_geo.provenance import build_record, new_run_id, utc_now
 from fpn_geo.radiometry import IDENTITY, Radiometry, resolve_radiometry
 from fpn_geo.scene import SceneInfo, open_scene
-from fpn_geo.signals import interrupts_deferred
+from fpn_geo.signals import die_with_parent, interrupts_deferred
 from fpn_geo.streaming import in_order
 from fpn_geo.tiling import Block, BlockLayout, Grid, GridWindow, make_blocks, make_grid
 from fpn_geo.timing import StageTimes
@@ -357,15 +359,51 @@ def process_blocks(
                 labels, probs = label_on_device(plan, block, probs)
         return block, probs, labels, nodata, predicted, times
 
-    def post(item) -> BlockResult:
-        block, probs, labels, nodata, predicted, times = item
-        buildings, edges, tile, post_times = finish_block(plan, block, probs, labeler, want_tile, labels)
+    def submit(block: Block) -> _Finishing:
+        block, probs, labels, nodata, predicted, times = blended(block)
+        future = pool.submit(finish_block, plan, block, probs, labeler, want_tile, labels)
+        return _Finishing(future, block, nodata, predicted, segmenter.device, times)
+
+    with post_pool(plan.cfg.post_workers, threads) as pool:
+        yield from in_order(submit, blocks, threads + 1)
+
+
+def post_pool(kind: str, workers: int) -> Executor:
+    """Where blocks are finished: threads, or spawned processes that die with this one. Tracing holds the GIL
+    (two threads trace two blocks no faster than one), so a GPU host with many cores needs processes. A daemonic
+    process (a Dask worker, by default) may not start children: there it is threads, said once in the log."""
+    if kind == "processes":
+        if not multiprocessing.current_process().daemon:
+            return ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=die_with_parent, initargs=(signal.SIGTERM, os.getpid()),
+            )
+        log.warning("post_workers: processes, but this is a daemonic process (a Dask worker?): using threads; "
+                    "start the workers with distributed.worker.daemon: false to allow processes")
+    return ThreadPoolExecutor(workers, thread_name_prefix="fpn-geo-post")
+
+
+@dataclass
+class _Finishing:
+    """A block being finished in the pool: `result()` is its `BlockResult`, measured for the wire."""
+
+    future: Future
+    block: Block
+    nodata: int
+    predicted: int
+    device: str
+    times: StageTimes
+
+    def result(self) -> BlockResult:
+        buildings, edges, tile, post_times = self.future.result()
+        times = dict(self.times)
         for k, v in post_times.items():
             times[k] = times.get(k, 0.0) + v
-        return BlockResult(block, buildings, edges, tile, nodata, predicted, segmenter.device, dict(times)).measure()
+        result = BlockResult(self.block, buildings, edges, tile, self.nodata, self.predicted, self.device, times)
+        return result.measure()
 
-    with ThreadPoolExecutor(threads, thread_name_prefix="fpn-geo-post") as pool:
-        yield from in_order(lambda block: pool.submit(post, blended(block)), blocks, threads + 1)
+    def cancel(self) -> bool:
+        return self.future.cancel()
 
 
 # ---------------------------------------------------------------------------------------------------- 3. write

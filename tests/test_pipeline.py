@@ -159,3 +159,30 @@ def test_a_block_result_knows_its_own_wire_size_and_the_writer_adds_them_up(tmp_
         for r in reversed(results):
             writer.add(r)
         assert writer.bytes_received == sum(r.wire_bytes for r in results)
+
+
+def test_blocks_finished_in_processes_give_what_threads_give(tmp_path):
+    """post_workers: processes (GPU hosts: tracing holds the GIL) spawns children that finish blocks; same file."""
+    seg = footprint_only(BrightPredictor())
+    runs = {}
+    for kind in ("threads", "processes"):
+        cfg = load_config(window=256, overlap=32, block_windows=1, post_threads=2, post_workers=kind, min_area_m2=0.5)
+        runs[kind] = gpd.read_file(segment(str(KAMPALA_Z20), seg, tmp_path / f"{kind}.gpkg", cfg).out, layer="buildings")
+    a, b = runs["threads"], runs["processes"]
+    assert len(a) == len(b) > 10
+    assert all(shapely.equals_exact(x, y, 1e-9) for x, y in zip(a.geometry, b.geometry))
+    assert (a["score"] == b["score"]).all()
+
+
+def test_a_daemonic_process_finishes_blocks_in_threads(monkeypatch, caplog):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    from fpn_geo.pipeline import post_pool
+
+    with post_pool("processes", 1) as pool:
+        assert isinstance(pool, ProcessPoolExecutor)
+    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True)
+    with post_pool("processes", 1) as pool:
+        assert isinstance(pool, ThreadPoolExecutor)
+    assert "daemonic" in caplog.text
