@@ -57,34 +57,52 @@ def write_errors(final: Path):
         raise OutputError(f"cannot write {final}: {first[:200]}; nothing was replaced") from e
 
 
+FLUSH_AT = 20_000  # buildings held before one write: one write of 17,558 took 0.09 s, 200 writes of the same 2.8 s
+
+
 class GeoPackageWriter:
     """Stream building batches into a temporary GeoPackage; `commit()` finishes and renames it into place."""
 
-    def __init__(self, path: str | Path, crs) -> None:
+    def __init__(self, path: str | Path, crs, flush_at: int = FLUSH_AT) -> None:
         self.final = Path(path)
         check_writable(self.final)
         self.pending = PendingOutput(self.final, verify=verify_geopackage)
         self.tmp = self.pending.tmp
         self.crs = crs
         self.count = 0
+        self.flush_at = flush_at
+        self.buffer: list[gpd.GeoDataFrame] = []
+        self.buffered = 0
 
     def append(self, buildings: gpd.GeoDataFrame) -> None:
-        """Ids are given in arrival order, which is deterministic: the same inputs give the same ids."""
-        with write_errors(self.final):
-            self._append(buildings)
-
-    def _append(self, buildings: gpd.GeoDataFrame) -> None:
-        if buildings.empty and self.count == 0 and self.tmp.exists():
+        """Ids are given in arrival order, which is deterministic: the same inputs give the same ids. Buildings are
+        held until `flush_at` of them are waiting: each write opens the file, about 10 ms whatever its size."""
+        if buildings.empty:
             return
         gdf = buildings.copy()
         gdf.insert(0, "id", range(self.count, self.count + len(gdf)))
-        gdf = gdf[["id", "score", "area_m2", "geometry"]].set_crs(self.crs, allow_override=True)
-        append = self.tmp.exists()
-        pyogrio.write_dataframe(
-            gdf, self.tmp, layer=BUILDINGS, driver="GPKG", geometry_type="Polygon", append=append,
-            **({} if append else {"dataset_options": {"VERSION": GPKG_VERSION}}),
-        )
+        self.buffer.append(gdf[["id", "score", "area_m2", "geometry"]].set_crs(self.crs, allow_override=True))
         self.count += len(gdf)
+        self.buffered += len(gdf)
+        if self.buffered >= self.flush_at:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is held (the first write creates the layer, also when there is nothing to write)."""
+        if not self.buffer and self.tmp.exists():
+            return
+        frame = (
+            pd.concat(self.buffer, ignore_index=True) if self.buffer
+            else gpd.GeoDataFrame({"id": pd.Series([], dtype="int64"), "score": [], "area_m2": []}, geometry=[],
+                                  crs=self.crs)
+        )
+        append = self.tmp.exists()
+        with write_errors(self.final):
+            pyogrio.write_dataframe(
+                frame, self.tmp, layer=BUILDINGS, driver="GPKG", geometry_type="Polygon", append=append,
+                **({} if append else {"dataset_options": {"VERSION": GPKG_VERSION}}),
+            )
+        self.buffer, self.buffered = [], 0
 
     def finish(self, provenance: dict) -> None:
         """Write provenance, metadata and style into the temporary file and verify it; nothing is renamed yet.
@@ -106,8 +124,7 @@ class GeoPackageWriter:
         return self.pending.commit(verify=False)  # finish() verified it
 
     def _finish(self, provenance: dict) -> None:
-        if not self.tmp.exists():
-            self.append(gpd.GeoDataFrame({"score": [], "area_m2": []}, geometry=[], crs=self.crs))
+        self.flush()
         row = {
             k: (json.dumps(v, default=str) if isinstance(v, (dict, list, tuple)) else v) for k, v in provenance.items()
         }

@@ -186,3 +186,26 @@ def test_a_daemonic_process_finishes_blocks_in_threads(monkeypatch, caplog):
     with post_pool("processes", 1) as pool:
         assert isinstance(pool, ThreadPoolExecutor)
     assert "daemonic" in caplog.text
+
+
+def test_the_geopackage_writer_holds_buildings_and_writes_them_in_few_batches(tmp_path):
+    """Each write opens the file (about 10 ms): buildings wait until flush_at of them are there; ids stay in order."""
+    from fpn_geo.geopackage import GeoPackageWriter
+
+    def frame(n, x0):
+        geoms = [shapely.box(x0 + i, 0, x0 + i + 0.5, 0.5) for i in range(n)]
+        return gpd.GeoDataFrame({"score": np.ones(n, np.float32), "area_m2": np.ones(n, np.float32)},
+                                geometry=geoms, crs="EPSG:32636")
+
+    with GeoPackageWriter(tmp_path / "o.gpkg", "EPSG:32636", flush_at=10) as w:
+        for k in range(5):
+            w.append(frame(5, 10 * k))
+            w.append(frame(0, 0))
+        assert len(pyogrio.read_dataframe(w.tmp, layer="buildings")) == 20  # two writes so far, 5 held
+        w.commit({"run_id": "t"})
+    out = pyogrio.read_dataframe(tmp_path / "o.gpkg", layer="buildings")
+    assert list(out["id"]) == list(range(25)) and out.geometry.bounds["minx"].is_monotonic_increasing
+    with GeoPackageWriter(tmp_path / "empty.gpkg", "EPSG:32636") as w:
+        w.commit({"run_id": "e"})
+    empty = pyogrio.read_info(tmp_path / "empty.gpkg", layer="buildings")
+    assert empty["features"] == 0 and "id" in list(empty["fields"])
