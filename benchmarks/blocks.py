@@ -133,7 +133,6 @@ def child_post(job: dict, out: Path) -> dict:
         HaloCache,
         SceneWriter,
         blend_block,
-        choose_labeler,
         finish_block,
         plan_scene,
     )
@@ -142,12 +141,12 @@ def child_post(job: dict, out: Path) -> dict:
     seg = _oracle_segmenter(job["scene"], job["source"])
     plan = plan_scene(job["scene"], seg.meta, _cfg(**job.get("cfg", {})))
     blocks = list(plan.blocks)
-    cache, labeler, times = HaloCache(plan, blocks), choose_labeler(plan.channels, plan.cfg), StageTimes()
+    cache, times = HaloCache(plan, blocks), StageTimes()
     t0 = time.perf_counter()
     with SceneWriter(plan, out / "o.gpkg") as writer:
         for block in blocks:
             probs, nodata, predicted = blend_block(plan, block, seg, cache, times)
-            buildings, edges, tile, post_times = finish_block(plan, block, probs, labeler, True)
+            buildings, edges, tile, post_times = finish_block(plan, block, probs, True)
             for k, v in post_times.items():
                 times[k] = times.get(k, 0.0) + v
             writer.add(BlockResult(block, buildings, edges, tile, nodata, predicted, "cpu"))

@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage
-from skimage.segmentation import watershed
 
 from fpn_geo.errors import ConfigError, InputError
 
@@ -100,6 +99,8 @@ def label_instances(footprint: np.ndarray, contact: np.ndarray | None = None, th
     split = np.flatnonzero(per_blob > 1)
     if len(split) == 0:
         return labels
+    from skimage.segmentation import watershed  # here: importing skimage takes 0.3 s, and most calls need it
+
     seeds = seeds_of.reshape(blobs.shape)
     elevation = 255 - interior  # flood from the most certain interior outwards
     if len(split) > _MANY_BLOBS:  # one global flood beats thousands of small calls

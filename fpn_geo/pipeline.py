@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import logging
 import multiprocessing
 import os
@@ -53,7 +54,6 @@ from fpn_geo.vectorize import EdgeJoiner, Piece, split_at_edges, to_buildings, t
 if TYPE_CHECKING:
     import torch
 
-    from fpn_geo.instances import LabelFn
     from fpn_geo.predictor import Predictor
 
 # torch is imported only where a model runs (load_segmenter, process_blocks): the flow side, which plans and
@@ -193,11 +193,19 @@ class BlockResult:
         return self
 
 
-def choose_labeler(channels: int, cfg: SegmentConfig) -> LabelFn:
-    """Instance labelling with the separating channel when the model has one and it is wanted, else blobs."""
-    from fpn_geo.instances import label_components, label_instances
+def label_block(plan: ScenePlan, probs: np.ndarray) -> np.ndarray:
+    """Instances of the context area on the CPU: the separating watershed when the model has the channel and it
+    is wanted, else blobs. scipy and skimage are imported here, in the post worker, not before the model starts."""
+    from fpn_geo.instances import label_instances
 
-    return label_instances if channels > 1 and cfg.separate_touching else label_components
+    separator = probs[1] if plan.channels > 1 and plan.cfg.separate_touching else None
+    return label_instances(probs[0], separator, plan.cfg.threshold)
+
+
+def _import_post_libraries() -> None:
+    """The post worker's first job: its imports (about 0.4 s) run while the model reads and predicts block 1."""
+    for name in ("fpn_geo.instances", "skimage.segmentation"):
+        importlib.import_module(name)
 
 
 def labels_on_device(cfg: SegmentConfig, device: str) -> bool:
@@ -306,8 +314,7 @@ def label_on_device(plan: ScenePlan, block: Block, probs: np.ndarray | torch.Ten
 
 
 def finish_block(
-    plan: ScenePlan, block: Block, probs: np.ndarray, labeler: LabelFn, want_tile: bool,
-    labels: np.ndarray | None = None,
+    plan: ScenePlan, block: Block, probs: np.ndarray, want_tile: bool, labels: np.ndarray | None = None,
 ) -> tuple:
     """Threshold, separate, trace and georeference one blended block (CPU); what a block sends back.
 
@@ -320,7 +327,7 @@ def finish_block(
     inside = _inside(plan, block)
     if labels is None:
         with times.time("label"):
-            labels = labeler(probs[0], probs[1] if plan.channels > 1 else None, cfg.threshold)[inside]
+            labels = label_block(plan, probs)[inside]
     index = (slice(None), *inside)
     probs = probs[index]
     with times.time("trace"):
@@ -345,7 +352,6 @@ def process_blocks(
     so on a GPU neither waits; a window shared by two of these blocks is predicted once."""
     blocks = list(blocks)
     cache = HaloCache(plan, blocks)
-    labeler = choose_labeler(plan.channels, plan.cfg)
     want_tile = plan.cfg.probability == "cog"
     threads = post_threads(plan.cfg.post_threads, segmenter.device)
     on_device = labels_on_device(plan.cfg, segmenter.device)
@@ -361,10 +367,12 @@ def process_blocks(
 
     def submit(block: Block) -> _Finishing:
         block, probs, labels, nodata, predicted, times = blended(block)
-        future = pool.submit(finish_block, plan, block, probs, labeler, want_tile, labels)
+        future = pool.submit(finish_block, plan, block, probs, want_tile, labels)
         return _Finishing(future, block, nodata, predicted, segmenter.device, times)
 
     with post_pool(plan.cfg.post_workers, threads) as pool:
+        if not on_device:
+            pool.submit(_import_post_libraries)
         yield from in_order(submit, blocks, threads + 1)
 
 

@@ -167,7 +167,8 @@ def test_blocks_finished_in_processes_give_what_threads_give(tmp_path):
     runs = {}
     for kind in ("threads", "processes"):
         cfg = load_config(window=256, overlap=32, block_windows=1, post_threads=2, post_workers=kind, min_area_m2=0.5)
-        runs[kind] = gpd.read_file(segment(str(KAMPALA_Z20), seg, tmp_path / f"{kind}.gpkg", cfg).out, layer="buildings")
+        out = segment(str(KAMPALA_Z20), seg, tmp_path / f"{kind}.gpkg", cfg).out
+        runs[kind] = gpd.read_file(out, layer="buildings")
     a, b = runs["threads"], runs["processes"]
     assert len(a) == len(b) > 10
     assert all(shapely.equals_exact(x, y, 1e-9) for x, y in zip(a.geometry, b.geometry))
