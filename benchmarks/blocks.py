@@ -147,8 +147,7 @@ def child_post(job: dict, out: Path) -> dict:
         for block in blocks:
             probs, nodata, predicted = blend_block(plan, block, seg, cache, times)
             buildings, edges, tile, post_times = finish_block(plan, block, probs, True)
-            for k, v in post_times.items():
-                times[k] = times.get(k, 0.0) + v
+            times.add(post_times)
             writer.add(BlockResult(block, buildings, edges, tile, nodata, predicted, "cpu"))
         s = writer.finish(t0, "bench")
     return {"seconds": time.perf_counter() - t0, "times": {**times, **s.times}, "buildings": s.buildings,

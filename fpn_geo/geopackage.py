@@ -72,7 +72,6 @@ class GeoPackageWriter:
         self.count = 0
         self.flush_at = flush_at
         self.buffer: list[gpd.GeoDataFrame] = []
-        self.buffered = 0
 
     def append(self, buildings: gpd.GeoDataFrame) -> None:
         """Ids are given in arrival order, which is deterministic: the same inputs give the same ids. Buildings are
@@ -83,8 +82,7 @@ class GeoPackageWriter:
         gdf.insert(0, "id", range(self.count, self.count + len(gdf)))
         self.buffer.append(gdf[["id", "score", "area_m2", "geometry"]].set_crs(self.crs, allow_override=True))
         self.count += len(gdf)
-        self.buffered += len(gdf)
-        if self.buffered >= self.flush_at:
+        if sum(len(f) for f in self.buffer) >= self.flush_at:
             self.flush()
 
     def flush(self) -> None:
@@ -102,7 +100,7 @@ class GeoPackageWriter:
                 frame, self.tmp, layer=BUILDINGS, driver="GPKG", geometry_type="Polygon", append=append,
                 **({} if append else {"dataset_options": {"VERSION": GPKG_VERSION}}),
             )
-        self.buffer, self.buffered = [], 0
+        self.buffer = []
 
     def finish(self, provenance: dict) -> None:
         """Write provenance, metadata and style into the temporary file and verify it; nothing is renamed yet.

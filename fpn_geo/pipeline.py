@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import geopandas as gpd
 import numpy as np
@@ -121,6 +121,11 @@ class ScenePlan:
         return self.meta.channels
 
     @property
+    def separates(self) -> bool:
+        """Whether touching buildings are split with the separator channel: the model has it and it is wanted."""
+        return self.channels > 1 and self.cfg.separate_touching
+
+    @property
     def grid_hw(self) -> tuple[int, int]:
         return self.grid.height, self.grid.width
 
@@ -198,8 +203,7 @@ def label_block(plan: ScenePlan, probs: np.ndarray) -> np.ndarray:
     is wanted, else blobs. scipy and skimage are imported here, in the post worker, not before the model starts."""
     from fpn_geo.instances import label_instances
 
-    separator = probs[1] if plan.channels > 1 and plan.cfg.separate_touching else None
-    return label_instances(probs[0], separator, plan.cfg.threshold)
+    return label_instances(probs[0], probs[1] if plan.separates else None, plan.cfg.threshold)
 
 
 def _import_post_libraries() -> None:
@@ -308,8 +312,7 @@ def label_on_device(plan: ScenePlan, block: Block, probs: np.ndarray | torch.Ten
     from fpn_geo.instances_gpu import label_instances_torch
 
     p = torch.as_tensor(probs)
-    separator = p[1] if plan.channels > 1 and plan.cfg.separate_touching else None
-    labels = label_instances_torch(p[0], separator, plan.cfg.threshold)[_inside(plan, block)]
+    labels = label_instances_torch(p[0], p[1] if plan.separates else None, plan.cfg.threshold)[_inside(plan, block)]
     return labels.cpu().numpy(), p.cpu().numpy()
 
 
@@ -356,17 +359,13 @@ def process_blocks(
     threads = post_threads(plan.cfg.post_threads, segmenter.device)
     on_device = labels_on_device(plan.cfg, segmenter.device)
 
-    def blended(block: Block):
+    def submit(block: Block) -> _Finishing:
         times = StageTimes()
-        probs, nodata, predicted = blend_block(plan, block, segmenter, cache, times, on_windows, host=not on_device)
-        labels = None
+        blended, nodata, predicted = blend_block(plan, block, segmenter, cache, times, on_windows, host=not on_device)
+        labels, probs = None, cast(np.ndarray, blended)  # on the host unless labelled on the device
         if on_device:
             with times.time("label"):
-                labels, probs = label_on_device(plan, block, probs)
-        return block, probs, labels, nodata, predicted, times
-
-    def submit(block: Block) -> _Finishing:
-        block, probs, labels, nodata, predicted, times = blended(block)
+                labels, probs = label_on_device(plan, block, blended)
         future = pool.submit(finish_block, plan, block, probs, want_tile, labels)
         return _Finishing(future, block, nodata, predicted, segmenter.device, times)
 
@@ -404,9 +403,7 @@ class _Finishing:
 
     def result(self) -> BlockResult:
         buildings, edges, tile, post_times = self.future.result()
-        times = dict(self.times)
-        for k, v in post_times.items():
-            times[k] = times.get(k, 0.0) + v
+        times = dict(StageTimes(self.times).add(post_times))
         result = BlockResult(self.block, buildings, edges, tile, self.nodata, self.predicted, self.device, times)
         return result.measure()
 
@@ -507,8 +504,7 @@ class SceneWriter:
     def _write_row(self, row: list[BlockResult]) -> None:
         cfg = self.plan.cfg
         for r in row:
-            for k, v in r.times.items():
-                self.times[k] = self.times.get(k, 0.0) + v
+            self.times.add(r.times)
             self.nodata += r.windows_nodata
             self.predicted += r.windows_predicted
             self.devices.add(r.device)
