@@ -207,9 +207,10 @@ def label_block(plan: ScenePlan, probs: np.ndarray) -> np.ndarray:
 
 
 def _import_post_libraries() -> None:
-    """The post worker's first job: its imports (about 0.4 s) run while the model reads and predicts block 1."""
-    for name in ("fpn_geo.instances", "skimage.segmentation"):
-        importlib.import_module(name)
+    """The post worker's first job: its imports (about 0.5 s) run while the model reads and predicts block 1.
+    skimage loads lazily: importing `skimage.segmentation` is a stub until `watershed` is looked up (0.13 s)."""
+    importlib.import_module("fpn_geo.instances")
+    importlib.import_module("skimage.segmentation").watershed
 
 
 def labels_on_device(cfg: SegmentConfig, device: str) -> bool:
