@@ -14,13 +14,12 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
-from affine import Affine
-from rasterio.features import shapes
 from shapely.strtree import STRtree
 
 from fpn_geo.georef import Georef
 from fpn_geo.regularize import regularize
 from fpn_geo.tiling import Block
+from fpn_geo.trace import trace_labels
 
 # Parts of one label smaller than this share of its largest part are dropped.
 MIN_PART_SHARE = 0.25
@@ -36,28 +35,6 @@ class Piece:
     psum: float
     count: float
     blocks: frozenset = frozenset()
-
-
-def _polygons(labels: np.ndarray, mask: np.ndarray, x0: int, y0: int) -> tuple[np.ndarray, np.ndarray]:
-    """Trace every label into polygons (grid pixel coordinates, offset by x0, y0): (geometries, label values).
-
-    The rings GDAL traces are gathered into one coordinate array and built by shapely in one
-    vectorized call: no Python work per vertex, little per polygon.
-    """
-    coords: list[list] = []
-    ring_of: list[int] = []  # ring index per vertex
-    poly_of: list[int] = []  # polygon index per ring
-    values: list[int] = []
-    for k, (geom, value) in enumerate(shapes(labels, mask=mask, connectivity=4, transform=Affine.translation(x0, y0))):
-        for ring in geom["coordinates"]:
-            ring_of.extend([len(poly_of)] * len(ring))
-            poly_of.append(k)
-            coords.extend(ring)
-        values.append(int(value))
-    if not values:
-        return np.empty(0, dtype=object), np.empty(0, dtype=np.int64)
-    rings = shapely.linearrings(np.asarray(coords, dtype=np.float64), indices=np.asarray(ring_of))
-    return shapely.polygons(rings, indices=np.asarray(poly_of)), np.asarray(values, dtype=np.int64)
 
 
 def trace_pieces(
@@ -76,7 +53,7 @@ def trace_pieces(
     psum = np.bincount(ids, weights=footprint[mask], minlength=n + 1)
     count = np.bincount(ids, minlength=n + 1).astype(np.float64)
     del ids
-    geoms, values = _polygons(labels, mask, block.x0, block.y0)
+    geoms, values = trace_labels(labels, block.x0, block.y0)
     area = shapely.area(geoms)
     largest = np.zeros(n + 1)
     np.maximum.at(largest, values, area)
@@ -173,6 +150,20 @@ class EdgeJoiner:
         return done
 
 
+def simplify(geoms: np.ndarray, tolerance: float) -> np.ndarray:
+    """Douglas-Peucker, and GEOS's topology-preserving simplifier only for the outlines it empties or breaks.
+
+    The topology-preserving simplifier is 10x slower (0.89 s against 0.08 s on 22,176 traced outlines). On those
+    outlines plain Douglas-Peucker emptied 3,850 slivers of at most 17 px and broke none; for the 17,558 of them at
+    least 4 m² the two agree to IoU >= 0.968 and fit the traced outline equally well (mean IoU 0.945).
+    """
+    out = shapely.simplify(geoms, tolerance, preserve_topology=False)
+    bad = shapely.is_empty(out) | ~shapely.is_valid(out)
+    if bad.any():
+        out[bad] = shapely.simplify(geoms[bad], tolerance, preserve_topology=True)
+    return out
+
+
 def to_buildings(
     pieces: list[Piece], georef: Georef, simplify_m: float, min_area_m2: float, rect_iou: float = 0.0
 ) -> gpd.GeoDataFrame:
@@ -185,10 +176,11 @@ def to_buildings(
         return gpd.GeoDataFrame(
             {"score": np.zeros(0, np.float32), "area_m2": np.zeros(0, np.float32)}, geometry=[], crs=georef.crs
         )
-    # One vertex order whatever the pieces were joined from: Douglas-Peucker's result depends on where a ring starts.
-    geoms = shapely.normalize(shapely.simplify(np.array([p.geom for p in pieces], dtype=object), 0))
+    # One vertex order whatever the pieces were joined from (Douglas-Peucker's result depends on where a ring
+    # starts), without the collinear vertices a join leaves on the seam.
+    geoms = shapely.normalize(simplify(np.array([p.geom for p in pieces], dtype=object), 0.0))
     if simplify_m > 0:
-        geoms = shapely.simplify(geoms, simplify_m / georef.gsd_m, preserve_topology=True)
+        geoms = simplify(geoms, simplify_m / georef.gsd_m)
     if rect_iou > 0:
         geoms = regularize(geoms, rect_iou)
     a = georef.affine
