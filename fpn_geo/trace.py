@@ -149,34 +149,33 @@ def _rings(cx: np.ndarray, cy: np.ndarray, ring: np.ndarray, w1: int) -> tuple[n
     number = np.repeat(np.arange(len(starts)), counts)
     vid = cy * w1 + cx
     o = np.lexsort((vid, number))
-    twice = (vid[o][1:] == vid[o][:-1]) & (number[o][1:] == number[o][:-1])
-    pinched = set(number[o][1:][twice].tolist())
-    if not pinched:
+    twice = np.flatnonzero((vid[o][1:] == vid[o][:-1]) & (number[o][1:] == number[o][:-1]))
+    if len(twice) == 0:
         return np.arange(len(ring)), counts
+    first, second = o[twice], o[twice + 1]  # the two visits; the first comes first (a stable sort)
+    by_ring: dict[int, list[tuple[int, int]]] = {}
+    for k in np.lexsort((second, number[second])).tolist():
+        r = int(number[second[k]])
+        by_ring.setdefault(r, []).append((int(first[k] - starts[r]), int(second[k] - starts[r])))
     loops: list[np.ndarray] = []
     for r, (s, n) in enumerate(zip(starts.tolist(), counts.tolist())):
         idx = np.arange(s, s + n)
-        loops.extend(_loops(idx, vid) if r in pinched else [idx])
+        loops.extend(_loops(idx, by_ring[r]) if r in by_ring else [idx])
     return np.concatenate(loops), np.array([len(loop) for loop in loops])
 
 
-def _loops(idx: np.ndarray, vid: np.ndarray) -> list[np.ndarray]:
-    """A ring's corners cut into simple loops at the vertices it passes twice."""
-    path: list[int] = []  # places in idx
-    seen: dict[int, int] = {}  # vertex -> its place in path
+def _loops(idx: np.ndarray, visits: list[tuple[int, int]]) -> list[np.ndarray]:
+    """A ring's corners cut into simple loops at the vertices it passes twice (`visits`: the places of both
+    passes, in the order of the second). Each second pass closes a loop back to the first; the ring keeps the
+    first pass. A vertex whose first pass went with an earlier loop is passed only once by what is left."""
+    alive = np.ones(len(idx), dtype=bool)
     loops = []
-    vertices = vid[idx].tolist()
-    for i, v in enumerate(vertices):
-        k = seen.get(v)
-        if k is None:
-            seen[v] = len(path)
-            path.append(i)
+    for i, j in visits:
+        if not alive[i]:
             continue
-        loops.append(idx[path[k:]])  # from the first visit to just before this one
-        for j in path[k + 1:]:
-            del seen[vertices[j]]
-        del path[k + 1:]
-    return [idx[path], *loops]
+        loops.append(idx[i + np.flatnonzero(alive[i:j])])
+        alive[i + 1:j + 1] = False
+    return [idx[alive], *loops]
 
 
 def _owners(
