@@ -38,7 +38,7 @@ from fpn_geo.device import post_threads
 from fpn_geo.errors import FpnGeoError
 from fpn_geo.geopackage import GeoPackageWriter, write_errors
 from fpn_geo.georef import Georef, is_local, model_scale, scaled_shape
-from fpn_geo.hashing import sha256_file
+from fpn_geo.hashing import BackgroundSha256, sha256_file
 from fpn_geo.model.meta import ModelMeta, read_verified_meta
 from fpn_geo.outputs import PendingOutput, check_output_paths, scratch_space, sweep_output_folders, verify_raster
 from fpn_geo.probability import assemble_cog, encode_tile, write_probability_style, write_tile
@@ -447,9 +447,14 @@ def default_probability_path(out: Path) -> Path:
     return out.with_name(out.stem + ".probability.tif")
 
 
+def _hashable(scene_path: str) -> bool:
+    """A local scene's bytes are hashed; remote paths (/vsis3/, s3://...) are not."""
+    return is_local(scene_path) and os.path.exists(scene_path)
+
+
 def scene_sha256(scene_path: str) -> str | None:
-    """sha256 of a local scene's bytes; None for remote paths (/vsis3/, s3://...), which are not hashed."""
-    return sha256_file(scene_path) if is_local(scene_path) and os.path.exists(scene_path) else None
+    """sha256 of a local scene's bytes; None for remote paths."""
+    return sha256_file(scene_path) if _hashable(scene_path) else None
 
 
 class SceneWriter:
@@ -471,6 +476,9 @@ class SceneWriter:
         )
         sweep_output_folders([self.out, self.prob_final if want_cog else None])
         self._stack = contextlib.ExitStack()
+        self.input_sha256 = BackgroundSha256(plan.scene.path) if _hashable(plan.scene.path) else None
+        if self.input_sha256 is not None:
+            self._stack.callback(self.input_sha256.cancel)
         self.writer = self._stack.enter_context(GeoPackageWriter(self.out, plan.scene.crs))
         self.scratch = self._stack.enter_context(scratch_space(plan.cfg.scratch_dir)) if want_cog else None
         self.tiles: list[tuple[Block, Path]] = []
@@ -520,7 +528,7 @@ class SceneWriter:
         with self.times.time("write"):
             self.writer.append(buildings)
 
-    def finish(self, t0: float, started: str, input_sha256: str | None = None) -> RunSummary:
+    def finish(self, t0: float, started: str) -> RunSummary:
         plan, cfg = self.plan, self.plan.cfg
         if self.next_row != plan.blocks.rows:
             raise FpnGeoError(f"{self.next_row} of {plan.blocks.rows} rows of blocks arrived: blocks are missing")
@@ -539,8 +547,8 @@ class SceneWriter:
                 with self.times.time("cog"), write_errors(self.prob_final):
                     assemble_cog(self.tiles, plan.georef, plan.channels, prob.tmp, native)
                 verify(prob.tmp)  # GDAL may only warn when the disk fills up: read it back
-            with self.times.time("hash"):
-                scene_sha = input_sha256 or scene_sha256(plan.scene.path)
+            with self.times.time("hash"):  # what is left of it: it has run beside the blocks
+                scene_sha = self.input_sha256.result() if self.input_sha256 is not None else None
             seconds = time.perf_counter() - t0
             g = plan.grid
             record = build_record(
