@@ -46,9 +46,9 @@ def _edges(padded: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray], list
     return xs, ys, labels
 
 
-# Per direction: offsets, in the flattened padded raster, from the pixel north-west of a vertex to the pixels
-# ahead-right and ahead-left of an edge going that way into the vertex (filled in by `_ahead`).
 def _ahead(w2: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per direction: offsets, in the flattened padded raster (w2 wide), from the pixel north-west of a vertex to
+    the pixels ahead-right and ahead-left of an edge going that way into the vertex."""
     nw, ne, sw, se = 0, 1, w2, w2 + 1
     return np.array([se, sw, nw, ne]), np.array([ne, se, sw, nw])
 
@@ -89,12 +89,21 @@ def trace_labels(labels: np.ndarray, x0: int = 0, y0: int = 0) -> tuple[np.ndarr
     """Every 4-connected region of each label > 0 as a polygon with its holes, in pixel-corner coordinates offset
     by (x0, y0): (polygons, their label values), in raster order of their top-left corner."""
     padded = np.pad(labels, 1)
+    w1 = labels.shape[1] + 1  # vertices per row
+    x, y, lab, succ, turns = _linked_edges(padded, w1)
+    if len(x) == 0:
+        return np.empty(0, dtype=object), np.empty(0, dtype=np.int64)
+    ids, ring = _corner_rings(succ, turns)
+    cx, cy, clab = x[ids], y[ids], lab[ids]
+    flat, counts = _rings(cx, cy, ring, w1)
+    return _polygons(cx[flat] + x0, cy[flat] + y0, clab[flat], counts)
+
+
+def _linked_edges(padded: np.ndarray, w1: int) -> tuple[np.ndarray, ...]:
+    """Every unit edge's start x, y, label, the index of the edge after it and whether it turns there."""
     xs, ys, labs = _edges(padded)
-    w1 = labels.shape[1] + 1
     vids = [y * w1 + x for x, y in zip(xs, ys)]  # each sorted: the edges come in raster order
     sizes = [len(v) for v in vids]
-    if sum(sizes) == 0:
-        return np.empty(0, dtype=object), np.empty(0, dtype=np.int64)
     offset = np.concatenate([[0], np.cumsum(sizes)])
     x, y, lab = np.concatenate(xs), np.concatenate(ys), np.concatenate(labs)
     d = np.repeat(np.arange(4), sizes)
@@ -105,37 +114,44 @@ def trace_labels(labels: np.ndarray, x0: int = 0, y0: int = 0) -> tuple[np.ndarr
     for k in range(4):
         sel = nd == k
         succ[sel] = offset[k] + np.searchsorted(vids[k], end[sel])
-    # Corners: edges whose direction differs from the one before. Each corner's next corner along its ring.
-    corner = np.zeros(len(x), dtype=bool)
-    corner[succ[nd != d]] = True
-    jump = succ.copy()
+    return x, y, lab, succ, nd != d
+
+
+def _corner_rings(succ: np.ndarray, turns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The edges that start at a corner (the one before turns into them), ring after ring in ring order, and
+    the ring of each."""
+    corner = np.zeros(len(succ), dtype=bool)
+    corner[succ[turns]] = True
+    jump = succ.copy()  # -> the next corner along the ring, by pointer doubling over the straight runs
     while not corner[jump].all():
         jump = np.where(corner[jump], jump, jump[jump])
     ids = np.flatnonzero(corner)
-    rank_of = np.full(len(x), -1)
+    rank_of = np.full(len(succ), -1)
     rank_of[ids] = np.arange(len(ids))
     ring, place = _cycles(rank_of[jump[ids]])
     order = np.lexsort((place, ring))
-    cx, cy, clab, ring = x[ids][order], y[ids][order], lab[ids][order], ring[order]
-    flat, counts = _rings(cx, cy, ring, w1)
+    return ids[order], ring[order]
+
+
+def _polygons(px: np.ndarray, py: np.ndarray, lab: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rings (corners ring after ring, `counts` each) -> polygons and their labels. Outer rings run one way round
+    (shoelace area > 0 here), holes the other."""
     starts = np.r_[0, np.cumsum(counts)[:-1]]
-    # Signed area per ring (shoelace, in ring order): outer rings > 0, holes < 0.
-    px, py = cx[flat], cy[flat]
-    after = np.arange(1, len(flat) + 1)
+    after = np.arange(1, len(px) + 1)
     after[starts + counts - 1] = starts  # each ring closes on its own first corner
     area2 = np.add.reduceat(px * py[after] - px[after] * py, starts)
-    ring_lab = clab[flat[starts]]
+    ring_lab = lab[starts]
     outer = area2 > 0
     owner = _owners(px, py, starts, ring_lab, outer, area2)
     # Rings grouped by polygon (its outer ring first), polygons in the order of their outer ring.
     poly = np.cumsum(outer) - 1
     ring_poly = np.where(outer, poly, poly[owner])
     ring_order = np.lexsort((~outer, ring_poly))
-    vertex_order = np.concatenate([np.arange(starts[r], starts[r] + counts[r]) for r in ring_order])
-    coords = np.column_stack([px[vertex_order] + x0, py[vertex_order] + y0]).astype(np.float64)
-    rings = shapely.linearrings(coords, indices=np.repeat(np.arange(len(ring_order)), counts[ring_order]))
-    polygons = shapely.polygons(rings, indices=ring_poly[ring_order])
-    return polygons, ring_lab[outer].astype(np.int64)
+    n = counts[ring_order]
+    vertex_order = np.arange(n.sum()) + np.repeat(starts[ring_order] - (np.cumsum(n) - n), n)
+    coords = np.column_stack([px[vertex_order], py[vertex_order]]).astype(np.float64)
+    rings = shapely.linearrings(coords, indices=np.repeat(np.arange(len(ring_order)), n))
+    return shapely.polygons(rings, indices=ring_poly[ring_order]), ring_lab[outer].astype(np.int64)
 
 
 def _rings(cx: np.ndarray, cy: np.ndarray, ring: np.ndarray, w1: int) -> tuple[np.ndarray, np.ndarray]:
@@ -188,10 +204,10 @@ def _owners(
         return owner
     outers = np.flatnonzero(outer)
     per_label = np.bincount(ring_lab[outers])
-    first = np.full(len(per_label), -1)
-    first[ring_lab[outers][::-1]] = outers[::-1]
+    only = np.full(len(per_label), -1)
+    only[ring_lab[outers]] = outers  # read only for labels with one outer ring
     single = per_label[ring_lab[holes]] == 1
-    owner[holes[single]] = first[ring_lab[holes[single]]]
+    owner[holes[single]] = only[ring_lab[holes[single]]]
     ends = np.r_[starts[1:], len(cx)]
 
     def ring_polygon(r: int) -> shapely.Polygon:
