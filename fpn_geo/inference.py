@@ -18,7 +18,7 @@ import torch
 from fpn_geo.device import reader_threads
 from fpn_geo.predictor import Predictor
 from fpn_geo.radiometry import Radiometry
-from fpn_geo.reading import WindowData, read_window
+from fpn_geo.reading import WindowData, all_valid, read_window
 from fpn_geo.streaming import in_order
 from fpn_geo.tiling import GridWindow
 from fpn_geo.timing import StageTimes
@@ -49,12 +49,15 @@ def read_batches(
     def read(group: list[GridWindow]) -> tuple[list[GridWindow], list[WindowData]]:
         if not hasattr(local, "src"):
             local.src = rasterio.open(path)
+            local.masked = not all_valid(local.src)
             with lock:
                 opened.append(local.src)
         t0 = time.perf_counter()
         data = [
             d
-            for d in (read_window(local.src, w, bands, model_size, scale, grid_hw, radiometry) for w in group)
+            for d in (
+                read_window(local.src, w, bands, model_size, scale, grid_hw, radiometry, local.masked) for w in group
+            )
             if d is not None
         ]
         with lock:  # reader-seconds summed over threads
