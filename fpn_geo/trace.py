@@ -173,11 +173,20 @@ def _rings(cx: np.ndarray, cy: np.ndarray, ring: np.ndarray, w1: int) -> tuple[n
     for k in np.lexsort((second, number[second])).tolist():
         r = int(number[second[k]])
         by_ring.setdefault(r, []).append((int(first[k] - starts[r]), int(second[k] - starts[r])))
-    loops: list[np.ndarray] = []
-    for r, (s, n) in enumerate(zip(starts.tolist(), counts.tolist())):
-        idx = np.arange(s, s + n)
-        loops.extend(_loops(idx, by_ring[r]) if r in by_ring else [idx])
-    return np.concatenate(loops), np.array([len(loop) for loop in loops])
+    pieces: list[np.ndarray] = []  # corner indices: runs of whole rings, and the loops of each pinched ring
+    sizes: list[np.ndarray] = []  # corners per ring, or per loop
+    after = 0  # the first ring after the last pinched one
+    bounds = np.r_[starts, len(ring)]
+    for r in sorted(by_ring):
+        pieces.append(np.arange(bounds[after], bounds[r]))
+        sizes.append(counts[after:r])
+        loops = _loops(np.arange(bounds[r], bounds[r + 1]), by_ring[r])
+        pieces.extend(loops)
+        sizes.append(np.array([len(loop) for loop in loops]))
+        after = r + 1
+    pieces.append(np.arange(bounds[after], len(ring)))
+    sizes.append(counts[after:])
+    return np.concatenate(pieces), np.concatenate(sizes)
 
 
 def _loops(idx: np.ndarray, visits: list[tuple[int, int]]) -> list[np.ndarray]:
