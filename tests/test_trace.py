@@ -53,6 +53,8 @@ def test_random_label_rasters_match_gdal():
         ["10", "01"],
         # a ring of one label around a hole that touches its outline at a corner: GDAL's hole ring, kept valid
         ["0111", "1011", "1111"],
+        # two holes that touch at a corner
+        ["1111", "1011", "1101", "1111"],
         # another label inside the hole; then two parts of one label, each with a hole (holes find their owner)
         ["11111", "12221", "12021", "12221", "11111"],
         ["111000111", "101000101", "111000111"],
