@@ -476,9 +476,6 @@ class SceneWriter:
         )
         sweep_output_folders([self.out, self.prob_final if want_cog else None])
         self._stack = contextlib.ExitStack()
-        self.input_sha256 = BackgroundSha256(plan.scene.path) if _hashable(plan.scene.path) else None
-        if self.input_sha256 is not None:
-            self._stack.callback(self.input_sha256.cancel)
         self.writer = self._stack.enter_context(GeoPackageWriter(self.out, plan.scene.crs))
         self.scratch = self._stack.enter_context(scratch_space(plan.cfg.scratch_dir)) if want_cog else None
         self.tiles: list[tuple[Block, Path]] = []
@@ -490,6 +487,10 @@ class SceneWriter:
         self.predicted = 0
         self.bytes_received = 0
         self.devices: set[str] = set()
+        # Started last, once nothing here can fail: close() stops it.
+        self.input_sha256 = BackgroundSha256(plan.scene.path) if _hashable(plan.scene.path) else None
+        if self.input_sha256 is not None:
+            self._stack.callback(self.input_sha256.cancel)
 
     def __enter__(self) -> SceneWriter:
         return self
