@@ -24,8 +24,11 @@ def start_cli(out: Path, ckpt: Path, scratch: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(scratch), "PYTHONUNBUFFERED": "1"}
     args = [sys.executable, "-m", "fpn_geo.cli", "segment", str(KAMPALA_Z20), "--model", str(ckpt), "--out", str(out),
             "--window", "256", "--overlap", "32", "-q"]
+    # A shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT ignored: give the run
+    # the default, as a terminal's Ctrl-C finds it, however pytest itself was started.
     return subprocess.Popen(
-        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
