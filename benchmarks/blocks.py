@@ -6,7 +6,7 @@
 - e2e: `segment` end to end (probability COG included) against model-only (the same windows in the same batches,
   read beforehand, only the predictor timed), bundled model, on the 7.5 cm Kampala mosaic and on an 8192² scene at
   0.30 m (the mosaic averaged 4x and tiled). Each side loads the model untimed, then times `--passes` passes: the
-  first pays the post-processing libraries' imports (scipy, skimage: 0.5 s) and torch's first-call set-up.
+  first pays the post-processing libraries' imports (scipy, skimage: about 0.2 s) and torch's first-call set-up.
 - post: post-processing throughput per stage with the oracle "model" (rasterized truth), the stages in turn in one
   thread, in model-grid megapixels per second, 8192² at 0.30 m.
 - rss: peak RSS of `segment` (bundled model) on 2048² and 8192² Kampala-derived 7.5 cm scenes, each in its own process,

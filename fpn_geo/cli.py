@@ -198,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     from fpn_geo.signals import Terminated, terminate_as_interrupt
 
     terminate_as_interrupt()  # `timeout`, `docker stop`, Prefect cancellation: cleaned up like Ctrl-C
-    # Scenes without a geotransform are refused by open_scene with a line that says so; rasterio's warning about
-    # in-memory arrays without one (tracing a block at the grid's origin) is noise that would break that one line.
+    # Scenes without a geotransform are refused by open_scene with a line that says so; a rasterio warning about
+    # some other dataset without one would only break that one line. (Its first source, GDAL tracing a block at the
+    # grid's origin, went with fpn_geo.trace; kept as a guard.)
     from rasterio.errors import NotGeoreferencedWarning
 
     warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)

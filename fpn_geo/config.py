@@ -58,7 +58,8 @@ class SegmentConfig(BaseModel):
     )
     post_workers: Literal["threads", "processes"] = Field(
         "threads", description="what finishes blocks beside the model: threads, or processes (spawned, dying with "
-        "their parent) for GPU hosts with many cores, since tracing holds the GIL; a daemonic Dask worker uses threads"
+        "their parent) for GPU hosts with many cores, where the Python work between numpy and shapely calls serialises "
+        "threads; a daemonic Dask worker uses threads"
     )
     match_gsd: bool = Field(True, description="resample windows to the checkpoint's GSD")
     probability: Literal["cog", "none"] = Field("cog", description="also write the probability COG")

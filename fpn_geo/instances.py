@@ -10,16 +10,10 @@ above the threshold), so touching and nearly touching buildings come apart.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 from scipy import ndimage
 
 from fpn_geo.errors import ConfigError, InputError
-
-LabelFn = Callable[[np.ndarray, "np.ndarray | None", float], np.ndarray]
-"""(footprint uint8, separator uint8 or None, threshold 0-1) -> int32 ids, 0 background: ``label_instances`` or
-``label_components``; the pipeline picks one per run."""
 
 MIN_CORE_PX = 4  # cores smaller than this are noise, not buildings: they would split a roof
 _MANY_BLOBS = 300  # above this many blobs to split, one whole-image watershed is faster
@@ -54,7 +48,8 @@ def connected_components(mask: np.ndarray) -> np.ndarray:
 
 
 def label_components(footprint: np.ndarray, contact: np.ndarray | None = None, threshold: float = 0.5) -> np.ndarray:
-    """The plain ``LabelFn``: 4-connected blobs of the footprint above ``threshold``; touching buildings stay one."""
+    """``label_instances`` without the separator: 4-connected blobs of the footprint above ``threshold``;
+    touching buildings stay one."""
     return label_instances(footprint, None, threshold)
 
 

@@ -162,7 +162,7 @@ def test_a_block_result_knows_its_own_wire_size_and_the_writer_adds_them_up(tmp_
 
 
 def test_blocks_finished_in_processes_give_what_threads_give(tmp_path):
-    """post_workers: processes (GPU hosts: tracing holds the GIL) spawns children that finish blocks; same file."""
+    """post_workers: processes (GPU hosts with many cores) spawns children that finish blocks; same file."""
     seg = footprint_only(BrightPredictor())
     runs = {}
     for kind in ("threads", "processes"):
