@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pyogrio
 import pytest
 import torch
@@ -56,11 +57,19 @@ def geometries(path: Path):
     return df
 
 
+# "The same result" between the flow and the library: the same ids, geometries and areas, and scores within one
+# step of the uint8 blend. A score is a mean of uint8 probabilities / 255; the worker's torch build may round a
+# convolution's sum differently (torch 2.14.1 moved one building's score by 1e-6), and a pixel that crosses a
+# rounding edge moves the mean by at most 1/255. Outlines come from thresholds, so they must not move at all.
+SCORE_TOLERANCE = 1 / 255
+
+
 def assert_same_buildings(a: Path, b: Path) -> None:
     da, db = geometries(a), geometries(b)
     assert len(da) == len(db) > 0
     assert list(da["id"]) == list(db["id"])
-    assert (da["score"] == db["score"]).all() and (da["area_m2"] == db["area_m2"]).all()
+    assert (da["area_m2"] == db["area_m2"]).all()
+    assert np.abs(da["score"].to_numpy(np.float64) - db["score"].to_numpy(np.float64)).max() <= SCORE_TOLERANCE
     assert all(x.equals_exact(y, 0.0) for x, y in zip(da.geometry, db.geometry))
 
 
