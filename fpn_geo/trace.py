@@ -88,13 +88,27 @@ def _cycles(nxt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def trace_labels(labels: np.ndarray, x0: int = 0, y0: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Every 4-connected region of each label > 0 as a polygon with its holes, in pixel-corner coordinates offset
     by (x0, y0): (polygons, their label values), in raster order of their top-left corner."""
+    return polygons_of_corners(*corner_rings(labels), labels.shape[1] + 1, x0, y0)
+
+
+def corner_rings(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every ring's corners, ring after ring in ring order: their x, y (pixel corners), label, and ring id.
+    `fpn_geo.trace_torch` computes the same four arrays where the labels are."""
     padded = np.pad(labels, 1)
-    w1 = labels.shape[1] + 1  # vertices per row
-    x, y, lab, succ, turns = _linked_edges(padded, w1)
+    x, y, lab, succ, turns = _linked_edges(padded, labels.shape[1] + 1)
     if len(x) == 0:
-        return np.empty(0, dtype=object), np.empty(0, dtype=np.int64)
+        return x, y, lab, x
     ids, ring = _corner_rings(succ, turns)
-    cx, cy, clab = x[ids], y[ids], lab[ids]
+    return x[ids], y[ids], lab[ids], ring
+
+
+def polygons_of_corners(
+    cx: np.ndarray, cy: np.ndarray, clab: np.ndarray, ring: np.ndarray, w1: int, x0: int = 0, y0: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """`corner_rings` -> (polygons, their label values), offset by (x0, y0); w1: vertices per row (width + 1).
+    Rings pinched at a vertex are cut there and holes find their outer ring: rare cases, kept on the host."""
+    if len(cx) == 0:
+        return np.empty(0, dtype=object), np.empty(0, dtype=np.int64)
     flat, counts = _rings(cx, cy, ring, w1)
     return _polygons(cx[flat] + x0, cy[flat] + y0, clab[flat], counts)
 
