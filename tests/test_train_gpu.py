@@ -139,3 +139,99 @@ def test_cuda_training_bf16_channels_last(tmp_path):
     assert m["steps"] == 30 and m["device"] != "cpu" and m["chips_per_s"] > 0
     losses = [loss for _, _, loss in m["loss_curve"]]
     assert all(np.isfinite(losses))
+
+
+def _whole(out: Path) -> Path:
+    (ckpt,) = sorted((out / "whole").glob("*.safetensors"))
+    return ckpt
+
+
+def _state(ckpt: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(ckpt))
+
+
+def test_warm_start_continues_the_checkpoint_and_extends_its_ledger(tmp_path, capsys):
+    """Zero steps from --init give back its weights bit for bit, its normalisation, a new GSD and one more
+    ledger entry; a few steps move the weights; a frozen backbone (BatchNorm statistics included) does not move."""
+    from fpn_geo.model.checkpoint import load_checkpoint
+    from fpn_geo.train.gpu import main
+    from fpn_geo.train.ledger import totals
+
+    cache = synthetic_cache(tmp_path / "c.npz", gsds=(0.3, 0.15))
+    base = ["--cache", str(cache), "--device", "cpu", "--deadline-minutes", "2", "--keep-whole", "--threads", "1"]
+    assert main([*base, "--out-dir", str(tmp_path / "a"), "--gsd", "0.3", "--max-steps", "2"]) == 0
+    parent = _whole(tmp_path / "a")
+    pmeta = json.loads(parent.with_suffix(".json").read_text())
+    pmeta["mean"], pmeta["std"] = [101.0, 102.0, 103.0], [41.0, 42.0, 43.0]  # not the cache's: must survive
+    parent.with_suffix(".json").write_text(json.dumps(pmeta))
+
+    assert main([*base, "--out-dir", str(tmp_path / "b"), "--gsd", "0.15", "--max-steps", "0", "--init",
+                 str(parent)]) == 0
+    same = _whole(tmp_path / "b")
+    a, b = _state(parent), _state(same)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    model, meta = load_checkpoint(same)  # the repo's loader reads the whole checkpoint
+    assert meta.gsd_m == 0.15 and meta.mean == (101.0, 102.0, 103.0) and meta.std == (41.0, 42.0, 43.0)
+    ledger = meta.extra["ledger"]
+    assert len(ledger) == 2 and ledger[0] == pmeta["extra"]["ledger"][0]
+    assert ledger[1]["init_sha256"] == pmeta["weights_sha256"] and ledger[1]["steps"] == 0
+    assert ledger[1]["data"]["cache_sha256"] == meta.extra["training"]["cache_sha256"]
+    assert [s["name"] for s in ledger[1]["data"]["sources"]] == ["synthetic0", "synthetic1"]
+    assert totals(ledger)["steps"] == ledger[0]["steps"] == 2
+
+    assert main([*base, "--out-dir", str(tmp_path / "c"), "--gsd", "0.3", "--max-steps", "2", "--init", str(parent),
+                 "--lr", "0.01", "--warmup", "0", "--freeze-backbone"]) == 0
+    c = _state(_whole(tmp_path / "c"))
+    moved = {k for k in a if not torch.equal(a[k], c[k])}
+    assert moved and all(not k.startswith("fpn.backbone.") for k in moved)  # the head moved, the body did not
+    assert any(k.startswith("head.") for k in moved)
+    cmeta = json.loads(_whole(tmp_path / "c").with_suffix(".json").read_text())
+    assert len(cmeta["extra"]["ledger"]) == 2 and cmeta["extra"]["ledger"][1]["freeze_backbone"] is True
+
+    assert main([*base, "--out-dir", str(tmp_path / "d"), "--gsd", "0.3", "--max-steps", "2", "--init", str(parent),
+                 "--lr", "0.01", "--warmup", "0", "--backbone-lr-mult", "0.1"]) == 0
+    d = _state(_whole(tmp_path / "d"))
+    assert any(not torch.equal(a[k], d[k]) for k in a if k.startswith("fpn.backbone.body.conv1"))
+
+
+def test_warm_start_refuses_another_architecture_on_one_line(tmp_path, capsys):
+    from fpn_geo.train.gpu import main
+
+    cache = synthetic_cache(tmp_path / "c.npz")
+    base = ["--cache", str(cache), "--device", "cpu", "--deadline-minutes", "1", "--keep-whole", "--threads", "1"]
+    assert main([*base, "--out-dir", str(tmp_path / "a"), "--max-steps", "1"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--out-dir", str(tmp_path / "b"), "--max-steps", "1", "--init", str(_whole(tmp_path / "a")),
+                 "--fpn-channels", "64"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "fpn_channels 32 but this run asks for 64" in err
+    assert not (tmp_path / "b" / "train_gpu.json").exists()
+
+
+def test_ledger_totals_and_the_entry_rebuilt_for_a_checkpoint_without_one():
+    from fpn_geo.train.ledger import extended, ledger_of, run_entry, totals
+
+    old = {"training": {"trainer": "fpn_geo.train.gpu", "device": "NVIDIA H200", "train_seconds": 162.7,
+                        "steps": 4986, "chips": 159552, "gsd_m": 0.15, "torch": "2.11.0+cu130",
+                        "sources": [{"name": "kampala", "place": "kampala", "weight": 0.8}]}}
+    (first,) = ledger_of(old, date="2026-11-27")
+    assert first["reconstructed"] is True and first["seconds"] == 162.7 and first["device"] == "NVIDIA H200"
+    assert first["date"] == "2026-11-27" and first["data"]["sources"] == [{"name": "kampala", "place": "kampala"}]
+    run = run_entry(trainer="t", device="cpu", seconds=1500.04, steps=300, chips=2400, gsd_m=0.3, data={},
+                    init_sha256="ab" * 32, torch_version="x")
+    ledger = extended([first], run)
+    assert ledger[0] == first and "reconstructed" not in ledger[1]
+    assert totals(ledger) == {"runs": 2, "seconds": 1662.7, "steps": 5286, "chips": 161952,
+                              "device_seconds": {"NVIDIA H200": 162.7, "cpu": 1500.0}}
+    assert ledger_of({}) == [] and ledger_of({"ledger": ledger}) == ledger
+
+
+def test_the_shipped_model_carries_its_ledger():
+    meta = json.loads((ROOT / "models" / "default.json").read_text())
+    from fpn_geo.train.ledger import totals
+
+    ledger = meta["extra"]["ledger"]
+    assert ledger and all(e["seconds"] > 0 and e["steps"] > 0 and e["chips"] > 0 for e in ledger)
+    assert totals(ledger)["steps"] >= meta["extra"]["training"]["steps"]

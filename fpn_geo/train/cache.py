@@ -76,6 +76,7 @@ def cache_source(
     from rasterio.enums import Resampling
 
     from fpn_geo.errors import ConfigError, InputError
+    from fpn_geo.hashing import sha256_file
     from fpn_geo.scene import open_scene
     from fpn_geo.truth import rasterize_instances, read_labels
 
@@ -97,6 +98,7 @@ def cache_source(
     truth = read_labels(label_path, crs)
     record = {
         "name": name, "place": place, "image": str(image_path), "labels": str(label_path), "weight": weight,
+        "image_sha256": sha256_file(image_path), "labels_sha256": sha256_file(label_path),  # the data's version
         "native_gsd": native, "native_shape": [H, W], "store_gsd": store_gsd, "store_shape": [sh, sw],
         "val_block": list(val_block) if val_block else None, "crs_wkt": crs.to_wkt(), "transform": list(transform)[:6],
         "buildings": len(truth), "grids": [],

@@ -9,8 +9,13 @@ into parts of at most 15 MiB with their sha256, for machines whose files come ba
 
     python -m fpn_geo.train.gpu --cache runs/cache.npz --out-dir OUT --gsd 0.3 0.15 --deadline-minutes 6.3
 
+A warm start (``--init CKPT``) continues a checkpoint of the same architecture, at any model GSD (the network is
+fully convolutional), with the checkpoint's normalisation; the metadata's ledger (``fpn_geo.train.ledger``) gains
+one entry per run, so device time adds up across sessions. A CPU fine-tune is the same command with
+``--device cpu --threads N``, and ``--freeze-backbone`` or ``--backbone-lr-mult 0.1``.
+
 No validation runs here: the held-out blocks are not in the cache. Score the checkpoints through the
-production path with ``benchmarks/eval_places.py``.
+production path with ``python -m fpn_geo.train.eval_places``.
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fpn_geo.errors import CheckpointError, FpnGeoError
 from fpn_geo.hashing import sha256_file
 from fpn_geo.model.meta import ModelMeta
+from fpn_geo.train.ledger import LEDGER_KEY, cache_data, extended, ledger_of, run_entry, totals
 from fpn_geo.train.losses import IGNORE, CEDiceLoss
 from fpn_geo.train.samplers import Block, Extent, RandomChipSampler
 
@@ -214,7 +221,9 @@ def write_checkpoint(model: torch.nn.Module, meta: ModelMeta, path: Path) -> dic
     save_safetensors(fp16_state(model), path, {"format": "fpn-geo-checkpoint/1"})
     meta = dataclasses.replace(meta, weights_sha256=sha256_file(path))
     d = meta.to_dict()
-    path.with_suffix(".json").write_text(json.dumps(d, indent=2))
+    tmp = path.with_name(path.stem + ".json.tmp")
+    tmp.write_text(json.dumps(d, indent=2))
+    os.replace(tmp, path.with_suffix(".json"))
     return d
 
 
@@ -233,61 +242,147 @@ def split_parts(path: Path, out_dir: Path, part_bytes: int = PART_BYTES) -> list
 
 def train_one(
     cache_meta: dict, arrays: dict, gsd: float, seconds: float, device: torch.device, args: argparse.Namespace,
-    log=print,
+    log=print, init: Init | None = None,
 ) -> tuple[torch.nn.Module, ModelMeta, dict]:
-    """Train one model at ``gsd`` for ``seconds`` of wall time (or ``args.max_steps``); returns model, metadata,
-    metrics."""
+    """Train one model at ``gsd`` for ``seconds`` of wall time (or ``args.max_steps``), fresh or from ``init``;
+    returns model, metadata (with the ledger extended by this run), metrics."""
     cfg = cache_meta["config"]
     chip, batch = args.chip or cfg["chip"], args.batch or cfg["batch"]
     torch.manual_seed(cfg["seed"])
+    model, meta = _new_model(cache_meta, gsd, device, args, init)
     t_load = time.perf_counter()
     scale = tuple(cfg.get("scale_aug", (1.0, 1.0)))
     sources = sources_on_device(cache_meta, arrays, gsd, device, int(math.ceil(chip * max(scale) / 32) * 32))
     batcher = ChipBatcher(
-        sources, chip, batch, cache_meta["mean"], cache_meta["std"], scale, cfg.get("colour_aug", 0.25),
-        cfg.get("blur_p", 0.3), cfg["seed"],
+        sources, chip, batch, meta.mean, meta.std, scale, cfg.get("colour_aug", 0.25), cfg.get("blur_p", 0.3),
+        cfg["seed"],
     )
     load_s = time.perf_counter() - t_load
-    model, meta = _new_model(cache_meta, gsd, device, args)
     step, losses, train_s, chips_per_s = _train_steps(model, batcher, cfg, batch, seconds, device, args, log, gsd)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     metrics = {
         "gsd_m": gsd, "steps": step, "chips": step * batch, "batch": batch, "chip": chip,
         "train_seconds": round(train_s, 1),
         "load_seconds": round(load_s, 1), "chips_per_s": round(chips_per_s, 1), "loss_curve": losses,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__,
+        "device": device_name, "torch": torch.__version__,
     }
     model.eval()
-    meta = ModelMeta(**{**meta.__dict__, "extra": {"training": {
-        "trainer": "fpn_geo.train.gpu", **metrics, "places": sorted({s.place for s in sources}),
-        "sources": [{
-            "name": s.name, "place": s.place, "weight": s.weight,
-            "held_out_px": [s.block.row0, s.block.col0, s.block.row1, s.block.col1] if s.block else None,
-        } for s in sources],
-        "config": cfg, "cache_sha256": args.cache_sha256,
-    }}})
+    entry = run_entry(
+        trainer="fpn_geo.train.gpu", device=device_name, seconds=train_s, steps=step, chips=step * batch, gsd_m=gsd,
+        data=cache_data(cache_meta, args.cache_sha256), init_sha256=init.meta.weights_sha256 if init else None,
+        torch_version=torch.__version__, batch=batch, chip=chip, **_settings(cfg, args),
+    )
+    meta = ModelMeta(**{**meta.__dict__, "extra": {
+        "training": {
+            "trainer": "fpn_geo.train.gpu", **metrics, "places": sorted({s.place for s in sources}),
+            "sources": [{
+                "name": s.name, "place": s.place, "weight": s.weight,
+                "held_out_px": [s.block.row0, s.block.col0, s.block.row1, s.block.col1] if s.block else None,
+            } for s in sources],
+            "config": cfg, "cache_sha256": args.cache_sha256,
+            "init": {"path": str(init.path), "sha256": init.meta.weights_sha256} if init else None,
+        },
+        LEDGER_KEY: extended(ledger_of(init.meta.extra) if init else [], entry),
+    }})
     return model, meta, metrics
 
 
+def _settings(cfg: dict, args: argparse.Namespace) -> dict:
+    """How a run trained, for its ledger entry: the knobs a fine-tune changes."""
+    return {
+        "lr": args.lr or cfg["lr"], "warmup_steps": cfg["warmup_steps"] if args.warmup is None else args.warmup,
+        "backbone_lr_mult": args.backbone_lr_mult, "freeze_backbone": args.freeze_backbone,
+        "threads": torch.get_num_threads(),
+    }
+
+
+@dataclass(frozen=True)
+class Init:
+    """The checkpoint a warm start continues: its path, metadata (normalisation, ledger) and fp32 weights."""
+
+    path: Path
+    meta: ModelMeta
+    state: dict[str, torch.Tensor]
+
+
+def load_init(path: str | Path) -> Init:
+    """Read a checkpoint with the repo's safe loader (safetensors + JSON metadata, sha256 checked, no pickle)."""
+    from fpn_geo.model.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(path)
+    return Init(Path(path), meta, model.state_dict())
+
+
+def check_same_architecture(init: Init, want: dict) -> None:
+    """Refuse a warm start whose checkpoint differs from what the run asks for (depth, channels, bands, classes)."""
+    got = {
+        "depth": init.meta.depth, "fpn_channels": init.meta.fpn_channels, "head_channels": init.meta.head_channels,
+        "bands": list(init.meta.bands), "classes": list(init.meta.classes),
+    }
+    diff = {k: (got[k], v) for k, v in want.items() if v is not None and got[k] != v}
+    if diff:
+        said = ", ".join(f"{k} {g} but this run asks for {w}" for k, (g, w) in diff.items())
+        raise CheckpointError(
+            f"--init {init.path} is {init.meta.architecture} with {said}; warm-start from a checkpoint of the same "
+            "architecture, or drop --init to train from scratch"
+        )
+
+
 def _new_model(
-    cache_meta: dict, gsd: float, device: torch.device, args: argparse.Namespace,
+    cache_meta: dict, gsd: float, device: torch.device, args: argparse.Namespace, init: Init | None = None,
 ) -> tuple[torch.nn.Module, ModelMeta]:
-    """A fresh segmenter on ``device`` (channels_last on CUDA) and its metadata; ``args`` may override the size."""
+    """The segmenter to train on ``device`` (channels_last on CUDA) and its metadata: fresh (the cache's
+    normalisation; ``args`` may override the size) or ``init``'s weights and normalisation at the new ``gsd``."""
     from fpn_geo.model.segmenter import BuildingSegmenter
 
     cfg = cache_meta["config"]
-    depth, fpn_ch, head_ch = (
-        args.depth or cfg["depth"],
-        args.fpn_channels or cfg["fpn_channels"],
-        args.head_channels or cfg["head_channels"],
-    )
-    meta = ModelMeta(
-        depth=depth, bands=tuple(cfg["bands"]), mean=tuple(cache_meta["mean"]), std=tuple(cache_meta["std"]),
-        classes=tuple(cache_meta["classes"]), gsd_m=gsd, fpn_channels=fpn_ch, head_channels=head_ch,
-    )
-    model = BuildingSegmenter(depth, len(meta.bands), len(meta.classes), fpn_ch, head_ch).to(device)
+    if init is not None:
+        check_same_architecture(init, {
+            "depth": args.depth or None, "fpn_channels": args.fpn_channels or None,
+            "head_channels": args.head_channels or None, "bands": list(cfg["bands"]),
+            "classes": list(cache_meta["classes"]),
+        })
+        meta = ModelMeta(**{**init.meta.__dict__, "gsd_m": gsd, "weights_sha256": "", "extra": {}})
+    else:
+        meta = ModelMeta(
+            depth=args.depth or cfg["depth"], bands=tuple(cfg["bands"]), mean=tuple(cache_meta["mean"]),
+            std=tuple(cache_meta["std"]), classes=tuple(cache_meta["classes"]), gsd_m=gsd,
+            fpn_channels=args.fpn_channels or cfg["fpn_channels"],
+            head_channels=args.head_channels or cfg["head_channels"],
+        )
+    model = BuildingSegmenter(meta.depth, len(meta.bands), len(meta.classes), meta.fpn_channels, meta.head_channels)
+    if init is not None:
+        model.load_state_dict(init.state, strict=True)
+    model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model, meta
+
+
+def param_groups(model: torch.nn.Module, backbone_lr_mult: float, freeze_backbone: bool) -> list[dict]:
+    """The optimizer's parameter groups: the ResNet body at ``backbone_lr_mult`` of the learning rate (or frozen,
+    out of the optimizer), the FPN and head at 1."""
+    backbone = _backbone(model)
+    ids = {id(p) for p in backbone.parameters()}
+    if freeze_backbone:
+        backbone.requires_grad_(False)
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    groups = [{"params": rest, "lr_mult": 1.0}]
+    if not freeze_backbone:
+        groups.append({"params": list(backbone.parameters()), "lr_mult": backbone_lr_mult})
+    return groups
+
+
+def set_train_mode(model: torch.nn.Module, freeze_backbone: bool) -> None:
+    """Training mode, except a frozen backbone, whose BatchNorm keeps the statistics it was trained with."""
+    model.train()
+    if freeze_backbone:
+        _backbone(model).eval()
+
+
+def _backbone(model: torch.nn.Module) -> torch.nn.Module:
+    """The ResNet body of a ``BuildingSegmenter``."""
+    return model.get_submodule("fpn.backbone")
 
 
 def _train_steps(
@@ -296,19 +391,22 @@ def _train_steps(
 ) -> tuple[int, list[tuple[int, float, float]], float, float]:
     """Optimizer steps until ``seconds`` or ``args.max_steps``: (steps, loss curve, seconds, chips/s after warm-up)."""
     cuda = device.type == "cuda"
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], fused=cuda)
+    lr = args.lr or cfg["lr"]
+    warmup = cfg["warmup_steps"] if args.warmup is None else args.warmup
+    groups = param_groups(model, args.backbone_lr_mult, args.freeze_backbone)
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg["weight_decay"], fused=cuda)
     loss_fn = CEDiceLoss(tuple(cfg["class_weights"]), cfg["dice_weight"]).to(device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
-    model.train()
+    set_train_mode(model, args.freeze_backbone)
     t0 = time.perf_counter()
     step, losses, t_warm, step_warm = 0, [], None, 0
     loss_sum = torch.zeros((), device=device)
     while True:
         elapsed = time.perf_counter() - t0
-        if elapsed >= seconds or (args.max_steps and step >= args.max_steps):
+        if elapsed >= seconds or (args.max_steps is not None and step >= args.max_steps):
             break
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, elapsed / seconds, cfg["lr"], cfg["warmup_steps"])
+            g["lr"] = lr_at(step, elapsed / seconds, lr, warmup) * g["lr_mult"]
         x, y = next(batcher)
         with amp:
             logits = model(x)
@@ -338,8 +436,8 @@ def _train_steps(
     return step, losses, t_end - t0, timed
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m fpn_geo.train.gpu``: train on a cache; the exit code."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line of ``python -m fpn_geo.train.gpu``."""
     p = argparse.ArgumentParser(prog="python -m fpn_geo.train.gpu", description=__doc__.splitlines()[0])
     p.add_argument("--cache", required=True)
     p.add_argument("--out-dir", required=True, help="checkpoint parts, SHA256SUMS and train_gpu.json go here")
@@ -350,18 +448,39 @@ def main(argv: list[str] | None = None) -> int:
         "--deadline-minutes",
         type=float,
         default=6.3,
-        help="wall time for everything from process start; split over the models",
+        help="wall time for everything from process start; split over the models (default: %(default)s)",
     )
-    p.add_argument("--device", default="cuda")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="training seconds per model, instead of a share of --deadline-minutes")
+    p.add_argument("--device", default="cuda", help="cuda or cpu (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--init", default=None,
+                   help="warm start: continue this checkpoint (NAME.safetensors + NAME.json) of the same architecture; "
+                   "keeps its normalisation and extends its ledger")
+    p.add_argument("--lr", type=float, default=0.0, help="peak learning rate (default: the cache config's)")
+    p.add_argument("--warmup", type=int, default=None, help="linear warmup steps (default: the cache config's)")
+    p.add_argument("--backbone-lr-mult", type=float, default=1.0,
+                   help="the ResNet body's learning rate as a share of --lr, e.g. 0.1 to fine-tune (default: 1)")
+    p.add_argument("--freeze-backbone", action="store_true",
+                   help="train only the FPN and head; the ResNet body and its BatchNorm statistics stay as they are")
     p.add_argument("--batch", type=int, default=0)
     p.add_argument("--chip", type=int, default=0)
     p.add_argument("--depth", type=int, default=0)
     p.add_argument("--fpn-channels", type=int, default=0)
     p.add_argument("--head-channels", type=int, default=0)
-    p.add_argument("--max-steps", type=int, default=0, help="stop each model after this many steps (smoke tests)")
-    p.add_argument("--keep-whole", action="store_true", help="also keep NAME.safetensors/.json whole in --out-dir")
-    args = p.parse_args(argv)
+    p.add_argument("--max-steps", type=int, default=None, help="stop each model after this many steps (smoke tests)")
+    p.add_argument("--keep-whole", action="store_true",
+                   help="also keep NAME.safetensors + NAME.json whole in OUT-DIR/whole, loadable by fpn-geo segment "
+                   "--model")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fpn_geo.train.gpu``: train on a cache; the exit code."""
+    args = parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             print(
@@ -372,6 +491,16 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    try:
+        init = load_init(args.init) if args.init else None
+        return _run(args, device, init)
+    except FpnGeoError as e:
+        print(f"gpu: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, device: torch.device, init: Init | None) -> int:
+    """Train each GSD in turn, write its checkpoint (parts, and whole with ``--keep-whole``) and the report."""
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = (
@@ -387,15 +516,17 @@ def main(argv: list[str] | None = None) -> int:
         "cache": str(args.cache),
         "cache_sha256": args.cache_sha256,
         "deadline_minutes": args.deadline_minutes,
+        "init": str(args.init) if args.init else None,
         "models": {},
     }
     sums = []
     for i, gsd in enumerate(gsds):
         left = deadline - (time.perf_counter() - _T0) - reserve * (len(gsds) - i)
-        seconds = max(5.0, left / (len(gsds) - i))
-        print(f"gsd {gsd}: training for {seconds:.0f} s on {device}", flush=True)
+        seconds = args.seconds if args.seconds is not None else max(5.0, left / (len(gsds) - i))
+        print(f"gsd {gsd}: training for {seconds:.0f} s on {device}"
+              + (f", from {args.init}" if init else ""), flush=True)
         model, meta, metrics = train_one(
-            cache_meta, arrays, gsd, seconds, device, args, log=lambda s: print(s, flush=True)
+            cache_meta, arrays, gsd, seconds, device, args, log=lambda s: print(s, flush=True), init=init
         )
         name = f"fpn_r{meta.depth}_gsd{int(round(gsd * 100)):03d}"
         ckpt = work / f"{name}.safetensors"
@@ -406,8 +537,12 @@ def main(argv: list[str] | None = None) -> int:
             "meta": meta_d, "sha256": meta_d["weights_sha256"], "bytes": ckpt.stat().st_size,
             "parts": [n for n, _ in parts], "metrics": metrics,
         }
+        runs = totals(meta_d["extra"][LEDGER_KEY])
         print(f"gsd {gsd}: {metrics['steps']} steps, {metrics['chips_per_s']:.0f} chips/s, "
-            f"{ckpt.stat().st_size / 2**20:.1f} MiB -> {len(parts)} part(s)", flush=True)
+            f"{ckpt.stat().st_size / 2**20:.1f} MiB -> {len(parts)} part(s); ledger: {runs['runs']} run(s), "
+            f"{runs['seconds']:.0f} s, {runs['steps']} steps, {runs['chips']} chips", flush=True)
+        if args.keep_whole:
+            print(f"gsd {gsd}: whole checkpoint {ckpt} (+ {ckpt.with_suffix('.json').name})", flush=True)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
