@@ -6,7 +6,7 @@
 # Here, once:  python -m fpn_geo.train.cache --config configs/train_default.yaml --out runs/cache.npz   (~15 MB)
 # Device:      bash benchmarks/train_gpu.sh            # writes <= 6 files to $OUT: 4 checkpoint parts, SHA256SUMS, train_gpu.json
 # Here, after: python benchmarks/join_parts.py --from <files_at> --out models/gpu
-#              python benchmarks/eval_places.py --checkpoint models/gpu/fpn_r18_gsd030.safetensors   (and gsd015)
+#              python -m fpn_geo.train.eval_places --checkpoint models/gpu/fpn_r18_gsd030.safetensors   (and gsd015)
 # Smoke test:  bash benchmarks/train_gpu.sh --cpu      # here, < 3 minutes: tiny steps, meaningless numbers
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -16,6 +16,10 @@ from fpn_geo.train.samplers import fraction_block
 from tests.doubles import DATA
 
 CONFIG = DATA.parent / "configs" / "train_default.yaml"
+SATELLITE = DATA.parent / "configs" / "train_satellite.yaml"
+DRONE_PLACES = {"kampala", "banepa", "zanzibar", "nairobi", "catanduanes"}
+SATELLITE_PLACES = {"rio", "houston", "carolinas", "chicago", "east_asia", "christchurch"}
+TRAINING_ONLY = {"paris", "shanghai", "kitsap_tyrol_vienna"}  # fewer than 60 buildings: no held-out block
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +54,31 @@ def test_validation_equals_cli_segment_plus_evaluate(tmp_path, separator_checkpo
     assert ours["fp"] + ours["tp"] > 0 and cli["n_truth"] >= 70  # a real comparison, not two empty files
 
 
-def test_one_held_out_block_per_place_declared_in_the_config():
-    cfg = load_train_config(CONFIG)
-    places = {s.place or s.name for s in cfg.sources}
+@pytest.mark.parametrize("config", [CONFIG, SATELLITE], ids=["default", "satellite"])
+def test_one_held_out_block_per_place_with_60_buildings(config):
+    import pyogrio
+
+    cfg = load_train_config(config)
+    buildings: dict[str, int] = {}
+    for s in cfg.sources:
+        for _img, lab, _kind in s.pairs(cfg.root):
+            buildings[s.place or s.name] = buildings.get(s.place or s.name, 0) + pyogrio.read_info(lab)["features"]
     held = [s.place or s.name for s in cfg.sources if s.val_block]
-    assert sorted(held) == sorted(places) and len(places) == 6
+    assert len(held) == len(set(held))  # one block per place
+    assert set(held) == {p for p, n in buildings.items() if n >= 60}
+    assert set(buildings) - set(held) == TRAINING_ONLY
+    expected = SATELLITE_PLACES if config == SATELLITE else DRONE_PLACES | SATELLITE_PLACES
+    assert set(held) == expected
+    assert {s.imagery for s in cfg.sources} <= {"drone", "satellite"} and all(s.imagery for s in cfg.sources)
+
+
+def test_non_commercial_data_is_left_out_by_one_line():
+    everything = load_train_config(CONFIG)
+    commercial = load_train_config(CONFIG, non_commercial_data=False)
+    dropped = {s.name for s in everything.sources} - {s.name for s in commercial.sources}
+    assert dropped and all("xbd_" in s.image for s in everything.sources if s.name in dropped)
+    assert all(s.commercial for s in commercial.sources)
+    assert all(s.licence == "CC-BY-NC-SA-4.0" for s in everything.sources if not s.commercial)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +99,7 @@ def test_cache_reads_every_set_with_labels_on_the_imagery(cache):
     meta, arrays = load_cache(path)
     names = {r["name"].split("/")[0] for r in meta["sources"]}
     assert names == {s.name for s in cfg.sources}
-    assert {r["place"] for r in meta["sources"]} == {"kampala", "banepa", "zanzibar", "nairobi", "catanduanes", "rio"}
+    assert {r["place"] for r in meta["sources"]} == DRONE_PLACES | SATELLITE_PLACES | TRAINING_ONLY
     srcs = sources_on_device(meta, arrays, 0.3, torch.device("cpu"), 0)
     for rec, s in zip(meta["sources"], srcs):
         t = s.target.numpy()
@@ -109,4 +133,4 @@ def test_cache_never_holds_a_held_out_block(cache):
         assert (s.target[b[0]:b[2], b[1]:b[3]] == 255).all()
         img = s.image[:, inner.row0:inner.row1, inner.col0:inner.col1].float()
         assert img.mean() < 2.0  # blanked before JPEG (a little ringing at the edge is all that is left)
-    assert n == 6
+    assert n == len(DRONE_PLACES | SATELLITE_PLACES)

@@ -33,6 +33,11 @@ class SourceConfig(BaseModel):
     val_block: tuple[float, float, float, float] | None = Field(
         None, description="held-out block (left, top, right, bottom) in fractions of the extent"
     )
+    imagery: Literal["drone", "satellite"] | None = Field(
+        None, description="kind of imagery, for the drone and satellite means of held-out scores"
+    )
+    licence: str | None = Field(None, description="data licence (SPDX id where there is one), for the model card")
+    commercial: bool = Field(True, description="false: the licence forbids commercial use (e.g. CC-BY-NC-SA-4.0)")
 
     @model_validator(mode="after")
     def _check(self) -> SourceConfig:
@@ -73,6 +78,9 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     sources: list[SourceConfig] = Field(min_length=1)
+    non_commercial_data: bool = Field(
+        True, description="false drops every source marked commercial: false, so the weights carry no NC licence"
+    )
     out_dir: str = Field("runs/train", description="where best/last checkpoints, metrics.csv and curve.png go")
     gsd_m: float = Field(0.3, gt=0, description="ground sample distance every source is resampled to (m)")
     bands: tuple[int, ...] = Field((1, 2, 3), min_length=1, description="1-based band indexes to read")
@@ -118,6 +126,15 @@ class TrainConfig(BaseModel):
     @property
     def root(self) -> Path:
         return Path(self.base_dir) if self.base_dir else Path.cwd()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_non_commercial(cls, data: Any) -> Any:
+        """``non_commercial_data: false`` is the one line that keeps NC-licensed sources out of training."""
+        if isinstance(data, dict) and data.get("non_commercial_data") is False:
+            kept = [s for s in data.get("sources") or [] if not (isinstance(s, dict) and s.get("commercial") is False)]
+            data = {**data, "sources": kept}
+        return data
 
     @field_validator("chip", "val_chip")
     @classmethod

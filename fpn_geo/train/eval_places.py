@@ -6,8 +6,11 @@ scored by ``fpn_geo.evaluate.evaluate`` (building F1 at IoU >= 0.5, ``--min-area
 the same numbers as ``fpn-geo segment`` + ``fpn-geo evaluate`` on that block. With several ``--thresholds``
 it also reports the threshold with the best pooled F1: tuned on these held-out blocks only.
 
-    python benchmarks/eval_places.py --checkpoint models/default.safetensors \
-        [--thresholds 0.4 0.5 0.6] [--json out.json]
+    python -m fpn_geo.train.eval_places --checkpoint models/default.safetensors \
+        [--config configs/train_satellite.yaml] [--thresholds 0.4 0.5 0.6] [--json out.json]
+
+Places carry their kind of imagery (``imagery: drone|satellite`` in the config); the summary gives the mean
+place F1 of each kind, since one number over both hides a model that serves only one of them.
 """
 
 from __future__ import annotations
@@ -18,8 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]
 
 
 def regularized(row: dict, block, rect_iou: float, min_area: float) -> dict:
@@ -46,7 +48,18 @@ def regularized(row: dict, block, rect_iou: float, min_area: float) -> dict:
             "vertices": vertex_count(pred.geometry.values), "vertices_reg": vertex_count(reg.geometry.values)}
 
 
+def kind_means(rows: list[dict], kinds: dict[str, str]) -> dict[str, float]:
+    """Mean place F1 per kind of imagery ("drone", "satellite"), over the rows of one setting."""
+    out: dict[str, float] = {}
+    for kind in sorted(set(kinds.values())):
+        f1s = [r["f1"] for r in rows if kinds.get(r["place"]) == kind]
+        if f1s:
+            out[kind] = round(sum(f1s) / len(f1s), 4)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fpn_geo.train.eval_places``: score every held-out block; the exit code."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument(
@@ -80,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from fpn_geo.train.validate import export_blocks, pooled, score_block
 
     cfg = load_train_config(a.config)
+    kinds = {s.place or s.name: s.imagery for s in cfg.sources if s.imagery}
     blocks = [b for b in export_blocks(cfg, Path(a.work) / "blocks") if not a.places or b.place in a.places]
     seg = load_segmenter(a.checkpoint, a.device)
     modes = (True, False) if seg.meta.channels > 1 else (False,)
@@ -103,19 +117,22 @@ def main(argv: list[str] | None = None) -> int:
     for t in a.thresholds:
         for sep in modes:
             rs = [r for r in rows if r["threshold"] == t and r["separate"] == sep]
-            summary[f"t{t:.2f}_{'sep' if sep else 'nosep'}"] = pooled(rs)
+            summary[f"t{t:.2f}_{'sep' if sep else 'nosep'}"] = {**pooled(rs), "mean_by_imagery": kind_means(rs, kinds)}
     best = max(summary, key=lambda k: summary[k]["f1"])
-    print(f"\n{'setting':16s} pooled F1  mean place F1")
+    print(f"\n{'setting':16s} pooled F1  mean place F1  drone mean  satellite mean")
     for k, v in summary.items():
         mark = "   <- best (tuned on the held-out blocks)" if k == best and len(summary) > 1 else ""
-        print(f"{k:16s} {v['f1']:.3f}      {v['mean_place_f1']:.3f}{mark}")
+        by = v["mean_by_imagery"]
+        print(f"{k:16s} {v['f1']:.3f}      {v['mean_place_f1']:.3f}          {by.get('drone', float('nan')):.3f}"
+              f"       {by.get('satellite', float('nan')):.3f}{mark}")
     places = sorted({r["place"] for r in rows})
     print("\nper place F1 at the best threshold, separation on / off:")
     tb = float(best[1:5])
     for pl in places:
         on = [r["f1"] for r in rows if r["place"] == pl and r["threshold"] == tb and r["separate"]]
         off = [r["f1"] for r in rows if r["place"] == pl and r["threshold"] == tb and not r["separate"]]
-        print(f"  {pl:12s} {on[0] if on else float('nan'):.3f} / {off[0] if off else float('nan'):.3f}")
+        f1_on, f1_off = on[0] if on else float("nan"), off[0] if off else float("nan")
+        print(f"  {pl:12s} {kinds.get(pl, '?'):9s} {f1_on:.3f} / {f1_off:.3f}")
     print(f"({time.perf_counter() - t0:.0f} s)")
     if a.json:
         record = {"checkpoint": a.checkpoint, "config": a.config, "rows": rows, "summary": summary,

@@ -4,7 +4,7 @@ by ``fpn_geo.evaluate.evaluate``, exactly as ``fpn-geo segment`` + ``fpn-geo eva
 
 Scores are per place (one held-out block each): building F1 at IoU >= 0.5 with the separator split on and
 off, and pixel IoU; pooled over places from their TP/FP/FN. Thresholds tuned on these blocks (see
-``benchmarks/eval_places.py``) are tuned on held-out ground only, and say so.
+``python -m fpn_geo.train.eval_places``) are tuned on held-out ground only, and say so.
 """
 
 from __future__ import annotations
