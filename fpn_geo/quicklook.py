@@ -27,6 +27,21 @@ def _stretch(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out
 
 
+def preview(
+    scene_path: str | Path, bands: tuple[int, ...] = (1, 2, 3), max_px: int = 768
+) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """The scene read at most `max_px` a side as stretched RGB (3, h, w) in 0..1, and its bounds."""
+    with rasterio.open(scene_path) as src:
+        f = max(src.width, src.height) / max_px
+        h, w = max(1, round(src.height / max(f, 1))), max(1, round(src.width / max(f, 1)))
+        use = [b for b in bands if b <= src.count][:3] or [1]
+        image = src.read(use, out_shape=(len(use), h, w), resampling=Resampling.average)
+        valid = src.dataset_mask(out_shape=(h, w)) > 0
+        bounds = tuple(src.bounds)
+    rgb = _stretch(image, valid)
+    return (np.repeat(rgb, 3, axis=0) if len(use) == 1 else rgb), bounds  # type: ignore[return-value]
+
+
 def render_quicklook(
     scene_path: str, gpkg_path: str | Path, png_path: str | Path, bands: tuple[int, ...] = (1, 2, 3),
     max_px: int = 768, title: str | None = None,
@@ -38,15 +53,8 @@ def render_quicklook(
     import matplotlib.pyplot as plt
     import pyogrio
 
-    with rasterio.open(scene_path) as src:
-        f = max(src.width, src.height) / max_px
-        h, w = max(1, round(src.height / max(f, 1))), max(1, round(src.width / max(f, 1)))
-        use = [b for b in bands if b <= src.count][:3] or [1]
-        image = src.read(use, out_shape=(len(use), h, w), resampling=Resampling.average)
-        valid = src.dataset_mask(out_shape=(h, w)) > 0
-        left, bottom, right, top = src.bounds
-    rgb = _stretch(image, valid)
-    rgb = np.repeat(rgb, 3, axis=0) if len(use) == 1 else rgb
+    rgb, (left, bottom, right, top) = preview(scene_path, bands, max_px)
+    h, w = rgb.shape[1:]
     buildings = pyogrio.read_dataframe(gpkg_path, layer=BUILDINGS)
     dpi = 100
     fig = plt.figure(figsize=(w / dpi, h / dpi + (0.3 if title else 0)), dpi=dpi)

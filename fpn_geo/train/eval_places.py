@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                    "torch flood that CUDA runs")
     p.add_argument("--work", default=str(REPO / "runs" / "holdout"))
     p.add_argument("--json", help="write every row and the summary here")
+    p.add_argument("--sheet", help="write a contact-sheet PNG of every block at the best setting here")
     p.add_argument(
         "--regularize",
         type=float,
@@ -134,6 +135,21 @@ def main(argv: list[str] | None = None) -> int:
         f1_on, f1_off = on[0] if on else float("nan"), off[0] if off else float("nan")
         print(f"  {pl:12s} {kinds.get(pl, '?'):9s} {f1_on:.3f} / {f1_off:.3f}")
     print(f"({time.perf_counter() - t0:.0f} s)")
+    if a.sheet:
+        from fpn_geo.train.contact_sheet import Panel, render_contact_sheet
+
+        sep_best = best.endswith("_sep")
+        by_place = {b.place: b for b in blocks}
+        chosen = [r for r in rows if r["threshold"] == tb and r["separate"] == sep_best]
+        chosen.sort(key=lambda r: (kinds.get(r["place"], ""), r["place"]))
+        panels = [
+            Panel(by_place[r["place"]].image, Path(r["gpkg"]), by_place[r["place"]].truth,
+                  f"{r['place']} ({kinds.get(r['place'], '?')}): F1 {r['f1']:.2f}, "
+                  f"TP {r['tp']} FP {r['fp']} FN {r['fn']}")
+            for r in chosen
+        ]
+        render_contact_sheet(panels, a.sheet, title=f"{Path(a.checkpoint).name}, {best}")
+        print(f"contact sheet: {a.sheet}")
     if a.json:
         record = {"checkpoint": a.checkpoint, "config": a.config, "rows": rows, "summary": summary,
                   "best": best, "tuned_on": "the held-out blocks"}
