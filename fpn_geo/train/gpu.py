@@ -28,6 +28,7 @@ import os
 import struct
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fpn_geo.errors import CheckpointError, FpnGeoError
+from fpn_geo.errors import CheckpointError, ConfigError, FpnGeoError
 from fpn_geo.hashing import sha256_file
 from fpn_geo.model.meta import ModelMeta
 from fpn_geo.train.ledger import LEDGER_KEY, cache_data, extended, ledger_of, run_entry, totals
@@ -60,11 +61,15 @@ class DeviceSource:
 
 def load_cache(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     """The cache's JSON record and its arrays (read eagerly: the file is small)."""
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    meta = json.loads(arrays.pop("meta").tobytes().decode())
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(arrays.pop("meta").tobytes().decode())
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise ConfigError(f"{path} is not a readable fpn-geo training cache ({str(e).splitlines()[0][:80]}); build "
+                          "one with python -m fpn_geo.train.cache") from e
     if meta.get("format") != "fpn-geo-train-cache/1":
-        raise ValueError(f"{path} is not an fpn-geo training cache (format {meta.get('format')!r}); build one with "
+        raise ConfigError(f"{path} is not an fpn-geo training cache (format {meta.get('format')!r}); build one with "
             "python -m fpn_geo.train.cache")
     return meta, arrays
 
@@ -342,7 +347,11 @@ def _new_model(
             "head_channels": args.head_channels or None, "bands": list(cfg["bands"]),
             "classes": list(cache_meta["classes"]),
         })
-        meta = ModelMeta(**{**init.meta.__dict__, "gsd_m": gsd, "weights_sha256": "", "extra": {}})
+        # The scene GSDs a model serves (gsd_range_m, fpn_geo.model.registry) carry over only at the parent's GSD: a
+        # model trained at another GSD serves other scenes, and its range is declared anew in its NAME.json.
+        same_gsd = init.meta.gsd_m is not None and abs(init.meta.gsd_m - gsd) < 1e-9
+        meta = ModelMeta(**{**init.meta.__dict__, "gsd_m": gsd, "weights_sha256": "", "extra": {},
+                            "gsd_range_m": init.meta.gsd_range_m if same_gsd else None})
     else:
         meta = ModelMeta(
             depth=args.depth or cfg["depth"], bands=tuple(cfg["bands"]), mean=tuple(cache_meta["mean"]),
@@ -501,15 +510,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, device: torch.device, init: Init | None) -> int:
     """Train each GSD in turn, write its checkpoint (parts, and whole with ``--keep-whole``) and the report."""
+    if not Path(args.cache).is_file():
+        raise ConfigError(f"--cache {args.cache} does not exist; build it with python -m fpn_geo.train.cache")
+    cache_meta, arrays = load_cache(args.cache)
+    args.cache_sha256 = sha256_file(Path(args.cache))
+    gsds = args.gsd or cache_meta["gsds"]
+    missing = [g for g in gsds if round(g, 6) not in {round(c, 6) for c in cache_meta["gsds"]}]
+    if missing:
+        raise ConfigError(f"--gsd {missing} is not in the cache {args.cache}, which holds {cache_meta['gsds']}; "
+                          "pick one of those or rebuild the cache with --gsds")
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = (
         out_dir / "whole" if args.keep_whole else Path(os.environ.get("TMPDIR", "/tmp")) / f"fpn-geo-gpu-{os.getpid()}"
     )
     work.mkdir(parents=True, exist_ok=True)
-    args.cache_sha256 = sha256_file(Path(args.cache))
-    cache_meta, arrays = load_cache(args.cache)
-    gsds = args.gsd or cache_meta["gsds"]
     deadline = args.deadline_minutes * 60
     reserve = 8.0  # per model: the checkpoint write and split
     report = {
