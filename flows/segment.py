@@ -13,7 +13,10 @@ A scene's path, read top to bottom; each task wraps one step of `fpn_geo.pipelin
    polygons as `fpn-geo segment` (the CLI) on the same scene and checkpoint.
 4. `quicklook` (in the flow process): a PNG of the scene with the polygons drawn; then a summary artifact.
 
-Run from the command line:  python -m flows.segment scene SCENE --checkpoint CKPT --out OUT.gpkg [--dask-address tcp://...]
+Without a checkpoint, each scene gets the bundled model whose GSD range covers it (`fpn_geo.model.registry`,
+the rule `fpn-geo segment` follows), recorded in its provenance.
+
+Run from the command line:  python -m flows.segment scene SCENE [--checkpoint CKPT] --out OUT.gpkg [--dask-address ...]
 """
 
 from __future__ import annotations
@@ -43,9 +46,11 @@ from prefect_dask import DaskTaskRunner
 from flows.cluster import current_client, describe_workers, gpu_annotation, task_runner
 from flows.scenes import artifact_key, drop_own_outputs, list_scenes, output_paths, scene_name
 from flows.server import temporary_server
-from fpn_geo.config import SegmentConfig, load_config, output_parameters
+from fpn_geo.config import SegmentConfig, load_config, output_parameters, with_model_defaults
+from fpn_geo.errors import FpnGeoError
 from fpn_geo.geopackage import is_up_to_date, merge_geopackages
-from fpn_geo.model.meta import read_verified_meta
+from fpn_geo.model.meta import ModelMeta, read_verified_meta
+from fpn_geo.model.registry import choose_model
 from fpn_geo.pipeline import (
     BlockResult,
     RunSummary,
@@ -64,9 +69,11 @@ EMBED_QUICKLOOK_BYTES = 400_000
 
 
 @task(name="plan-scene", cache_policy=NO_CACHE)
-def plan_scene_task(scene: str, checkpoint: str, cfg: SegmentConfig) -> ScenePlan:
-    """Check the scene and the checkpoint before any worker starts; a bad input fails here, with its reason."""
-    return plan_from_checkpoint(scene, checkpoint, cfg)
+def plan_scene_task(scene: str, checkpoint: str | None, cfg: SegmentConfig) -> ScenePlan:
+    """Choose the checkpoint (given, else the bundled one for the scene's GSD), check the scene and the
+    checkpoint before any worker starts; a bad input fails here, with its reason."""
+    choice = choose_model(scene, checkpoint)
+    return plan_from_checkpoint(scene, choice.path, cfg, choice.selection)
 
 
 @task(name="process-blocks", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
@@ -135,6 +142,7 @@ class Progress:
 def _summary_markdown(name: str, summary: RunSummary, tasks: int, workers: int, png: str | None) -> str:
     rows = [
         ("scene", name), ("windows", summary.windows), ("windows without data", summary.windows_skipped),
+        ("model", summary.model or ""),
         ("buildings", summary.buildings), ("seconds", f"{summary.seconds:.1f}"), ("Mpx/s", f"{summary.mpx_per_s:.2f}"),
         ("process-blocks tasks", tasks), ("Dask workers", workers),
         ("KB received from blocks", f"{summary.bytes_received / 1e3:.0f}"),
@@ -158,8 +166,8 @@ def _summary_markdown(name: str, summary: RunSummary, tasks: int, workers: int, 
 @flow(name="segment-scene", task_runner=task_runner(), log_prints=True)  # type: ignore[arg-type]
 def segment_scene(
     scene: str,
-    checkpoint: str,
     out: str,
+    checkpoint: str | None = None,
     config: str | None = None,
     overrides: dict[str, Any] | None = None,
     max_in_flight: int | None = None,
@@ -169,8 +177,9 @@ def segment_scene(
     """One scene to one GeoPackage (and probability COG), the same polygons as `fpn-geo segment`.
 
     scene: a GeoTIFF path or anything GDAL reads (/vsis3/..., /vsicurl/...); workers read it themselves.
-    checkpoint: NAME.safetensors with NAME.json beside it, readable by the workers at the same path.
     out: the GeoPackage to write (on the flow's side).
+    checkpoint: NAME.safetensors with NAME.json beside it, readable by the workers at the same path; default: the
+      bundled checkpoint whose gsd_range_m covers the scene's GSD (models/, or FPN_GEO_MODELS).
     config: YAML config (default configs/segment.yaml); overrides: its keys to change, e.g. {"batch": 32}.
     max_in_flight: process-blocks tasks out at once (default 2 per worker); bounds the flow's memory.
     blocks_per_task: a task runs a square of this many blocks a side (2: 8x8 windows with the default 4x4 blocks);
@@ -191,9 +200,11 @@ def segment_scene(
     )
     progress = Progress(artifact_key("progress", name), len(plan.blocks), logger)
 
+    model = cast(str, plan.checkpoint_path)  # the plan's checkpoint: the given one, or the one chosen
+
     def submit(group: list[Block]):
         with gpu_annotation(n_gpu > 0):
-            return process_blocks_task.submit(plan, group, checkpoint)
+            return process_blocks_task.submit(plan, group, model)
 
     with SceneWriter(plan, out) as writer:
         for results in stream_in_order(submit, groups, limit):
@@ -214,14 +225,32 @@ def segment_scene(
         "scene": scene, "out": str(summary.out), "windows": summary.windows, "buildings": summary.buildings,
         "seconds": round(summary.seconds, 3), "mpx_per_s": round(summary.mpx_per_s, 3), "tasks": len(groups),
         "bytes_received": summary.bytes_received, "windows_predicted": summary.windows_predicted, "quicklook": png,
+        "model": summary.model,
     }
+
+
+def _is_done(
+    scene: str, out: Path, checkpoint: str | None, cfg: SegmentConfig, also: list[Path], metas: dict[str, ModelMeta]
+) -> bool:
+    """Whether `out` was made from these scene bytes, the checkpoint this scene gets (given or chosen) and the
+    output parameters it would run with (that checkpoint's post-processing defaults included). `metas`: the
+    checkpoints verified so far, by path, so each is hashed once per run."""
+    if not out.is_file():
+        return False
+    try:
+        path = choose_model(scene, checkpoint).path
+        meta = metas[path] = metas.get(path) or read_verified_meta(path)
+    except FpnGeoError:  # a scene or checkpoint that fails: its own flow run says why
+        return False
+    params = output_parameters(with_model_defaults(cfg, meta.postprocess))
+    return is_up_to_date(out, scene_sha256(scene), meta.weights_sha256, params, also)
 
 
 @flow(name="segment-scenes", task_runner=task_runner(), log_prints=True)  # type: ignore[arg-type]
 def segment_scenes(
     scenes: str | list[str],
-    checkpoint: str,
     out_dir: str,
+    checkpoint: str | None = None,
     config: str | None = None,
     overrides: dict[str, Any] | None = None,
     merged: str | None = None,
@@ -234,6 +263,7 @@ def segment_scenes(
     """Many scenes, one GeoPackage each (out_dir/<stem>.gpkg), each as its own `segment-scene` flow run.
 
     scenes: a folder, a glob, a manifest (.txt/.csv: one path per line) or a list of paths.
+    checkpoint: as in `segment-scene`; without one, each scene gets the bundled model for its GSD.
     A scene whose GeoPackage already holds the same input sha256, checkpoint sha256 and output parameters
     (every config key that changes the output) is skipped (unless force), so a nightly re-run only does new
     work. Probability rasters fpn-geo wrote are never taken as scenes, even when out_dir is the scenes folder.
@@ -249,17 +279,16 @@ def segment_scenes(
         )
     outs = output_paths(paths, out_dir)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    ckpt_sha = read_verified_meta(checkpoint).weights_sha256
-    params = output_parameters(cfg)
     # One cluster for all scenes: the child runs connect to this run's scheduler, and worker model caches stay warm.
     address = current_client().scheduler.address
     logger.info("%d scenes from %s; Dask scheduler %s", len(paths), scenes, address)
     processed, skipped, failed = [], [], {}
+    metas: dict[str, ModelMeta] = {}
     rows: list[dict[str, Any]] = []
     for path in paths:
         out, name = outs[path], scene_name(path)
         also = [default_probability_path(out)] if cfg.probability == "cog" else []
-        if not force and is_up_to_date(out, scene_sha256(path), ckpt_sha, params, also):
+        if not force and _is_done(path, out, checkpoint, cfg, also, metas):
             logger.info("%s: up to date (same input, checkpoint and output parameters), skipped", name)
             skipped.append(path)
             rows.append({"scene": name, "status": "skipped", "buildings": "", "seconds": "", "output": str(out)})
@@ -319,11 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     one = sub.add_parser("scene")
     one.add_argument("scene")
-    one.add_argument("--checkpoint", required=True)
+    one.add_argument("--checkpoint", help="default: the bundled model for the scene's GSD (models/, FPN_GEO_MODELS)")
     one.add_argument("--out", required=True)
     many = sub.add_parser("scenes")
     many.add_argument("scenes", help="folder, glob or manifest")
-    many.add_argument("--checkpoint", required=True)
+    many.add_argument("--checkpoint", help="default: each scene's bundled model for its GSD")
     many.add_argument("--out-dir", required=True)
     many.add_argument("--merged")
     many.add_argument("--force", action="store_true")

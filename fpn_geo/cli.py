@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from fpn_geo.errors import FpnGeoError
 
 if TYPE_CHECKING:
+    from fpn_geo.model.registry import ModelChoice
     from fpn_geo.pipeline import ScenePlan
 
 SEGMENT_FLAGS = {
@@ -23,13 +24,18 @@ SEGMENT_FLAGS = {
 }
 
 
-def check_segment_run(args: argparse.Namespace, cfg) -> ScenePlan:
+def check_segment_run(args: argparse.Namespace, cfg, choice: ModelChoice | None = None) -> ScenePlan:
     """Everything that can be checked before the model loads and the first window is read: output paths, the
     checkpoint's metadata, then the plan itself (the scene, its radiometry, the window clamped to the scene),
-    and scratch space. Returns the plan, which `segment` then runs as it is."""
+    and scratch space. Returns the plan, which `segment` then runs as it is. `choice`: the checkpoint
+    (`model.registry.choose_model`); by default `--model`."""
     from fpn_geo.model.meta import meta_path, read_meta
+    from fpn_geo.model.registry import choose_model
     from fpn_geo.outputs import check_output_paths, check_scratch_space, sweep_output_folders
     from fpn_geo.pipeline import default_probability_path, plan_scene
+
+    choice = choice or choose_model(args.scene, args.model)
+    model = "--model" if choice.selection == "explicit" else "the bundled model"
 
     out = Path(args.out)
     prob = (
@@ -39,14 +45,14 @@ def check_segment_run(args: argparse.Namespace, cfg) -> ScenePlan:
     )
     inputs = {
         "SCENE": args.scene,
-        "--model": args.model,
-        "--model's metadata": str(meta_path(args.model)),
+        model: choice.path,
+        f"{model}'s metadata": str(meta_path(choice.path)),
         "--config": args.config,
     }
     check_output_paths(inputs, {"--out": out, "--probability": prob}, kinds={"--out": "gpkg", "--probability": "tif"})
     sweep_output_folders([out, prob])
-    meta = read_meta(args.model)
-    plan = plan_scene(args.scene, meta, cfg, args.model)
+    meta = read_meta(choice.path)
+    plan = plan_scene(args.scene, meta, cfg, choice.path, choice.selection)
     if plan.cfg.window != cfg.window:
         logging.getLogger("fpn_geo").info("window %d is larger than the scene: using %d", cfg.window, plan.cfg.window)
     if cfg.probability == "cog":  # the blocks' compressed tiles: well under a byte a model pixel and channel
@@ -59,6 +65,7 @@ def _segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from fpn_geo.config import load_config
+    from fpn_geo.model.registry import choose_model
     from fpn_geo.pipeline import load_segmenter, segment
 
     cfg = load_config(
@@ -67,8 +74,9 @@ def _segment(args: argparse.Namespace) -> int:
         threshold=args.threshold, min_area_m2=args.min_area, simplify_m=args.simplify, compile=args.compile or None,
         probability="none" if args.no_probability else None,
     )
-    plan = check_segment_run(args, cfg)
-    segmenter = load_segmenter(args.model, plan.cfg.device, plan.cfg.compile)
+    choice = choose_model(args.scene, args.model)  # --model, else the bundled model for the scene's GSD
+    plan = check_segment_run(args, cfg, choice)
+    segmenter = load_segmenter(choice.path, plan.cfg.device, plan.cfg.compile)
     bar = tqdm(total=0, unit="win", desc="segment", disable=args.quiet or None, file=sys.stderr)
     summary = segment(
         args.scene, segmenter, args.out, plan.cfg, args.probability,
@@ -82,10 +90,17 @@ def _segment(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if path.suffix == ".safetensors":
+        from fpn_geo.config import SegmentConfig
         from fpn_geo.model.checkpoint import load_checkpoint
+        from fpn_geo.model.summary import checkpoint_summary, read_heldout
 
         model, meta = load_checkpoint(path)
-        info = {**meta.to_dict(), "parameters": sum(p.numel() for p in model.parameters())}
+        parameters = sum(p.numel() for p in model.parameters())
+        if not args.json:
+            defaults = SegmentConfig().model_dump()
+            print(checkpoint_summary(path, meta, parameters, defaults, read_heldout(path, meta)))
+            return 0
+        info = {**meta.to_dict(), "parameters": parameters}
     else:
         from dataclasses import asdict
 
@@ -143,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("segment", help="segment a scene into a building GeoPackage")
     s.add_argument("scene", help="GeoTIFF (or anything GDAL reads)")
-    s.add_argument("--model", required=True, help="checkpoint NAME.safetensors (NAME.json beside it)")
+    s.add_argument(
+        "--model", help="checkpoint NAME.safetensors (NAME.json beside it); default: the bundled checkpoint whose "
+        "gsd_range_m covers the scene's GSD (models/, or the folder in FPN_GEO_MODELS)",
+    )
     s.add_argument("--out", required=True, help="output GeoPackage")
     s.add_argument("--config", help="YAML overrides of the documented defaults, e.g. configs/segment.yaml")
     s.add_argument("--probability", help="probability COG path (default OUT.probability.tif)")
@@ -185,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="describe a scene or a checkpoint")
     i.add_argument("path")
+    i.add_argument("--json", action="store_true", help="a checkpoint's full metadata record as JSON")
     i.set_defaults(func=_info)
     return p
 

@@ -245,6 +245,23 @@ def load_config(path: str | Path | None = None, flags: dict[str, str] | None = N
     return build_config(SegmentConfig, data, source, sources={k: names[k] for k in given if (flags or {}).get(k)})
 
 
+def with_model_defaults(cfg: SegmentConfig, defaults: dict[str, Any]) -> SegmentConfig:
+    """`cfg` with a checkpoint's post-processing defaults (`ModelMeta.postprocess`) in the keys nobody set.
+
+    Precedence, highest first: a flag, `--set` or the config file (whatever `load_config` or the caller passed:
+    `cfg.model_fields_set`), then the checkpoint's defaults, then the documented defaults above. A threshold or
+    separation belongs to how a model was trained, so it travels with the model unless the user says otherwise.
+    """
+    taken = {k: v for k, v in defaults.items() if k not in cfg.model_fields_set}
+    if not taken:
+        return cfg
+    try:
+        SegmentConfig.model_validate(taken)  # the checkpoint checked its ranges; these are the config's own
+    except ValidationError as e:
+        raise ConfigError(f"the checkpoint's post-processing defaults {taken}: {e.errors()[0]['msg']}") from e
+    return cfg.model_copy(update=taken)
+
+
 def clamp_window(cfg: SegmentConfig, height: int, width: int, scale: float = 1.0) -> SegmentConfig:
     """A window no bigger than the scene (in model pixels, rounded up to 32): one window covers a small scene,
     instead of a window of --window pixels padded around it."""

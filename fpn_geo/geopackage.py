@@ -222,6 +222,7 @@ def describe(record: dict) -> str:
         lines.append(
             f"Model: {r('checkpoint_path')}"
             + (f" (sha256 {r('checkpoint_sha256')})" if r("checkpoint_sha256") else "")
+            + (f", chosen {r('model_selection')}" if r("model_selection") else "")
             + "."
         )
     if params:

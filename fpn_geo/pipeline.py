@@ -33,7 +33,7 @@ import numpy as np
 import rasterio
 import shapely
 
-from fpn_geo.config import SegmentConfig, clamp_window
+from fpn_geo.config import SegmentConfig, clamp_window, with_model_defaults
 from fpn_geo.device import post_threads
 from fpn_geo.errors import FpnGeoError
 from fpn_geo.geopackage import GeoPackageWriter, write_errors
@@ -115,6 +115,7 @@ class ScenePlan:
     georef: Georef  # the model's grid on the ground
     checkpoint_path: str | None = None
     radiometry: Radiometry = IDENTITY  # the scene's pixel values -> the model's input range
+    model_selection: str | None = None  # how the checkpoint was chosen: "explicit" or "auto (...)" (model.registry)
 
     @property
     def channels(self) -> int:
@@ -134,8 +135,13 @@ class ScenePlan:
         return self.blocks.context(block, self.grid.overlap)
 
 
-def plan_scene(scene_path: str, meta: ModelMeta, cfg: SegmentConfig, checkpoint_path: str | None = None) -> ScenePlan:
-    """Check the scene against the model and lay out the work; a bad input fails here, before any pixel is read."""
+def plan_scene(
+    scene_path: str, meta: ModelMeta, cfg: SegmentConfig, checkpoint_path: str | None = None,
+    model_selection: str | None = None,
+) -> ScenePlan:
+    """Check the scene against the model and lay out the work; a bad input fails here, before any pixel is read.
+    The plan's config has the checkpoint's post-processing defaults in the keys the user did not set."""
+    cfg = with_model_defaults(cfg, meta.postprocess)
     scene = open_scene(scene_path, meta.bands)
     with rasterio.open(scene.path) as src:
         radiometry = resolve_radiometry(src, meta.bands, meta.input_range, cfg.radiometry)
@@ -145,12 +151,14 @@ def plan_scene(scene_path: str, meta: ModelMeta, cfg: SegmentConfig, checkpoint_
     grid = make_grid(height, width, cfg.window, cfg.overlap)
     georef = scene.georef().scaled(scale, height, width)
     blocks = make_blocks(grid, cfg.block_windows)
-    return ScenePlan(scene, meta, cfg, scale, grid, blocks, georef, checkpoint_path, radiometry)
+    return ScenePlan(scene, meta, cfg, scale, grid, blocks, georef, checkpoint_path, radiometry, model_selection)
 
 
-def plan_from_checkpoint(scene_path: str, checkpoint: str | Path, cfg: SegmentConfig) -> ScenePlan:
+def plan_from_checkpoint(
+    scene_path: str, checkpoint: str | Path, cfg: SegmentConfig, model_selection: str | None = None
+) -> ScenePlan:
     """`plan_scene` with the checkpoint's metadata, its weights' sha256 checked, without torch or the model."""
-    return plan_scene(scene_path, read_verified_meta(checkpoint), cfg, str(checkpoint))
+    return plan_scene(scene_path, read_verified_meta(checkpoint), cfg, str(checkpoint), model_selection)
 
 
 # ---------------------------------------------------------------------------------------------------- 2. blocks
@@ -432,6 +440,7 @@ class RunSummary:
     times: dict = field(default_factory=dict)
     bytes_received: int = 0  # what the blocks sent back, pickled: what crosses the network in a flow
     windows_predicted: int = 0
+    model: str | None = None  # the checkpoint's name and how it was chosen, e.g. "default, explicit"
 
     @property
     def mpx_per_s(self) -> float:
@@ -440,7 +449,8 @@ class RunSummary:
     def line(self) -> str:
         return (
             f"{self.windows} windows ({self.windows_skipped} nodata), {self.buildings} buildings, "
-            f"{self.seconds:.1f} s, {self.mpx_per_s:.2f} Mpx/s -> {self.out}"
+            f"{self.seconds:.1f} s, {self.mpx_per_s:.2f} Mpx/s" + (f", model {self.model}" if self.model else "")
+            + f" -> {self.out}"
         )
 
 
@@ -556,7 +566,7 @@ class SceneWriter:
             g = plan.grid
             record = build_record(
                 run_id=new_run_id(), started=started, finished=utc_now(), scene=plan.scene, scene_sha256=scene_sha,
-                checkpoint_path=plan.checkpoint_path, meta=plan.meta,
+                checkpoint_path=plan.checkpoint_path, meta=plan.meta, model_selection=plan.model_selection,
                 parameters={**cfg.model_dump(mode="json"), "scale_to_model_gsd": plan.scale,
                             "model_grid": [g.height, g.width], "blocks": [plan.blocks.rows, plan.blocks.cols]},
                 device=",".join(sorted(self.devices)) or "none",
@@ -577,6 +587,7 @@ class SceneWriter:
             record["run_id"], self.out, self.prob_final if cfg.probability == "cog" else None, len(plan.grid),
             self.nodata, self.writer.count, time.perf_counter() - t0, plan.scene.megapixels, dict(self.times),
             self.bytes_received, self.predicted,
+            f"{record['model_name']}, {record['model_selection']}" if record["model_name"] else None,
         )
 
 

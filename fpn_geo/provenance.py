@@ -67,10 +67,14 @@ def build_record(
     checkpoint_path: str | None,
     meta: ModelMeta | None,
     parameters: dict,
+    model_selection: str | None = None,
     device: str,
     results: dict,
 ) -> dict:
-    """The provenance record of one run: inputs and their hashes, model, parameters, device and results."""
+    """The provenance record of one run: inputs and their hashes, model, parameters, device and results.
+
+    model_selection: how the checkpoint was chosen (`fpn_geo.model.registry`): "explicit" (the default when a
+    checkpoint is given), or "auto (scene gsd ... m in [low, high])"."""
     return {
         "run_id": run_id,
         "started_utc": started,
@@ -87,6 +91,8 @@ def build_record(
         "input_width": scene.width,
         "input_height": scene.height,
         "checkpoint_path": checkpoint_path,
+        "model_name": Path(checkpoint_path).stem if checkpoint_path else None,
+        "model_selection": (model_selection or "explicit") if checkpoint_path else None,
         "checkpoint_sha256": meta.weights_sha256 if meta else None,
         "checkpoint_meta": meta.to_dict() if meta else None,
         "parameters": parameters,

@@ -27,6 +27,19 @@ MAX_BANDS = 64
 MAX_CHANNELS = 4096
 MAX_META_BYTES = 16 * 1024 * 1024
 DEFAULT_INPUT_RANGE = (0.0, 255.0)  # what checkpoints without `input_range` were trained on: 8-bit imagery
+MAX_GSD_M = 10_000.0
+# Post-processing keys of SegmentConfig that a checkpoint may set as its own defaults (`postprocess`), because
+# they belong to how that model was trained (its calibration, whether it learnt to separate): key -> (what it
+# must be, the check). Checked here without pydantic, so the torch-only trainer can read any checkpoint; the
+# ranges are SegmentConfig's, which checks the values again when it takes them (config.with_model_defaults).
+_POSTPROCESS_CHECKS = {
+    "threshold": ("a number > 0 and < 1, e.g. 0.5", lambda v: _is_number(v) and 0 < v < 1),
+    "separate_touching": ("true or false", lambda v: isinstance(v, bool)),
+    "min_area_m2": ("square metres from 0 to 1e9, e.g. 4", lambda v: _is_number(v) and 0 <= v <= 1e9),
+    "simplify_m": ("metres from 0 to 1000, e.g. 0.3", lambda v: _is_number(v) and 0 <= v <= 1000),
+    "regularize": ("a number from 0 to 1 (0 = off)", lambda v: _is_number(v) and 0 <= v <= 1),
+}
+POSTPROCESS_KEYS = tuple(_POSTPROCESS_CHECKS)
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,11 @@ class ModelMeta:
     weights_sha256: str = ""
     extra: dict = field(default_factory=dict)  # training record: data, epochs, metrics...
     input_range: tuple[float, float] = DEFAULT_INPUT_RANGE  # pixel values the model was trained on (digital numbers)
+    # Scene GSDs (metres, both ends included) this model serves when the product picks a bundled model by GSD
+    # (fpn_geo.model.registry); None: every GSD, as checkpoints made before ranges existed.
+    gsd_range_m: tuple[float, float] | None = None
+    # Post-processing defaults of this model (keys of POSTPROCESS_KEYS); a config file, --set or a flag wins.
+    postprocess: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         validate_meta(self)
@@ -57,6 +75,14 @@ class ModelMeta:
     def channels(self) -> int:
         """Probability channels the pipeline gets: 1 (footprint) or 2 (footprint and contact)."""
         return 1 if self.contact_index is None else 2
+
+    @property
+    def serves_m(self) -> tuple[float, float]:
+        """The scene GSDs this model serves: `gsd_range_m`, or every GSD when the checkpoint does not say."""
+        if self.gsd_range_m is None:
+            return 0.0, math.inf
+        lo, hi = self.gsd_range_m
+        return float(lo), float(hi)
 
     @property
     def architecture(self) -> str:
@@ -155,6 +181,33 @@ def validate_meta(m: ModelMeta) -> None:
         raise _bad("weights_sha256", m.weights_sha256, "a sha256 of 64 lowercase hex digits")
     if not isinstance(m.extra, dict):
         raise _bad("extra", m.extra, "a JSON object")
+    _check_gsd_range(m.gsd_range_m)
+    _check_postprocess(m.postprocess)
+
+
+def _check_gsd_range(r) -> None:
+    if r is None:
+        return
+    if not isinstance(r, (tuple, list)) or len(r) != 2 or not all(_is_number(v) for v in r):
+        raise _bad("gsd_range_m", r, "[low, high], the scene GSDs in metres this model serves, e.g. [0.25, 0.6]")
+    lo, hi = (float(v) for v in r)
+    if not 0 <= lo < hi <= MAX_GSD_M:
+        raise _bad("gsd_range_m", r, f"[low, high] with 0 <= low < high <= {MAX_GSD_M:g}, e.g. [0.25, 0.6]")
+
+
+def _check_postprocess(d) -> None:
+    if not isinstance(d, dict):
+        raise _bad("postprocess", d, f"a JSON object of post-processing defaults ({', '.join(POSTPROCESS_KEYS)})")
+    unknown = sorted(str(k) for k in d if k not in _POSTPROCESS_CHECKS)
+    if unknown:
+        raise CheckpointError(
+            f"checkpoint metadata: postprocess has unknown key(s) {unknown[:5]}; a model may set "
+            f"{', '.join(POSTPROCESS_KEYS)}"
+        )
+    for key, value in d.items():
+        expected, ok = _POSTPROCESS_CHECKS[key]
+        if not ok(value):
+            raise _bad(f"postprocess.{key}", value, expected)
 
 
 def meta_path(weights: str | Path) -> Path:
