@@ -50,6 +50,11 @@ class SegmentConfig(BaseModel):
         "auto", description="where buildings are labelled and split: cpu = scipy/skimage watershed; device = torch on "
         "the model's device (a level-by-level flood, within a pixel of the watershed); auto = device on CUDA, else cpu"
     )
+    resampling: Literal["auto", "cpu", "device"] = Field(
+        "auto", description="where windows are resampled to the model's GSD: cpu = GDAL's bilinear as they are read; "
+        "device = the scene's own pixels uploaded as uint8 and resampled there the same way (within one uint8 step; "
+        "only uint8 scenes with no nodata, mask, alpha or usable overview, else cpu); auto = device on CUDA, else cpu"
+    )
     block_windows: int = Field(
         4, gt=0, description="block side in windows: the unit that is blended and vectorized at once; bounds memory"
     )

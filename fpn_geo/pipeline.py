@@ -227,6 +227,12 @@ def labels_on_device(cfg: SegmentConfig, device: str) -> bool:
     return cfg.labelling == "device" or (cfg.labelling == "auto" and str(device).startswith("cuda"))
 
 
+def resamples_on_device(cfg: SegmentConfig, device: str) -> bool:
+    """Whether windows go up at the scene's resolution and are resampled where the model runs (`resampling`: auto
+    means on CUDA); the scene must allow it too (`fpn_geo.resample_torch.resamples_as_gdal`)."""
+    return cfg.resampling == "device" or (cfg.resampling == "auto" and str(device).startswith("cuda"))
+
+
 def _owns(block: Block, window: GridWindow) -> bool:
     return block.y0 <= window.row_off < block.y1 and block.x0 <= window.col_off < block.x1
 
@@ -285,6 +291,7 @@ def blend_block(
     predicted = predict_windows(
         plan.scene.path, todo, plan.meta.bands, segmenter.predictor, cfg.window, plan.scale, cfg.batch, times,
         readers=cfg.readers, grid_hw=plan.grid_hw, radiometry=plan.radiometry,
+        resample=resamples_on_device(cfg, segmenter.device),
     )
     canvas = BlockCanvas(area, plan.channels, plan.grid, *plan.blocks.window_ranges(block), segmenter.device)
     nodata = 0

@@ -25,7 +25,7 @@ class Predictor(Protocol):
     separator). A tensor stays on its device: the block's blend runs there and only uint8 comes back.
     """
 
-    def __call__(self, images: np.ndarray, windows: list[GridWindow]) -> np.ndarray | torch.Tensor: ...
+    def __call__(self, images: np.ndarray | torch.Tensor, windows: list[GridWindow]) -> np.ndarray | torch.Tensor: ...
 
 
 class SegmenterPredictor:
@@ -48,15 +48,26 @@ class SegmenterPredictor:
         self.meta = meta  # bands, statistics, classes: what it reads and what its channels mean
 
     @torch.inference_mode()
-    def __call__(self, images: np.ndarray, windows: list[GridWindow]) -> torch.Tensor:
+    def __call__(self, images: np.ndarray | torch.Tensor, windows: list[GridWindow]) -> torch.Tensor:
+        """images: (N, bands, M, M) on the host, or a tensor already on the device (resampled there)."""
         n = len(images)
         self.batch_seen = max(self.batch_seen, n)
+        if isinstance(images, torch.Tensor):
+            x = images.to(self.device)
+            if self.compiled and n < self.batch_seen:  # see below
+                x = torch.cat([x, x.new_zeros((self.batch_seen - n, *x.shape[1:]))])
+            return self._forward(x.contiguous(memory_format=torch.channels_last) if self.cuda else x, n)
         if self.compiled and n < self.batch_seen:
             # A new batch size makes torch.compile compile again (5 s on an H100 for the last, short batch).
             images = np.concatenate([images, np.zeros((self.batch_seen - n, *images.shape[1:]), images.dtype)])
         x = torch.from_numpy(images if images.dtype == np.uint8 else images.astype(np.float32))
         if self.cuda:
             x = x.pin_memory().to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        return self._forward(x, n)
+
+    def _forward(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """A batch on the device (uint8 or float, padded to `batch_seen` when compiled) -> the first n windows'
+        probabilities, 0-255."""
         x = (x.float() - self.mean) / self.std
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else contextlib.nullcontext()
         with amp:
