@@ -26,6 +26,7 @@ MAX_YAML_DEPTH = 32
 MAX_YAML_NODES = 100_000  # values once aliases are expanded
 MAX_WINDOW = 4096  # model pixels; a 4096² window already needs several GB of activations
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,2})?)$")
+MODEL_DEFAULT = "; a checkpoint may carry its own default (its postprocess), used unless this is set"
 
 
 class SegmentConfig(BaseModel):
@@ -39,13 +40,15 @@ class SegmentConfig(BaseModel):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     compile: bool = Field(False, description="torch.compile the model (CUDA)")
     readers: int = Field(0, ge=0, le=64, description="reader threads; 0 = auto: 1 on CPU, up to 8 on CUDA")
-    threshold: float = Field(0.5, gt=0, lt=1, description="building probability threshold")
-    min_area_m2: float = Field(4.0, ge=0, le=1e9, description="smallest building kept, in square metres")
+    threshold: float = Field(0.5, gt=0, lt=1, description="building probability threshold" + MODEL_DEFAULT)
+    min_area_m2: float = Field(4.0, ge=0, le=1e9, description="smallest building kept, square metres" + MODEL_DEFAULT)
     simplify_m: float = Field(0.3, ge=0, le=1000, description="Douglas-Peucker tolerance in metres (0.3: a pixel of a "
         "0.30 m model grid, which takes out the staircase of traced pixel edges)")
     regularize: float = Field(0.0, ge=0, le=1, description="right-angled outlines: a building whose IoU with its "
         "oriented minimum rectangle is at least this becomes that rectangle (e.g. 0.85); 0 = off")
-    separate_touching: bool = Field(True, description="split touching buildings with the contact class")
+    separate_touching: bool = Field(
+        True, description="split touching buildings with the contact class" + MODEL_DEFAULT
+    )
     labelling: Literal["auto", "cpu", "device"] = Field(
         "auto", description="where buildings are labelled and split: cpu = scipy/skimage watershed; device = torch on "
         "the model's device (a level-by-level flood, within a pixel of the watershed); auto = device on CUDA, else cpu"
