@@ -335,10 +335,22 @@ def is_up_to_date(
     Remote inputs (no sha256) never are."""
     if not input_sha256 or not checkpoint_sha256 or not Path(gpkg).is_file():
         return False
-    if any(not Path(p).is_file() for p in also):
-        return False
     prov = read_provenance(gpkg)
-    if not prov or prov.get("input_sha256") != input_sha256 or prov.get("checkpoint_sha256") != checkpoint_sha256:
+    if not prov or prov.get("input_sha256") != input_sha256:
+        return False
+    return made_with(gpkg, checkpoint_sha256, parameters, also, prov)
+
+
+def made_with(
+    gpkg: str | Path, checkpoint_sha256: str | None, parameters: dict | None = None, also: Sequence[str | Path] = (),
+    prov: dict | None = None,
+) -> bool:
+    """True when `gpkg` records these weights and output parameters and every path in `also` exists, whatever its
+    input: the half of `is_up_to_date` that a remote scene, identified by its STAC item instead of a sha256, uses."""
+    if not checkpoint_sha256 or any(not Path(p).is_file() for p in also):
+        return False
+    prov = prov if prov is not None else read_provenance(gpkg)
+    if not prov or prov.get("checkpoint_sha256") != checkpoint_sha256:
         return False
     if parameters is None:
         return True
