@@ -7,6 +7,11 @@ and (with `fpn_geo.signals.terminate_as_interrupt`) SIGTERM included, the tempor
 files are removed and the old output is left untouched. A run killed with SIGKILL leaves its temporary
 file; `sweep_stale_temps(folder)` removes such files once their process is gone.
 
+A run holds a shared lock (flock) on each folder it writes temporary files in (`FolderClaim`), and a sweep first
+tries that folder's lock alone. Got alone, no fpn-geo run anywhere on this kernel is writing there (another
+container's included, whose pids this one cannot see), so what a dead pid left is swept at once; otherwise, or
+where the filesystem has no flock, only once it is over a minute old.
+
 Temporary names: `.NAME.fpn-geo-PID-RANDOM.tmpSUFFIX` (SUFFIX: the target's, so drivers that go by the
 extension still see it).
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -27,10 +33,18 @@ from typing import Any
 
 from fpn_geo.errors import OutputError
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no claims, sweeps keep the minute's rule
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
 # Files that SQLite (a GeoPackage) and GDAL (a COG's overviews while they are built) put beside a file.
 SIDE_FILES = ("-journal", "-wal", "-shm", ".ovr.tmp", ".ovr", ".aux.xml", ".msk")
 TEMP_RE = re.compile(r"^\.(?P<name>.+)\.fpn-geo-(?P<pid>\d+)-(?P<rand>[0-9a-f]{8})\.tmp(?P<rest>.*)$")
-STALE_AFTER_S = 60.0  # a dead process's temp this old is left over; younger, it may be a pid from another container
+STALE_AFTER_S = 60.0  # a dead pid's temp this old is left over; younger, it may be another container's pid (unless
+# the sweep holds the folder's lock alone: then no run is writing there)
 ABANDONED_AFTER_S = 7 * 24 * 3600.0  # untouched this long: left over whatever its pid says (pids are reused)
 VECTOR_SUFFIXES_REFUSED = {".shp": "an ESRI Shapefile", ".geojson": "GeoJSON", ".json": "JSON", ".gml": "GML",
                            ".kml": "KML", ".csv": "CSV", ".fgb": "FlatGeobuf", ".tif": "a GeoTIFF",
@@ -69,6 +83,8 @@ class PendingOutput:
 
     def __init__(self, final: str | Path, verify: Verifier | None = None) -> None:
         self.final = Path(final)
+        self.made = make_folders(self.final.parent)  # removed again by discard(), when nothing else went in
+        self.claim = FolderClaim(self.final.parent, shared=True)  # released on commit() or discard()
         self.tmp = temp_path(self.final)
         self.verify = verify
         self.committed = False
@@ -88,6 +104,7 @@ class PendingOutput:
             with contextlib.suppress(OSError):  # some filesystems cannot fsync a folder; the rename still happened
                 _fsync_path(self.final.parent, directory=True)
         self.committed = True
+        self.claim.release()
         return self.final
 
     @contextlib.contextmanager
@@ -104,6 +121,8 @@ class PendingOutput:
 
     def discard(self) -> None:
         remove_temp(self.tmp)
+        self.claim.release()
+        remove_empty_folders(self.made)
 
 
 @contextlib.contextmanager
@@ -259,22 +278,55 @@ def check_output_paths(
 
 
 def check_folder_writable(final: Path, name: str = "output") -> None:
-    """The folder of `final` exists (or is made) and takes a file; root ignores permission bits, so try it."""
+    """The folder of `final` takes a file, or can be made: its nearest existing ancestor is a folder that takes a
+    file (root ignores permission bits, so try it). Nothing is made here: a run refused later, for another
+    reason, leaves no empty folders behind; `PendingOutput` makes them when it writes."""
     parent = final.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(
-            f"{name}: folder {parent} cannot be created ({e.strerror or e}); it or a parent is not a folder"
-        ) from e
-    probe = temp_path(final)
+    base = nearest_existing(parent)
+    if not base.is_dir():
+        raise OutputError(f"{name}: folder {parent} cannot be created: {base} is not a folder")
+    probe = base / temp_path(final).name
     try:
         probe.touch()
     except OSError as e:
-        raise OutputError(f"{name}: folder {parent} cannot be written ({e.strerror or e})") from e
+        where = f"folder {parent} cannot be written" if base == parent else f"folder {parent} cannot be made in {base}"
+        raise OutputError(f"{name}: {where} ({e.strerror or e})") from e
     finally:
         with contextlib.suppress(OSError):  # a read-only filesystem refuses even the unlink of a missing file
             probe.unlink()
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path`, or its nearest ancestor that exists (a dangling link counts: making a folder there fails)."""
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """Make `folder` and its missing parents; returns those made, outermost first. OutputError if it cannot."""
+    missing: list[Path] = []
+    p = folder
+    while not os.path.lexists(p) and p != p.parent:
+        missing.insert(0, p)
+        p = p.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(
+            f"folder {folder} cannot be created ({e.strerror or e}); it or a parent is not a folder"
+        ) from e
+    return missing
+
+
+def remove_empty_folders(made: list[Path]) -> None:
+    """Remove the folders `make_folders` made, innermost first, as long as they are empty (another run may be
+    writing there)."""
+    for p in reversed(made):
+        try:
+            p.rmdir()
+        except OSError:
+            return
 
 
 def _is_local(path: str) -> bool:
@@ -294,9 +346,77 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _ours_and_stale(folder: str | Path, pattern: re.Pattern, now: float | None, is_kind) -> Iterator[os.DirEntry]:
+class FolderClaim:
+    """A lock (flock) on a folder that says "an fpn-geo run is writing temporary files here".
+
+    Runs hold it shared while they write (`PendingOutput`, `scratch_space`); a sweep asks for it exclusive,
+    without waiting, and sweeps while it has it. The kernel drops a killed process's lock, so a sweep that gets
+    it alone knows every temp of a dead pid there is left over, however young. Never raises: a folder that
+    cannot be opened or a filesystem without flock (some network ones) just gives no claim (`alone` False).
+    """
+
+    def __init__(self, folder: str | Path, shared: bool = False) -> None:
+        self.fd: int | None = None
+        self.alone = False
+        if fcntl is None:
+            return
+        try:
+            self.fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError:
+            return
+        if shared:
+            self.share()
+            return
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.alone = True
+        except OSError:
+            pass
+
+    def share(self, wait_s: float = 2.0) -> None:
+        """Hold the folder shared: from exclusive once a sweep is over, or after another run's sweep (which holds
+        it exclusive for a moment). Not got within `wait_s`: the run goes on unclaimed, as on a filesystem
+        without flock, and sweeps elsewhere keep the minute's rule for its temps."""
+        if self.fd is None or fcntl is None:
+            return
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            except OSError:
+                break
+        log.debug("no shared lock on the output folder; a sweep elsewhere waits a minute for this run's temps")
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+
+
+@contextlib.contextmanager
+def _swept(folder: str | Path, sweep: Callable[..., list[Path]]) -> Iterator[list[Path]]:
+    """Sweep `folder` holding its claim exclusive when no run holds it, then hold it shared until the block ends."""
+    claim = FolderClaim(folder)
+    try:
+        removed = sweep(folder, alone=claim.alone)
+        claim.share()
+        yield removed
+    finally:
+        claim.release()
+
+
+def _ours_and_stale(
+    folder: str | Path, pattern: re.Pattern, now: float | None, is_kind, alone: bool = False
+) -> Iterator[os.DirEntry]:
     """Entries of `folder` named by `pattern` (with a `pid` group), of the right kind, that a dead process left
-    over a minute ago, or that no one touched for a week. Never raises: a sweep must not fail a run."""
+    over a minute ago (at any age when `alone`: no run holds the folder's claim), or that no one touched for a
+    week. Never raises: a sweep must not fail a run."""
     now = time.time() if now is None else now
     try:
         entries = list(os.scandir(folder))
@@ -311,20 +431,21 @@ def _ours_and_stale(folder: str | Path, pattern: re.Pattern, now: float | None, 
             if not is_kind(st.st_mode):
                 continue
             age, pid = now - st.st_mtime, int(m["pid"])
-            if age > ABANDONED_AFTER_S or (age > STALE_AFTER_S and pid != os.getpid() and not _pid_alive(pid)):
+            dead = pid != os.getpid() and not _pid_alive(pid)
+            if age > ABANDONED_AFTER_S or (dead and (alone or age > STALE_AFTER_S)):
                 yield entry
         except OSError:
             continue
 
 
-def sweep_stale_temps(folder: str | Path, now: float | None = None) -> list[Path]:
+def sweep_stale_temps(folder: str | Path, now: float | None = None, alone: bool = False) -> list[Path]:
     """Remove fpn-geo temporary files in `folder` that a killed run left; returns what was removed.
 
     Only files named by `temp_path` are touched, and only when their process is gone (and the file is over a
-    minute old) or the file has not changed for a week.
+    minute old, unless `alone`: the caller holds the folder's claim alone) or the file has not changed for a week.
     """
     removed: list[Path] = []
-    for entry in _ours_and_stale(folder, TEMP_RE, now, stat.S_ISREG):
+    for entry in _ours_and_stale(folder, TEMP_RE, now, stat.S_ISREG, alone):
         with contextlib.suppress(OSError):
             os.unlink(entry.path)
             removed.append(Path(entry.path))
@@ -332,10 +453,11 @@ def sweep_stale_temps(folder: str | Path, now: float | None = None) -> list[Path
 
 
 def sweep_output_folders(paths: Iterable[str | Path | None]) -> list[Path]:
-    """`sweep_stale_temps` on the folder of each output path (each folder once)."""
+    """`sweep_stale_temps` on the folder of each output path (each folder once), under its claim (`FolderClaim`)."""
     removed: list[Path] = []
     for folder in dict.fromkeys(Path(p).parent for p in paths if p is not None):
-        removed += sweep_stale_temps(folder)
+        with _swept(folder, sweep_stale_temps) as gone:
+            removed += gone
     return removed
 
 
@@ -382,20 +504,21 @@ def scratch_space(scratch_dir: str | Path | None = None) -> Iterator[Path]:
     import tempfile
 
     parent = scratch_folder(scratch_dir)
-    sweep_stale_scratch(parent)
-    path = Path(tempfile.mkdtemp(prefix=f"fpn-geo-{os.getpid()}-", dir=parent))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+    with _swept(parent, sweep_stale_scratch):  # the claim is held, shared, while the scratch folder lives
+        path = Path(tempfile.mkdtemp(prefix=f"fpn-geo-{os.getpid()}-", dir=parent))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
 
 
-def sweep_stale_scratch(folder: str | Path, now: float | None = None) -> list[Path]:
-    """Remove `fpn-geo-PID-*` scratch folders whose process is gone (and that are over a minute old)."""
+def sweep_stale_scratch(folder: str | Path, now: float | None = None, alone: bool = False) -> list[Path]:
+    """Remove `fpn-geo-PID-*` scratch folders whose process is gone (and that are over a minute old, unless
+    `alone`: the caller holds the folder's claim alone)."""
     import shutil
 
     removed: list[Path] = []
-    for entry in _ours_and_stale(folder, SCRATCH_RE, now, stat.S_ISDIR):
+    for entry in _ours_and_stale(folder, SCRATCH_RE, now, stat.S_ISDIR, alone):
         shutil.rmtree(entry.path, ignore_errors=True)
         removed.append(Path(entry.path))
     return removed

@@ -15,7 +15,17 @@ import pytest
 import rasterio
 
 from fpn_geo.errors import OutputError
-from fpn_geo.outputs import atomic_output, check_output_paths, sweep_stale_temps, temp_path, verify_raster
+from fpn_geo.outputs import (
+    FolderClaim,
+    PendingOutput,
+    atomic_output,
+    check_output_paths,
+    scratch_space,
+    sweep_output_folders,
+    sweep_stale_temps,
+    temp_path,
+    verify_raster,
+)
 from tests.hostile import assert_one_line_failure, digest, run_inprocess, temps
 
 ROOT = os.geteuid() == 0
@@ -212,8 +222,6 @@ def test_stale_temps_of_killed_runs_are_swept_and_nothing_else(tmp_path):
 
 
 def test_scratch_space_is_private_removed_and_swept(tmp_path):
-    from fpn_geo.outputs import scratch_space
-
     dead = tmp_path / "fpn-geo-999999-abc"
     dead.mkdir()
     (dead / "probability.tif").write_bytes(b"x" * 100)
@@ -224,3 +232,72 @@ def test_scratch_space_is_private_removed_and_swept(tmp_path):
         (scratch / "probability.tif").write_bytes(b"y")
         raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_run_leaves_no_folders_it_would_have_made(small_scene, checkpoint, tmp_path, capsys):
+    """A missing scene with --out a/b/c/k.gpkg: one line, and no empty a/b/c left behind."""
+    out = tmp_path / "a" / "b" / "c" / "k.gpkg"
+    code, err = run_inprocess(seg(tmp_path / "missing.tif", checkpoint, out), capsys)
+    assert_one_line_failure(code, err, "missing.tif")
+    assert not (tmp_path / "a").exists()
+
+
+def test_an_output_in_a_folder_that_cannot_be_made_is_refused(small_scene, checkpoint, tmp_path, capsys):
+    (tmp_path / "a").write_text("a file, not a folder")
+    code, err = run_inprocess(seg(small_scene, checkpoint, tmp_path / "a" / "b" / "k.gpkg"), capsys)
+    assert_one_line_failure(code, err, "--out", "not a folder")
+    assert (tmp_path / "a").read_text() == "a file, not a folder"
+
+
+def test_a_discarded_output_removes_the_folders_it_made_and_only_those(tmp_path):
+    (tmp_path / "a").mkdir()
+    out = PendingOutput(tmp_path / "a" / "b" / "c" / "k.gpkg")
+    out.tmp.write_bytes(b"half")
+    assert (tmp_path / "a" / "b" / "c").is_dir()
+    out.discard()
+    assert (tmp_path / "a").is_dir() and list((tmp_path / "a").iterdir()) == []
+    kept = PendingOutput(tmp_path / "n" / "k.gpkg")
+    (tmp_path / "n" / "other.txt").write_text("someone else's")  # a folder that is no longer empty stays
+    kept.discard()
+    assert (tmp_path / "n" / "other.txt").exists()
+
+
+def _young_dead_temps(folder: Path) -> list[Path]:
+    """What a SIGKILLed run leaves seconds before the next run: a GeoPackage, a COG and its overview, all young."""
+    names = [".b.gpkg.fpn-geo-999999-deadbeef.tmp.gpkg", ".b.probability.tif.fpn-geo-999999-0badf00d.tmp.tif",
+             ".b.probability.tif.fpn-geo-999999-0badf00d.tmp.tif.ovr"]
+    for n in names:
+        (folder / n).write_bytes(b"x")
+    return [folder / n for n in names]
+
+
+def test_a_rerun_at_once_sweeps_what_a_killed_run_left_when_no_run_holds_the_folder(tmp_path):
+    left = _young_dead_temps(tmp_path)
+    assert sorted(sweep_output_folders([tmp_path / "b.gpkg"])) == sorted(left)
+    assert temps(tmp_path) == []
+
+
+def test_young_temps_stay_while_another_run_holds_the_folder(tmp_path):
+    """A live run (here: a claim held on another descriptor, as another process or container would) may own
+    temps whose pid this process cannot see: the sweep keeps the minute's rule then."""
+    left = _young_dead_temps(tmp_path)
+    other = FolderClaim(tmp_path, shared=True)
+    try:
+        assert sweep_output_folders([tmp_path / "b.gpkg"]) == []
+        assert all(p.exists() for p in left)
+    finally:
+        other.release()
+    assert len(sweep_output_folders([tmp_path / "b.gpkg"])) == 3
+
+
+def test_a_killed_runs_young_scratch_folder_is_swept_by_the_next_scratch_space(tmp_path):
+    dead = tmp_path / "fpn-geo-999999-abc"
+    dead.mkdir()
+    (dead / "tile.bin").write_bytes(b"x")
+    with scratch_space(tmp_path) as mine:
+        assert not dead.exists()
+        # held while it lives: another run's sweep keeps this run's young scratch (were its pid dead to it)
+        other = FolderClaim(tmp_path)
+        assert other.alone is False
+        other.release()
+    assert not mine.exists()
