@@ -17,6 +17,7 @@ value that every window read applies (`fpn_geo.reading.read_window(..., radiomet
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,6 +28,7 @@ from fpn_geo.errors import InputError
 
 Rule = Literal["auto", "identity", "linear", "percentile"]
 STATS_MAX_PX = 1024  # percentile statistics are read from a view at most this many pixels a side
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # windows are mapped in float32
 
 
 class RadiometryConfig(BaseModel):
@@ -55,7 +57,22 @@ class RadiometryConfig(BaseModel):
             raise ValueError(
                 "scale 0 maps every pixel to the offset; use a non-zero scale, e.g. 255 for 0-1 reflectance"
             )
-        return v
+        return _float32(v, "scale")
+
+    @field_validator("offset")
+    @classmethod
+    def _check_offset(cls, v: float) -> float:
+        return _float32(v, "offset")
+
+
+def _float32(v: float, name: str) -> float:
+    """Windows are mapped in float32: a scale or offset past its range would turn every pixel into inf or NaN."""
+    if abs(v) > FLOAT32_MAX:
+        raise ValueError(
+            f"{name} {v:g} is beyond float32 (|value| <= {FLOAT32_MAX:.3g}), the type pixels are mapped in; "
+            "e.g. scale 255 maps reflectance in 0-1, 0.00389 full-range uint16"
+        )
+    return v
 
 
 @dataclass(frozen=True)
@@ -76,7 +93,8 @@ class Radiometry:
             return image
         s = np.asarray(self.scale, np.float32)[:, None, None]
         o = np.asarray(self.offset, np.float32)[:, None, None]
-        out = image.astype(np.float32) * s + o
+        with np.errstate(over="ignore", invalid="ignore"):  # a real pixel past float32 becomes inf: clipped below
+            out = image.astype(np.float32) * s + o
         out = np.nan_to_num(out, nan=self.clip[0] if self.clip else 0.0)
         if self.clip:
             np.clip(out, self.clip[0], self.clip[1], out=out)
@@ -125,6 +143,8 @@ def resolve_radiometry(
     if cfg.rule == "identity":
         return IDENTITY
     if cfg.rule == "linear":
+        for b in bands:
+            _check_linear_reaches(src.name, src.dtypes[b - 1], cfg.scale, cfg.offset, (lo, hi))
         return Radiometry((cfg.scale,) * n, (cfg.offset,) * n, (lo, hi))
     if cfg.rule == "percentile":
         return _percentile_stretch(src, bands, (lo, hi), cfg.percentiles)
@@ -135,6 +155,34 @@ def resolve_radiometry(
     raise InputError(
         f"scene {src.name} is {dtype} ({shown}) but the model was trained on values {lo:g} to {hi:g}; "
         + _fix_hint(dtype, (lo, hi))
+    )
+
+
+def values_inside(dtype: str, scale: float, offset: float, model_range: tuple[float, float]) -> int | None:
+    """How many of the values an integer dtype holds land strictly inside the model's range through
+    value * scale + offset (the others are clipped to its ends); None for real dtypes, whose values are open."""
+    dr = dtype_range(dtype)
+    if dr is None:
+        return None
+    lo, hi = model_range
+    a, b = sorted(((lo - offset) / scale, (hi - offset) / scale))  # scale != 0 (RadiometryConfig)
+    first, last = max(dr[0], math.floor(a) + 1), min(dr[1], math.ceil(b) - 1)
+    return int(max(0, last - first + 1))
+
+
+def _check_linear_reaches(name: str, dtype: str, scale: float, offset: float, model_range: tuple[float, float]) -> None:
+    """InputError when a linear rule maps every value the scene's dtype holds outside the model's range: each pixel
+    would be clipped to one end of it, a blank image that runs to 0 buildings without a word."""
+    if values_inside(dtype, scale, offset, model_range) != 0:
+        return
+    dr = dtype_range(dtype)
+    assert dr is not None  # values_inside counts integer dtypes only
+    lo, hi = model_range
+    a, b = sorted((dr[0] * scale + offset, dr[1] * scale + offset))
+    raise InputError(
+        f"radiometry {{rule: linear, scale: {scale:g}, offset: {offset:g}}} maps scene {name}'s {dtype} values "
+        f"({dr[0]:g} to {dr[1]:g}) to {a:g} to {b:g}, none inside the model's range {lo:g} to {hi:g} (every pixel "
+        f"would be clipped to its ends); " + _fix_hint(dtype, model_range)
     )
 
 

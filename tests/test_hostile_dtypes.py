@@ -3,6 +3,8 @@ radiometry rule, or refused on one line that says how to map it. Never read sile
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import rasterio
@@ -128,3 +130,49 @@ def test_a_reader_without_a_mapping_refuses_real_pixels(base, tmp_path):
     scene = as_dtype(base, tmp_path, "float32", CONVERT["float32"])
     with rasterio.open(scene) as src, pytest.raises(InputError, match="radiometry"):
         read_window(src, next(iter(make_grid(src.height, src.width, 128, 32))), (1, 2, 3), 128)
+
+
+# (scene dtype, rule, words of the one line): rules under which no value the scene can hold lands inside the
+# model's range, so every pixel is clipped to its ends (0 buildings, said nowhere), or that overflow float32
+BLANKING = [
+    ("uint16", {"rule": "linear", "scale": -0.00389}, ["none inside", "-255 to 0"]),
+    ("uint16", {"rule": "linear", "offset": 1000}, ["none inside", "1000 to"]),
+    ("uint8", {"rule": "linear", "scale": 1e308}, ["scale", "float32"]),
+    ("float32", {"rule": "linear", "offset": -1e39}, ["offset", "float32"]),
+]
+
+
+@pytest.mark.parametrize("dtype,rule,words", BLANKING, ids=[f"{b[0]}-{list(b[1].items())[-1]}" for b in BLANKING])
+def test_a_linear_rule_that_blanks_every_pixel_is_refused(base, tmp_path, checkpoint, capsys, dtype, rule, words):
+    scene = as_dtype(base, tmp_path, dtype, CONVERT[dtype])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("radiometry: " + str(rule).replace("'", "") + "\n")
+    out_dir = tmp_path / "out"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not one numpy warning on the way
+        code, err = run_inprocess(
+            ["segment", str(scene), "--model", str(checkpoint), "--out", str(out_dir / "b.gpkg"), "--config", str(cfg),
+             "-q"], capsys
+        )
+    assert_one_line_failure(code, err, *words)
+    assert not out_dir.exists()
+
+
+def test_values_inside_counts_what_a_rule_keeps():
+    from fpn_geo.radiometry import values_inside
+
+    assert values_inside("uint16", 255 / 65535, 0, (0.0, 255.0)) == 65534  # 0 and 65535 land on the ends
+    assert values_inside("int8", 1, 128, (0.0, 255.0)) == 254
+    assert values_inside("uint16", -0.00389, 0, (0.0, 255.0)) == 0
+    assert values_inside("uint8", 1e30, 0, (0.0, 255.0)) == 0
+    assert values_inside("float32", 1e30, 0, (0.0, 255.0)) is None  # real values: not known from the dtype
+
+
+def test_real_pixels_past_float32_are_clipped_without_warnings():
+    from fpn_geo.radiometry import Radiometry
+
+    image = np.array([[[1e38, -1e38, 0.5, np.nan]]], dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = Radiometry((1e10,), (0.0,), (0.0, 255.0)).apply(image)
+    assert out.tolist() == [[[255.0, 0.0, 255.0, 0.0]]]
