@@ -6,6 +6,7 @@ matching at IoU >= 0.5); ``evaluate`` reads files and returns a JSON-able report
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from shapely import STRtree
 from fpn_geo.errors import ConfigError, InputError
 from fpn_geo.georef import bounds_utm
 from fpn_geo.truth import as_crs, rasterize_instances, read_labels
+
+log = logging.getLogger(__name__)
 
 
 def areas_m2(gdf: gpd.GeoDataFrame) -> np.ndarray:
@@ -141,6 +144,19 @@ def mask_on_grid(gdf: gpd.GeoDataFrame, transform: Affine, shape: tuple[int, int
     return rasterize_instances(gdf, transform, shape) > 0
 
 
+def repair_note(gdf: gpd.GeoDataFrame) -> str | None:
+    """What `read_labels` changed on the way in, in one sentence; None when every feature became one building."""
+    features, repaired, dropped = gdf.attrs["features"], gdf.attrs["repaired"], gdf.attrs["dropped"]
+    if not repaired and not dropped and len(gdf) == features:
+        return None
+    extra = len(gdf) - (features - dropped)  # rows added by splitting a feature into its parts
+    return (
+        f"{features} features scored as {len(gdf)} buildings: {repaired} invalid (e.g. self-intersecting) repaired, "
+        f"{dropped} dropped (not polygons, empty or no area), {extra} more from features split into their parts; "
+        "fix the file (QGIS: Vector > Geometry > Check Validity) to score it as drawn"
+    )
+
+
 def evaluate(
     pred_path: str | Path,
     truth_path: str | Path,
@@ -158,7 +174,17 @@ def evaluate(
     multipolygons count as one building per part.
     """
     truth = read_labels(truth_path, layer=truth_layer)
+    if len(truth) == 0:
+        n = truth.attrs["features"]
+        raise InputError(
+            f"truth {str(truth_path)!r} holds no building polygons ({n} feature{'s' if n != 1 else ''}"
+            f"{', none of them a polygon with an area' if n else ''}); evaluate needs the true building outlines "
+            "(Polygon or MultiPolygon)"
+        )
     pred = read_labels(pred_path, truth.crs, layer=pred_layer)
+    for side, gdf, path in (("truth", truth, truth_path), ("prediction", pred, pred_path)):
+        if note := repair_note(gdf):
+            log.warning("%s %s: %s", side, Path(path).name, note)
     report: dict[str, Any] = {
         "pred": str(pred_path),
         "truth": str(truth_path),
@@ -168,6 +194,8 @@ def evaluate(
         "n_pred": len(pred),
         "n_truth": len(truth),
         "repaired": {"pred": pred.attrs["repaired"], "truth": truth.attrs["repaired"]},
+        "dropped": {"pred": pred.attrs["dropped"], "truth": truth.attrs["dropped"]},
+        "features": {"pred": pred.attrs["features"], "truth": truth.attrs["features"]},
         "building": building_f1(pred, truth, iou=iou, min_area_m2=min_area_m2),
     }
     if raster_path is not None:

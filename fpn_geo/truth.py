@@ -131,7 +131,8 @@ def read_labels(path: str | Path, crs: Any = None, layer: str | None = None) -> 
     Labels are reprojected because GIS files are usually in EPSG:4326 while
     scenes are in UTM or Web Mercator; burning lon/lat onto a metric grid puts
     every building in the wrong place. ``crs=None`` keeps the file's CRS.
-    The repair counts are in ``gdf.attrs["repaired"]`` and ``gdf.attrs["dropped"]``.
+    The repair counts are in ``gdf.attrs["repaired"]`` and ``gdf.attrs["dropped"]``, and the number of features
+    the file held in ``gdf.attrs["features"]`` (a repaired bow-tie or a multipolygon gives a row per part).
     """
     path = Path(path)
     if not path.exists():
@@ -153,9 +154,11 @@ def read_labels(path: str | Path, crs: Any = None, layer: str | None = None) -> 
         target = as_crs(crs)
         if not gdf.crs.equals(target):
             gdf = gdf.to_crs(target)
+    features = len(gdf)
     gdf, report = repair_polygons(gdf)
     gdf.attrs["repaired"] = report.repaired
     gdf.attrs["dropped"] = report.dropped
+    gdf.attrs["features"] = features
     return gdf
 
 

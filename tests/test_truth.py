@@ -46,7 +46,7 @@ def test_zanzibar_crs_differ_and_labels_are_reprojected(scene, zanzibar):
 
 
 def test_zanzibar_invalid_geometries_repaired(zanzibar):
-    assert zanzibar.attrs == {"repaired": 8, "dropped": 1}
+    assert zanzibar.attrs == {"repaired": 8, "dropped": 1, "features": len(gpd.read_file(ZANZIBAR_LABELS))}
     assert zanzibar.geometry.is_valid.all()
     assert (zanzibar.geom_type == "Polygon").all()
     assert not zanzibar.geometry.is_empty.any()
@@ -99,7 +99,7 @@ def test_bow_tie_is_repaired_and_counted(tmp_path):
     gdf = gpd.GeoDataFrame({"id": [1, 2]}, geometry=[bow_tie, box(20, 0, 30, 10)], crs="EPSG:32737")
     gdf.to_file(path, engine="pyogrio")
     out = read_labels(path, "EPSG:32737")
-    assert out.attrs == {"repaired": 1, "dropped": 0}
+    assert out.attrs == {"repaired": 1, "dropped": 0, "features": 2}
     assert out.geometry.is_valid.all() and (out.geom_type == "Polygon").all()
     assert len(out) == 3  # two triangles of the bow-tie, plus the square
     assert out.area.sum() == pytest.approx(50 + 100)
