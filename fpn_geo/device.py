@@ -11,13 +11,25 @@ from fpn_geo.errors import ConfigError
 
 
 def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" where CUDA is available, else "cpu"; a CUDA device asked for where there is none is an error."""
+    """"auto" -> "cuda" where CUDA is available, else "cpu". A device asked for that this host or this build of
+    torch does not have (CUDA, cuda:N past the last GPU, Apple's mps) is a ConfigError here, before the model
+    moves to it, instead of torch's traceback from deep inside `Module.to`."""
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {device!r} asked for, but this host has {torch.cuda.device_count()} CUDA device(s) "
+                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}); use one of them or --device cuda"
+            )
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' asked for, but Apple's MPS is not available here (it needs macOS on Apple "
+                          "silicon and a torch built with it); use --device cpu")
     return device
 
 

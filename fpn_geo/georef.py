@@ -13,7 +13,10 @@ from dataclasses import dataclass
 import pyproj
 from affine import Affine
 
+from fpn_geo.errors import InputError
+
 SNAP_TO_NATIVE = 0.05  # a scene within 5% of the model's GSD is read as it is: resampling would only blur it
+MAX_GRID_SIDE = 2**31 - 1  # GDAL sizes a raster in int32: no grid past it can be read, written or held
 
 
 def is_local(path: str) -> bool:
@@ -61,9 +64,17 @@ def model_scale(scene_gsd_m: float, model_gsd_m: float | None, match_gsd: bool =
 
 
 def scaled_shape(height: int, width: int, scale: float) -> tuple[int, int]:
-    """A grid's (height, width) at `scale` model pixels per pixel, covering all of it."""
+    """A grid's (height, width) at `scale` model pixels per pixel, covering all of it. InputError past a raster's
+    largest side: a checkpoint whose gsd_m is absurdly fine for the scene (1e-300) asks for a grid no machine holds,
+    whose sizes then overflow every later step."""
     if scale == 1.0:
         return height, width
+    if not max(height, width) * scale <= MAX_GRID_SIDE:  # also inf and NaN
+        raise InputError(
+            f"at {scale:.3g} model pixels a scene pixel (the scene's GSD over the checkpoint's gsd_m) the model grid "
+            f"would be {height * scale:.3g} x {width * scale:.3g} px, past a raster's {MAX_GRID_SIDE} a side; use a "
+            "checkpoint trained near the scene's GSD, or set match_gsd: false to read the scene as it is"
+        )
     return max(1, math.ceil(height * scale - 1e-6)), max(1, math.ceil(width * scale - 1e-6))
 
 

@@ -56,6 +56,7 @@ CASES = [
     ("gsd-zero", setkey("gsd_m", 0), "gsd_m"),
     ("gsd-negative", setkey("gsd_m", -0.3), "gsd_m"),
     ("gsd-string", setkey("gsd_m", "0.3"), "gsd_m"),
+    ("gsd-absurdly-fine", setkey("gsd_m", 1e-300), "gsd_m"),  # a grid past any raster: sizes overflowed
     ("std-zero", setkey("std", [0, 50, 50]), "std"),
     ("std-negative", setkey("std", [-50, 50, 50]), "std"),
     ("mean-absurd", setkey("mean", [1e30, 100, 100]), "mean"),
