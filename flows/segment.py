@@ -45,8 +45,8 @@ from prefect_dask import DaskTaskRunner
 
 from flows.cluster import current_client, describe_workers, gpu_annotation, task_runner
 from flows.scenes import artifact_key, drop_own_outputs, list_scenes, output_paths, scene_name
-from flows.server import temporary_server
-from fpn_geo.config import SegmentConfig, load_config, output_parameters, with_model_defaults
+from flows.server import ServerError, temporary_server
+from fpn_geo.config import SegmentConfig, load_config, output_parameters, parse_overrides, with_model_defaults
 from fpn_geo.errors import FpnGeoError
 from fpn_geo.geopackage import is_up_to_date, merge_geopackages
 from fpn_geo.model.meta import ModelMeta, read_verified_meta
@@ -357,9 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     many.add_argument("--merged")
     many.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
-    import yaml
-
-    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)} or None
+    try:
+        overrides = parse_overrides(args.set) or None
+    except FpnGeoError as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 2
     common = dict(
         config=args.config,
         overrides=overrides,
@@ -382,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print(f"{'terminated' if isinstance(e, Terminated) else 'interrupted'}; no output written", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
+    except ServerError as e:  # no flow ran: nothing to report but why
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 2
     if not state.is_completed():
         print(f"{state.name}: {state.message}", file=sys.stderr)
         return 1

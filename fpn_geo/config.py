@@ -236,6 +236,18 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     return out
 
 
+def parse_overrides(pairs: Iterable[str], flag: str = "--set") -> dict[str, Any]:
+    """`KEY=VALUE` strings (VALUE in YAML: `batch=8`, `radiometry={rule: percentile}`) as a mapping of overrides;
+    a pair without `=`, an empty key or a value that is not YAML is a one-line ConfigError naming the pair."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. {flag} window=512")
+        out[key.strip()] = parse_yaml(value, f"{flag} {pair!r}")
+    return out
+
+
 def load_config(path: str | Path | None = None, flags: dict[str, str] | None = None, **overrides: Any) -> SegmentConfig:
     """The documented defaults, then the YAML file's overrides (if any), then `overrides` (None values ignored).
 

@@ -117,3 +117,38 @@ def test_scratch_dir_resolves_against_the_config_files_folder(tmp_path, monkeypa
 def test_negative_values_are_named_for_what_they_are():
     with pytest.raises(ConfigError, match="min_area_m2"):
         load_config(min_area_m2=-4)
+
+
+def test_a_device_this_host_does_not_have_is_one_line(tmp_path, checkpoint, small_scene, capsys):
+    """`mps` passes the config's pattern (it is a device on a Mac); where torch has none, one line before the
+    model moves there, not torch's traceback from inside Module.to."""
+    import torch
+
+    if torch.backends.mps.is_available():
+        pytest.skip("this host has MPS")
+    out = tmp_path / "new" / "b.gpkg"
+    code, err = run_inprocess(
+        ["segment", str(small_scene), "--model", str(checkpoint), "--out", str(out), "--device", "mps", "-q"], capsys
+    )
+    assert_one_line_failure(code, err, "mps", "--device cpu")
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("pair,word", [("window", "KEY=VALUE"), ("=512", "KEY=VALUE"), ("window=[1", "window=[1")])
+def test_flow_set_pairs_that_are_not_key_yaml_are_one_line(capsys, pair, word):
+    """`python -m flows.segment --set ...`: refused before any server or cluster starts."""
+    from flows.segment import main
+
+    code = main(["--set", pair, "scene", "s.tif", "--out", "o.gpkg"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and word in err[0] and "--set" in err[0], err
+
+
+def test_set_pairs_parse_as_yaml_values():
+    from fpn_geo.config import parse_overrides
+
+    assert parse_overrides(["batch=8", "radiometry={rule: percentile}", "scratch_dir="]) == {
+        "batch": 8, "radiometry": {"rule": "percentile"}, "scratch_dir": None,
+    }
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_overrides(["window"])
