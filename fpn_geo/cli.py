@@ -118,7 +118,7 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_train_config(
         args.config, out_dir=args.out_dir, epochs=args.epochs, device=args.device, threads=args.threads,
-        resume=args.resume, max_minutes=args.max_minutes,
+        resume=args.resume, max_minutes=args.max_minutes, init=args.init,
     )
     if not args.quiet:
         logging.getLogger("fpn_geo.train").setLevel(logging.INFO)
@@ -150,13 +150,30 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _knob(key: str) -> str:
+    """A segment flag's help: the SegmentConfig field's own description and default, so the text cannot drift
+    from the one place defaults live (argparse's own default stays None: a --config file may set the key)."""
+    from fpn_geo.config import SegmentConfig
+    from fpn_geo.model.meta import POSTPROCESS_KEYS
+
+    field = SegmentConfig.model_fields[key]
+    shown = ("on" if field.default else "off") if isinstance(field.default, bool) else field.default
+    own = ", or the checkpoint's own" if key in POSTPROCESS_KEYS else ""
+    return f"{field.description} (default: {shown}{own})".replace("%", "%%")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fpn-geo`` argument parser: one subcommand per task."""
     p = argparse.ArgumentParser(prog="fpn-geo", description="Find buildings in GeoTIFFs.")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("segment", help="segment a scene into a building GeoPackage")
+    s = sub.add_parser(
+        "segment", help="segment a scene into a building GeoPackage",
+        description="Segment a scene into a building GeoPackage (and a probability COG).",
+        epilog="Defaults are the documented fields of SegmentConfig (fpn_geo/config.py); a --config file overrides "
+        "them, and a flag overrides the file.",
+    )
     s.add_argument("scene", help="GeoTIFF (or anything GDAL reads)")
     s.add_argument(
         "--model", help="checkpoint NAME.safetensors (NAME.json beside it); default: the bundled checkpoint whose "
@@ -166,15 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="YAML overrides of the documented defaults, e.g. configs/segment.yaml")
     s.add_argument("--probability", help="probability COG path (default OUT.probability.tif)")
     s.add_argument("--no-probability", action="store_true", help="do not keep the probability COG")
-    s.add_argument("--window", type=int)
-    s.add_argument("--overlap", type=int)
-    s.add_argument("--batch", type=int)
-    s.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    s.add_argument("--threshold", type=float)
-    s.add_argument("--min-area", type=float, help="square metres")
-    s.add_argument("--simplify", type=float, help="metres")
-    s.add_argument("--compile", action="store_true")
-    s.add_argument("-q", "--quiet", action="store_true")
+    s.add_argument("--window", type=int, metavar="PX", help=_knob("window"))
+    s.add_argument("--overlap", type=int, metavar="PX", help=_knob("overlap"))
+    s.add_argument("--batch", type=int, metavar="N", help=_knob("batch"))
+    s.add_argument("--device", help=_knob("device"))
+    s.add_argument("--threshold", type=float, metavar="P", help=_knob("threshold"))
+    s.add_argument("--min-area", type=float, metavar="M2", help=_knob("min_area_m2"))
+    s.add_argument("--simplify", type=float, metavar="M", help=_knob("simplify_m"))
+    s.add_argument("--compile", action="store_true", help=_knob("compile"))
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_segment)
 
     t = sub.add_parser("train", help="train a segmenter from GeoTIFFs and labels (YAML config)")
@@ -185,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int)
     t.add_argument("--max-minutes", type=float)
     t.add_argument("--resume", help="continue from an earlier run's last.safetensors")
+    t.add_argument("--init", help="warm start: continue this checkpoint of the same architecture (its weights, "
+                   "normalisation and ledger), e.g. models/default.safetensors")
     t.add_argument("-q", "--quiet", action="store_true", help="no per-epoch log lines")
     t.set_defaults(func=_train)
 
