@@ -90,8 +90,8 @@ def gdal_path(href: str) -> str:
 
 
 def http_headers(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The HTTP headers GDAL sends (GDAL_HTTP_HEADERS: "Name: value" lines; GDAL_HTTP_BEARER), so that STAC
-    requests and HEAD requests carry the same credentials as GDAL's reads."""
+    """The HTTP headers GDAL sends (GDAL_HTTP_HEADERS: "Name: value" lines; GDAL_HTTP_BEARER; GDAL_HTTP_USERPWD
+    as basic auth), so that STAC requests and HEAD requests carry the same credentials as GDAL's reads."""
     env = os.environ if environ is None else environ
     headers: dict[str, str] = {}
     for line in re.split(r"\r?\n", env.get("GDAL_HTTP_HEADERS", "")):
@@ -100,6 +100,10 @@ def http_headers(environ: Mapping[str, str] | None = None) -> dict[str, str]:
             headers[name.strip()] = value.strip()
     if env.get("GDAL_HTTP_BEARER"):
         headers["Authorization"] = f"Bearer {env['GDAL_HTTP_BEARER']}"
+    elif env.get("GDAL_HTTP_USERPWD") and "Authorization" not in headers:
+        import base64
+
+        headers["Authorization"] = "Basic " + base64.b64encode(env["GDAL_HTTP_USERPWD"].encode()).decode()
     return headers
 
 

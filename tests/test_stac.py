@@ -4,7 +4,10 @@ logs and errors."""
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
+from datetime import datetime, timezone
 
 import pytest
 import rasterio
@@ -20,8 +23,9 @@ from fpn_geo.stac import (
     redact,
     resolve_stac,
 )
+from tests.flow_support.helpers import BIN, free_port, start, stop, wait_for
 from tests.flow_support.range_server import range_server
-from tests.flow_support.stac_catalog import cog_crop, static_catalog
+from tests.flow_support.stac_catalog import cog_crop, static_catalog, static_collection
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +63,7 @@ def test_remote_options_do_not_override_the_environment():
 def test_http_headers_from_gdal_settings():
     env = {"GDAL_HTTP_HEADERS": "X-Api-Key: k1\r\nX-Other: v", "GDAL_HTTP_BEARER": "tok"}
     assert http_headers(env) == {"X-Api-Key": "k1", "X-Other": "v", "Authorization": "Bearer tok"}
+    assert http_headers({"GDAL_HTTP_USERPWD": "me:pw"}) == {"Authorization": "Basic bWU6cHc="}
 
 
 def test_static_catalog_over_http_reads_part_of_each_cog(served_folder):
@@ -114,3 +119,45 @@ def test_credentials_from_the_environment_never_in_paths_or_errors(served_folder
         with rasterio.Env(**REMOTE_GDAL_OPTIONS), rasterio.open(scenes[0].path) as src:  # GDAL sends the header
             assert src.read(1, window=Window(0, 0, 16, 16)).shape == (16, 16)
         assert os.environ["GDAL_HTTP_HEADERS"].endswith("s3cr3t-token-value")
+
+
+@pytest.fixture
+def stac_api(served_folder, tmp_path):
+    """A real STAC API: `rustac serve` (in-memory backend, from PyPI: no database to install) loaded with a
+    collection of the served COGs, dated a month apart."""
+    folder, cogs = served_folder
+    with range_server(folder) as served:
+        dates = {"scene-a": datetime(2024, 1, 15, tzinfo=timezone.utc),
+                 "scene-b": datetime(2024, 2, 15, tzinfo=timezone.utc)}
+        collection = static_collection(tmp_path / "stac", cogs, served.url, dates, base=folder)
+        port = free_port()
+        log = tmp_path / "rustac.log"
+        proc = start([str(BIN / "rustac"), "serve", "--addr", f"127.0.0.1:{port}", "--load-collection-items",
+                      str(collection)], dict(os.environ), log)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for(lambda: _answers(f"{url}/collections/kampala/items"), 60, "rustac serve")
+            yield url, served
+        finally:
+            stop([proc])
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200 and len(json.load(r)["features"]) == 2
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def test_a_stac_api_search_selects_items(stac_api):
+    url, served = stac_api
+    everything = resolve_stac(StacSource(url=url, collections=["kampala"]))
+    assert [s.item_id for s in everything] == ["scene-a", "scene-b"]
+    assert all(s.path.startswith(f"/vsicurl/{served.url}/") and s.collection == "kampala" for s in everything)
+    february = resolve_stac(StacSource(url=url, collections=["kampala"], datetime="2024-02-01/2024-03-01"))
+    assert [s.item_id for s in february] == ["scene-b"]
+    nowhere = resolve_stac(StacSource(url=url, collections=["kampala"], bbox=[10.0, 10.0, 10.1, 10.1]))
+    assert nowhere == []
+    with pytest.raises(InputError, match="no asset 'image'"):
+        resolve_stac(StacSource(url=url, collections=["kampala"], asset="image"))

@@ -26,9 +26,31 @@ def cog_crop(path: Path, col: int, row: int, width: int, height: int, src_path: 
     return path
 
 
-def static_catalog(folder: Path, cogs: dict[str, Path], base_url: str, asset: str = "visual") -> Path:
-    """folder/catalog.json: a self-contained catalog with one item per COG (id -> path under `folder`), each asset's
-    href `base_url/<name>`; returns the catalog's path."""
+def static_collection(folder: Path, cogs: dict[str, Path], base_url: str, dates: dict[str, datetime], base: Path,
+                      collection_id: str = "kampala") -> Path:
+    """folder/collection.json: a collection with one item per COG (id -> path under `base`, served at `base_url`)
+    dated `dates[id]`, items saved beside it, for a STAC API server to load; returns its path."""
+    import pystac
+
+    catalog = pystac.Catalog.from_file(str(static_catalog(folder / "_catalog", cogs, base_url, base=base)))
+    items = list(catalog.get_items())
+    for item in items:
+        item.datetime = dates[item.id]
+    extent = pystac.Extent(pystac.SpatialExtent([[-180.0, -90.0, 180.0, 90.0]]),
+                           pystac.TemporalExtent([[min(dates.values()), max(dates.values())]]))
+    collection = pystac.Collection(id=collection_id, description="Kampala crops", extent=extent)
+    for item in items:
+        item.set_collection(None)
+        collection.add_item(item)
+    collection.normalize_hrefs(str(folder))
+    collection.save(catalog_type=pystac.CatalogType.ABSOLUTE_PUBLISHED)  # rustac reads hrefs from its cwd
+    return folder / "collection.json"
+
+
+def static_catalog(folder: Path, cogs: dict[str, Path], base_url: str, asset: str = "visual",
+                   base: Path | None = None) -> Path:
+    """folder/catalog.json: a self-contained catalog with one item per COG (id -> path under `base`, default
+    `folder`), each asset's href `base_url/<that path>`; returns the catalog's path."""
     import pystac
     import shapely.geometry
 
@@ -42,7 +64,8 @@ def static_catalog(folder: Path, cogs: dict[str, Path], base_url: str, asset: st
             datetime=datetime(2024, 5, 1, tzinfo=timezone.utc), properties={},
         )
         item.add_asset(asset, pystac.Asset(
-            href=f"{base_url}/{cog.relative_to(folder).as_posix()}", media_type=pystac.MediaType.COG, roles=["data"],
+            href=f"{base_url}/{cog.relative_to(base or folder).as_posix()}", media_type=pystac.MediaType.COG,
+            roles=["data"],
         ))
         catalog.add_item(item)
     catalog.normalize_hrefs(str(folder))
