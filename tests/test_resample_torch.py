@@ -92,5 +92,6 @@ def test_the_pipeline_finds_the_same_buildings_resampling_on_the_device(tmp_path
         cfg = load_config(window=256, overlap=32, probability="none", block_windows=2, resampling=where)
         runs[where] = segment(str(path), seg, tmp_path / f"{where}.gpkg", cfg)
     assert "resample" in runs["device"].times and "resample" not in runs["cpu"].times
-    a, b = (sorted(gpd.read_file(runs[w].out, layer="buildings").geometry.to_wkt()) for w in ("cpu", "device"))
-    assert len(a) > 5 and a == b
+    a, b = (gpd.read_file(runs[w].out, layer="buildings") for w in ("cpu", "device"))
+    assert len(a) >= 2  # buildings in this crop: 3
+    assert sorted(zip(a.geometry.to_wkt(), a.score)) == sorted(zip(b.geometry.to_wkt(), b.score))
