@@ -6,7 +6,7 @@ streamed in order into `SceneWriter`. This script runs that path without Prefect
 no Prefect), so what it checks is the Dask-CUDA part: one worker per GPU, the GPU resource, CUDA inside a
 worker process, and the same buildings as the single-process run on the same device.
 
-Run through benchmarks/gpu.sh; `--cpu` smoke-tests it here on a LocalCluster (numbers meaningless).
+Run through device/gpu.sh; `--cpu` smoke-tests it here on a LocalCluster (numbers meaningless).
 """
 
 from __future__ import annotations

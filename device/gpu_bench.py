@@ -1,6 +1,6 @@
 """GPU throughput: the segmenter alone (eager vs torch.compile), then `segment` end to end on the same device.
 
-Run through benchmarks/gpu.sh on a CUDA machine; `--cpu` smoke-tests the same code here with tiny
+Run through device/gpu.sh on a CUDA machine; `--cpu` smoke-tests the same code here with tiny
 sizes (its numbers mean nothing). Prints one JSON line per measurement and a summary table.
 
 The model: `--checkpoint` (the bundled model), else random weights in the bundled model's architecture (its
@@ -75,9 +75,11 @@ def main() -> None:
     ap.add_argument("--scene-side", type=int, default=8192)
     ap.add_argument("--checkpoint", help="the model to time (default: random weights shaped like models/default)")
     ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--runs", nargs="+", default=["device:none", "device:cog", "cpu:none"], metavar="LABELLING:COG",
-                    help="end-to-end runs: where buildings are labelled (config labelling: device or cpu) and whether "
-                    "the probability COG is written (cog or none)")
+    ap.add_argument("--runs", nargs="+", metavar="LABELLING:COG[:RESAMPLING]",
+                    default=["device:none:device", "device:none:cpu", "device:cog:device", "cpu:none:device"],
+                    help="end-to-end runs: where buildings are labelled (config labelling: device or cpu), whether "
+                    "the probability COG is written (cog or none) and where windows are resampled (config "
+                    "resampling: device or cpu; left out: auto)")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     if args.cpu:
@@ -149,17 +151,20 @@ def main() -> None:
     best = max(results.values())
     lines = []
     for run in args.runs:
-        labelling, probability = run.split(":")
-        s = segment(str(scene), seg, work / f"out_{labelling}_{probability}.gpkg",
-                    cfg.model_copy(update={"probability": probability, "labelling": labelling}))
+        labelling, probability, resampling = (run.split(":") + ["auto"])[:3]
+        s = segment(str(scene), seg, work / f"out_{labelling}_{probability}_{resampling}.gpkg",
+                    cfg.model_copy(update={"probability": probability, "labelling": labelling,
+                                           "resampling": resampling}))
         tiles_per_s = s.windows / s.seconds
-        emit(what="end-to-end", labelling=labelling, probability=probability, windows=s.windows,
+        emit(what="end-to-end", labelling=labelling, probability=probability, resampling=resampling,
+             windows=s.windows,
              predicted=s.windows_predicted, buildings=s.buildings, seconds=s.seconds, mpx_per_s=s.mpx_per_s,
              tiles_per_s=tiles_per_s, share_of_model_only=tiles_per_s / best, stage_seconds=s.times,
              compiled=use_compile)
         stages = " ".join(f"{k} {v:.2f}" for k, v in s.times.items())
         lines.append(
-            f"end-to-end (labels on {labelling}, {probability} COG) {tiles_per_s:.0f} tiles/s = "
+            f"end-to-end (labels on {labelling}, {probability} COG, resampled on {resampling}) {tiles_per_s:.0f} "
+            f"tiles/s = "
             f"{tiles_per_s / best:.3f} of model-only; {s.seconds:.1f} s, {s.buildings} buildings; "
             f"stage seconds (summed over threads) {stages}"
         )
