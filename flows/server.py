@@ -95,7 +95,7 @@ def drain_to_api(timeout: float = DRAIN_TIMEOUT_S) -> None:
 
     for worker in (APILogWorker, EventsWorker):
         with contextlib.suppress(Exception):  # nothing queued, or already stopped: nothing to send
-            worker.drain_all(timeout=timeout)
+            worker.drain_all(timeout=timeout, at_exit=False)
 
 
 def check_api(url: str, timeout: float = PROBE_TIMEOUT_S) -> None:
