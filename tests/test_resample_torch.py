@@ -67,6 +67,24 @@ def test_only_scenes_gdal_reads_the_same_way_qualify(tmp_path):
         assert not resamples_as_gdal(o, (1, 2, 3), 0.6) and resamples_as_gdal(o, (1, 2, 3), 1.5)
 
 
+def test_the_predictor_takes_windows_already_on_its_device():
+    """Resampled windows reach the model as a tensor: the same probabilities as the same pixels from the host,
+    and a short batch of a compiled model is padded the same way."""
+    from fpn_geo.model import ModelMeta, build_model
+    from fpn_geo.predictor import SegmenterPredictor
+
+    torch.manual_seed(0)
+    meta = ModelMeta(depth=18, fpn_channels=64, head_channels=32, bands=(1, 2, 3))
+    predictor = SegmenterPredictor(build_model(meta), meta, "cpu")
+    images = np.random.default_rng(0).integers(0, 256, (3, 3, 64, 64), dtype=np.uint8)
+    host = predictor(images, [None] * 3)
+    device = predictor(torch.from_numpy(images), [None] * 3)
+    assert torch.equal(host, device)
+    predictor.compiled = True  # the padding path, without a real compile on CPU
+    short = predictor(torch.from_numpy(images[:1]), [None])
+    assert short.shape[0] == 1 and torch.equal(short, predictor(images[:1], [None]))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_resamples_as_gdal_does(tmp_path):
     differ, total = compare(scene(tmp_path), 0.6, 96, 16, "cuda")
