@@ -70,16 +70,21 @@ class MapSummary:
     reused: tuple[str, ...]
 
 
+KEPT = ("run_id", "input_path", "input_sha256", "input_crs", "input_transform", "input_width", "input_height",
+        "checkpoint_sha256")  # what the map uses of a scene's provenance: all of it, a thousand times, would grow
+
+
 def _provenance(gpkg: Path) -> dict:
-    """The scene GeoPackage's provenance row, read with SQLite (GDAL's open costs more than the read here, and
-    a map reads a thousand of them); {} when it has none."""
+    """What the map uses of the scene GeoPackage's provenance row (`KEPT`), read with SQLite (GDAL's open costs
+    more than the read here, and a map reads a thousand of them); {} when it has none."""
     try:
         with contextlib.closing(sqlite3.connect(f"file:{gpkg}?mode=ro", uri=True)) as db:
             db.row_factory = sqlite3.Row
             row = db.execute(f"SELECT * FROM {PROVENANCE} ORDER BY rowid DESC LIMIT 1").fetchone()
     except sqlite3.Error:
-        return read_provenance(gpkg) or {}
-    return dict(row) if row else {}
+        prov = read_provenance(gpkg) or {}
+        return {k: prov[k] for k in KEPT if k in prov}
+    return {k: row[k] for k in row.keys() if k in KEPT} if row else {}
 
 
 def _extent(prov: dict) -> tuple[shapely.Geometry, str]:

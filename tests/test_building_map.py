@@ -130,7 +130,7 @@ from fpn_geo.building_map import MapPart, build_map
 folder, n = Path(sys.argv[1]), int(sys.argv[2])
 parts = [MapPart(f"s{i:04d}", folder / f"s{i:04d}.gpkg") for i in range(n)]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-s = build_map(parts, folder / f"map{n}.gpkg", crs="EPSG:32636")
+s = build_map(parts, folder / f"map{n}.gpkg", crs="EPSG:32636", flush_at=2000)
 print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, s.buildings)
 """
 
@@ -160,4 +160,6 @@ def test_memory_does_not_grow_with_the_number_of_scenes(tmp_path):
         peaks[n] = after
         print(f"map of {n} scenes: {buildings} buildings, peak RSS {after / 1024:.0f} MB "
               f"({(after - before) / 1024:.0f} MB over the imports)")
-    assert peaks[1000] - peaks[10] < 20 * 1024, peaks  # KB: 100x the scenes, under 20 MB more
+    # KB. What may grow: the held buildings (flush_at=2000 here) and one map_scenes row a scene. Measured on a
+    # busy 2-core host: 158,160 KB at 10 scenes, 163,892 KB at 1,000 (25,326 buildings).
+    assert peaks[1000] - peaks[10] < 12 * 1024, peaks
