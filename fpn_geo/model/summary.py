@@ -43,7 +43,7 @@ def _postprocess_line(meta: ModelMeta, config_defaults: Mapping[str, Any]) -> st
         parts.append(", ".join(own) + " (this model's defaults; a config file or flag overrides them)")
     if rest:
         parts.append(", ".join(rest) + " (config defaults)")
-    return "; ".join(parts)
+    return "\n              ".join(parts)
 
 
 def _training_line(extra: Mapping[str, Any]) -> str:
