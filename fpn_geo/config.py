@@ -42,8 +42,9 @@ class SegmentConfig(BaseModel):
     readers: int = Field(0, ge=0, le=64, description="reader threads; 0 = auto: 1 on CPU, up to 8 on CUDA")
     threshold: float = Field(0.5, gt=0, lt=1, description="building probability threshold" + MODEL_DEFAULT)
     min_area_m2: float = Field(4.0, ge=0, le=1e9, description="smallest building kept, square metres" + MODEL_DEFAULT)
-    simplify_m: float = Field(0.3, ge=0, le=1000, description="Douglas-Peucker tolerance in metres (0.3: a pixel of a "
-        "0.30 m model grid, which takes out the staircase of traced pixel edges)")
+    simplify_m: float = Field(0.3, ge=0, le=1000, description="outline simplification tolerance in metres (0.3: a "
+        "pixel of a 0.30 m model grid, which takes out the staircase of traced pixel edges); each block's outlines "
+        "are simplified together, so neighbours never overlap, and block borders do not move")
     regularize: float = Field(0.0, ge=0, le=1, description="right-angled outlines: a building whose IoU with its "
         "oriented minimum rectangle is at least this becomes that rectangle (e.g. 0.85); 0 = off")
     separate_touching: bool = Field(

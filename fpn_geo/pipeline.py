@@ -351,12 +351,12 @@ def finish_block(
     index = (slice(None), *inside)
     probs = probs[index]
     with times.time("trace"):
-        pieces = trace_pieces(labels, probs[0], block, plan.grid_hw)
+        pieces = trace_pieces(labels, probs[0], block, plan.grid_hw, cfg.simplify_m / plan.georef.gsd_m)
     del labels
     finished, edges = split_at_edges(pieces, block, plan.grid_hw)
     with times.time("polygons"):
         buildings = Buildings.from_frame(
-            to_buildings(finished, plan.georef, cfg.simplify_m, cfg.min_area_m2, cfg.regularize)
+            to_buildings(finished, plan.georef, cfg.min_area_m2, cfg.regularize)
         )
     tile = None
     if want_tile:
@@ -544,7 +544,7 @@ class SceneWriter:
                     self.tiles.append((r.block, write_tile(r.tile, self.scratch, r.block)))
         with self.times.time("join"):
             done = self.joiner.add_row([p for r in row for p in r.edges], row[0].block.y1)
-            buildings = to_buildings(done, self.plan.georef, cfg.simplify_m, cfg.min_area_m2, cfg.regularize)
+            buildings = to_buildings(done, self.plan.georef, cfg.min_area_m2, cfg.regularize)
         with self.times.time("write"):
             self.writer.append(buildings)
 
@@ -553,7 +553,7 @@ class SceneWriter:
         if self.next_row != plan.blocks.rows:
             raise FpnGeoError(f"{self.next_row} of {plan.blocks.rows} rows of blocks arrived: blocks are missing")
         with self.times.time("join"):
-            buildings = to_buildings(self.joiner.finish(), plan.georef, cfg.simplify_m, cfg.min_area_m2, cfg.regularize)
+            buildings = to_buildings(self.joiner.finish(), plan.georef, cfg.min_area_m2, cfg.regularize)
         self.writer.append(buildings)
         if self.nodata == len(plan.grid):
             log.warning("scene %s holds no valid pixels (all nodata): writing an empty GeoPackage", plan.scene.path)
