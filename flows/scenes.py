@@ -83,13 +83,13 @@ def scene_name(path: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem) or "scene"
 
 
-def output_paths(paths: list[str], out_dir: str | Path) -> dict[str, Path]:
-    """Map each scene path to out_dir/<stem>.gpkg; two scenes with the same stem would overwrite each other, so
-    refuse."""
+def output_paths(paths: list[str], out_dir: str | Path, names: dict[str, str] | None = None) -> dict[str, Path]:
+    """Map each scene path to out_dir/<name>.gpkg (name: from `names`, e.g. a STAC item's id, else the file's
+    stem); two scenes with the same name would overwrite each other, so refuse."""
     outs: dict[str, Path] = {}
     seen: dict[str, str] = {}
     for p in paths:
-        name = scene_name(p)
+        name = names[p] if names else scene_name(p)
         if name in seen:
             raise InputError(
                 f"scenes {seen[name]} and {p} would both write {name}.gpkg; rename one or run them separately"

@@ -44,11 +44,21 @@ from prefect.states import Completed, Failed
 from prefect_dask import DaskTaskRunner
 
 from flows.cluster import current_client, describe_workers, gpu_annotation, task_runner
-from flows.scenes import artifact_key, drop_own_outputs, list_scenes, output_paths, scene_name
+from flows.scenes import artifact_key, output_paths, scene_name
 from flows.server import ServerError, temporary_server
+from flows.stac_scenes import (
+    add_stac_arguments,
+    gather_scenes,
+    map_part,
+    source_of,
+    stac_from_args,
+    write_scene_stac,
+)
+from fpn_geo.building_map import build_map
 from fpn_geo.config import SegmentConfig, load_config, output_parameters, parse_overrides, with_model_defaults
 from fpn_geo.errors import FpnGeoError
-from fpn_geo.geopackage import is_up_to_date, merge_geopackages
+from fpn_geo.geopackage import is_up_to_date, made_with
+from fpn_geo.georef import is_local
 from fpn_geo.model.meta import ModelMeta, read_verified_meta
 from fpn_geo.model.registry import choose_model
 from fpn_geo.pipeline import (
@@ -62,6 +72,8 @@ from fpn_geo.pipeline import (
 )
 from fpn_geo.provenance import utc_now
 from fpn_geo.signals import Terminated, terminate_as_interrupt
+from fpn_geo.stac import StacScene, StacSource, apply_remote_gdal_options, redact
+from fpn_geo.stac_results import is_current, write_results_catalog
 from fpn_geo.streaming import in_order
 from fpn_geo.tiling import Block
 
@@ -82,6 +94,8 @@ def process_blocks_task(plan: ScenePlan, blocks: list[Block], checkpoint: str) -
     from fpn_geo.pipeline import cached_segmenter, process_blocks
 
     use_worker_threads()
+    if not is_local(plan.scene.path):
+        apply_remote_gdal_options()  # this worker reads the scene's windows in place, over HTTP or S3
     segmenter = cached_segmenter(checkpoint, plan.cfg.device, plan.cfg.compile)
     return list(process_blocks(plan, blocks, segmenter))
 
@@ -187,6 +201,8 @@ def segment_scene(
     """
     logger = get_run_logger()
     t0, started = time.perf_counter(), utc_now()
+    if not is_local(scene):
+        apply_remote_gdal_options()
     cfg = load_config(config, **(overrides or {}))
     plan = plan_scene_task(scene, checkpoint, cfg)
     n_workers, n_gpu = describe_workers(current_client())
@@ -230,11 +246,13 @@ def segment_scene(
 
 
 def _is_done(
-    scene: str, out: Path, checkpoint: str | None, cfg: SegmentConfig, also: list[Path], metas: dict[str, ModelMeta]
+    scene: str, out: Path, checkpoint: str | None, cfg: SegmentConfig, also: list[Path], metas: dict[str, ModelMeta],
+    source: StacScene | None = None,
 ) -> bool:
     """Whether `out` was made from these scene bytes, the checkpoint this scene gets (given or chosen) and the
     output parameters it would run with (that checkpoint's post-processing defaults included). `metas`: the
-    checkpoints verified so far, by path, so each is hashed once per run."""
+    checkpoints verified so far, by path, so each is hashed once per run. A catalogued scene (`source`) is
+    identified by its STAC item, asset and asset identity (its output item records them) instead of a sha256."""
     if not out.is_file():
         return False
     try:
@@ -243,13 +261,22 @@ def _is_done(
     except FpnGeoError:  # a scene or checkpoint that fails: its own flow run says why
         return False
     params = output_parameters(with_model_defaults(cfg, meta.postprocess))
+    if source is not None:
+        return is_current(out, source_of(scene, source, None)) and made_with(out, meta.weights_sha256, params, also)
     return is_up_to_date(out, scene_sha256(scene), meta.weights_sha256, params, also)
+
+
+@task(name="stac-item", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def stac_item_task(scene: str, out: Path, name: str, source: StacScene | None, cog: Path | None,
+                   quicklook: str | None) -> str:
+    """The scene's STAC item beside its outputs (footprint from the scene's mask, read at overview size)."""
+    return str(write_scene_stac(scene, out, name, source, cog, quicklook))
 
 
 @flow(name="segment-scenes", task_runner=task_runner(), log_prints=True)  # type: ignore[arg-type]
 def segment_scenes(
-    scenes: str | list[str],
-    out_dir: str,
+    scenes: str | list[str] | None = None,
+    out_dir: str = "out/buildings",
     checkpoint: str | None = None,
     config: str | None = None,
     overrides: dict[str, Any] | None = None,
@@ -259,36 +286,45 @@ def segment_scenes(
     max_in_flight: int | None = None,
     quicklook: bool = True,
     blocks_per_task: int = 2,
+    stac: StacSource | None = None,
 ) -> State[Any]:
     """Many scenes, one GeoPackage each (out_dir/<stem>.gpkg), each as its own `segment-scene` flow run.
 
-    scenes: a folder, a glob, a manifest (.txt/.csv: one path per line) or a list of paths.
+    scenes: a folder, a glob, a manifest (.txt/.csv: one path per line) or a list of paths; or instead
+    stac: a STAC source (`fpn_geo.stac.StacSource`): {"url": API or static catalog/collection/ItemCollection,
+      "asset": "visual", "collections", "bbox", "intersects", "datetime", "query", "filter", "max_items"}. Each
+      item's asset is read in place (/vsicurl/, /vsis3/), never downloaded, and writes out_dir/<item id>.gpkg.
     checkpoint: as in `segment-scene`; without one, each scene gets the bundled model for its GSD.
     A scene whose GeoPackage already holds the same input sha256, checkpoint sha256 and output parameters
     (every config key that changes the output) is skipped (unless force), so a nightly re-run only does new
     work. Probability rasters fpn-geo wrote are never taken as scenes, even when out_dir is the scenes folder.
-    merged: also write all buildings into one GeoPackage in `merged_crs`. A scene that fails fails its own flow
-    run; the others go on, and this run ends Failed, listing them.
+    A catalogued scene is skipped when its STAC item beside the outputs records the same item, asset and asset
+    identity (ETag, size and date, or checksum) and its GeoPackage the same checkpoint and output parameters.
+    Each finished scene gets out_dir/<name>.item.json (STAC), and out_dir/catalog.json lists them all.
+    merged: also write one building map (`fpn_geo.building_map`) in `merged_crs`: each building once where
+    scenes overlap, with its source scene and item, and a `map_scenes` table; a rerun with new scenes only adds
+    them. A scene that fails fails its own flow run; the others go on, and this run ends Failed, listing them.
     """
     logger = get_run_logger()
     cfg = load_config(config, **(overrides or {}))
-    paths, ours = drop_own_outputs(list_scenes(scenes))
+    found = gather_scenes(scenes, stac)
+    paths, ours = found.paths, found.ours
     if ours:
         logger.info(
             "not segmenting %d fpn-geo output raster(s) found among the scenes: %s", len(ours), ", ".join(ours[:5])
         )
-    outs = output_paths(paths, out_dir)
+    outs = output_paths(paths, out_dir, found.names)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     # One cluster for all scenes: the child runs connect to this run's scheduler, and worker model caches stay warm.
     address = current_client().scheduler.address
-    logger.info("%d scenes from %s; Dask scheduler %s", len(paths), scenes, address)
+    logger.info("%d scenes from %s; Dask scheduler %s", len(paths), redact(stac.url) if stac else scenes, address)
     processed, skipped, failed = [], [], {}
     metas: dict[str, ModelMeta] = {}
     rows: list[dict[str, Any]] = []
     for path in paths:
-        out, name = outs[path], scene_name(path)
+        out, name, source = outs[path], found.names[path], found.sources.get(path)
         also = [default_probability_path(out)] if cfg.probability == "cog" else []
-        if not force and _is_done(path, out, checkpoint, cfg, also, metas):
+        if not force and _is_done(path, out, checkpoint, cfg, also, metas, source):
             logger.info("%s: up to date (same input, checkpoint and output parameters), skipped", name)
             skipped.append(path)
             rows.append({"scene": name, "status": "skipped", "buildings": "", "seconds": "", "output": str(out)})
@@ -303,18 +339,23 @@ def segment_scenes(
         )
         if state.is_completed():
             r = state.result()
+            stac_item_task(path, out, name, source, also[0] if also else None, r.get("quicklook"))
             processed.append(path)
             rows.append({"scene": name, "status": "done", "buildings": r["buildings"], "seconds": r["seconds"],
                          "output": str(out)})
         else:
-            failed[path] = state.message or state.name
+            failed[path] = redact(state.message or state.name or "failed")
             logger.error("%s failed: %s", name, failed[path])
             rows.append({"scene": name, "status": "failed", "buildings": "", "seconds": "", "output": failed[path]})
-    merged_count = None
+    catalog = write_results_catalog(out_dir) if processed or skipped else None
+    merged_count, merged_added = None, None
     if merged:
-        parts = [(scene_name(p), outs[p]) for p in paths if p not in failed and outs[p].is_file()]
-        merged_count = merge_geopackages(parts, merged, merged_crs)
-        logger.info("merged %d buildings from %d scenes into %s", merged_count, len(parts), merged)
+        parts = [map_part(found.names[p], outs[p], found.sources.get(p)) for p in paths
+                 if p not in failed and outs[p].is_file()]
+        summary = build_map(parts, merged, merged_crs)
+        merged_count, merged_added = summary.buildings, list(summary.added)
+        logger.info("building map %s: %d buildings from %d scenes (%d added now, %d kept from the last map)",
+                    merged, merged_count, len(parts), len(summary.added), len(summary.reused))
     create_table_artifact(
         rows, key=artifact_key("segment-scenes"), description="fpn-geo segment-scenes: one row per scene"
     )
@@ -325,9 +366,11 @@ def segment_scenes(
         "outputs": {p: str(outs[p]) for p in paths if p not in failed},
         "merged": merged,
         "merged_buildings": merged_count,
+        "merged_added": merged_added,
+        "catalog": str(catalog) if catalog else None,
     }
     if failed:
-        listing = "; ".join(f"{scene_name(p)}: {m}" for p, m in failed.items())
+        listing = "; ".join(f"{found.names[p]}: {m}" for p, m in failed.items())
         return Failed(message=f"{len(failed)} of {len(paths)} scenes failed: {listing}", data=result)
     return Completed(message=f"{len(processed)} processed, {len(skipped)} up to date", data=result)
 
@@ -351,12 +394,18 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--checkpoint", help="default: the bundled model for the scene's GSD (models/, FPN_GEO_MODELS)")
     one.add_argument("--out", required=True)
     many = sub.add_parser("scenes")
-    many.add_argument("scenes", help="folder, glob or manifest")
+    many.add_argument("scenes", nargs="?", help="folder, glob or manifest (or a STAC source: --stac)")
     many.add_argument("--checkpoint", help="default: each scene's bundled model for its GSD")
     many.add_argument("--out-dir", required=True)
     many.add_argument("--merged")
     many.add_argument("--force", action="store_true")
+    add_stac_arguments(many)
     args = p.parse_args(argv)
+    try:
+        stac = stac_from_args(args) if args.command == "scenes" else None
+    except FpnGeoError as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 2
     try:
         overrides = parse_overrides(args.set) or None
     except FpnGeoError as e:
@@ -380,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 state = segment_scenes.with_options(task_runner=runner)(  # type: ignore[arg-type]
                     scenes=args.scenes, checkpoint=args.checkpoint, out_dir=args.out_dir, merged=args.merged,
-                    force=args.force, return_state=True, **common)
+                    force=args.force, stac=stac, return_state=True, **common)
     except KeyboardInterrupt as e:
         print(f"{'terminated' if isinstance(e, Terminated) else 'interrupted'}; no output written", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
@@ -388,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 2
     if not state.is_completed():
-        print(f"{state.name}: {state.message}", file=sys.stderr)
+        print(f"{state.name}: {redact(state.message or '')}", file=sys.stderr)
         return 1
     print(json.dumps(state.result(), indent=1, default=str))
     return 0
