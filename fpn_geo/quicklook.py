@@ -39,7 +39,7 @@ def preview(
         valid = src.dataset_mask(out_shape=(h, w)) > 0
         bounds = tuple(src.bounds)
     rgb = _stretch(image, valid)
-    return (np.repeat(rgb, 3, axis=0) if len(use) == 1 else rgb), bounds  # type: ignore[return-value]
+    return (np.repeat(rgb, 3, axis=0) if len(use) == 1 else rgb), bounds
 
 
 def render_quicklook(

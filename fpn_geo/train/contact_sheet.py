@@ -63,7 +63,7 @@ def render_contact_sheet(panels: list[Panel], png_path: str | Path, columns: int
         ax.set_ylim(bottom, top)
         ax.set_title(panel.caption, fontsize=8)
     fig.suptitle((title + "\n" if title else "") + "cyan: truth, yellow: predicted", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (rows * (inch + 0.3) + 0.4)))  # room for the two-line title
     png_path = Path(png_path)
     try:
         with atomic_output(png_path) as tmp:

@@ -20,6 +20,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from fpn_geo.train.validate import export_blocks, pooled, score_block
 
     cfg = load_train_config(a.config)
-    kinds = {s.place or s.name: s.imagery for s in cfg.sources if s.imagery}
+    kinds: dict[str, str] = {s.place or s.name: s.imagery for s in cfg.sources if s.imagery}
     blocks = [b for b in export_blocks(cfg, Path(a.work) / "blocks") if not a.places or b.place in a.places]
     seg = load_segmenter(a.checkpoint, a.device)
     modes = (True, False) if seg.meta.channels > 1 else (False,)
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 if a.regularize:
                     print(f"{'':12s} right-angled outlines: F1 {r['f1_reg']:.3f}, vertices {r['vertices']} -> "
                         f"{r['vertices_reg']}", flush=True)
-    summary = {}
+    summary: dict[str, dict[str, Any]] = {}
     for t in a.thresholds:
         for sep in modes:
             rs = [r for r in rows if r["threshold"] == t and r["separate"] == sep]
