@@ -4,10 +4,10 @@
 # then the CUDA test. Needs only python3 with torch + torchvision + numpy on the device (no rasterio, pydantic, yaml).
 #
 # Here, once:  python -m fpn_geo.train.cache --config configs/train_default.yaml --out runs/cache.npz   (~15 MB)
-# Device:      bash benchmarks/train_gpu.sh            # writes <= 6 files to $OUT: 4 checkpoint parts, SHA256SUMS, train_gpu.json
-# Here, after: python benchmarks/join_parts.py --from <files_at> --out models/gpu
+# Device:      bash device/train_gpu.sh            # writes <= 6 files to $OUT: 4 checkpoint parts, SHA256SUMS, train_gpu.json
+# Here, after: python -m fpn_geo.train.join_parts --from <files_at> --out models/gpu
 #              python -m fpn_geo.train.eval_places --checkpoint models/gpu/fpn_r18_gsd030.safetensors   (and gsd015)
-# Smoke test:  bash benchmarks/train_gpu.sh --cpu      # here, < 3 minutes: tiny steps, meaningless numbers
+# Smoke test:  bash device/train_gpu.sh --cpu      # here, < 3 minutes: tiny steps, meaningless numbers
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -19,7 +19,7 @@ if [ "${1:-}" = "--cpu" ]; then
   [ -f "$CACHE" ] || "$PY" -m fpn_geo.train.cache --config configs/train_default.yaml --out "$CACHE"
   timeout 150 "$PY" -m fpn_geo.train.gpu --cache "$CACHE" --out-dir "$DEST" --gsd 0.3 0.15 --device cpu \
     --batch 2 --chip 64 --max-steps 3 --deadline-minutes 2
-  "$PY" benchmarks/join_parts.py --from "$DEST" --out "$DEST/joined"
+  "$PY" -m fpn_geo.train.join_parts --from "$DEST" --out "$DEST/joined"
   "$PY" -m pytest -q --noconftest -p no:cacheprovider tests/test_train_gpu.py
 else
   PY=${PYTHON:-python3}

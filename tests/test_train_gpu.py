@@ -1,7 +1,7 @@
 """The torch-only GPU trainer (fpn_geo.train.gpu) on a synthetic cache.
 
 This file imports neither rasterio nor pydantic, and needs no conftest, so it also runs on the GPU machine
-(``pytest --noconftest tests/test_train_gpu.py``, as benchmarks/train_gpu.sh does). The CUDA test skips
+(``pytest --noconftest tests/test_train_gpu.py``, as device/train_gpu.sh does). The CUDA test skips
 without a GPU.
 """
 
@@ -100,9 +100,7 @@ sys.exit(main(['--cache', {str(cache)!r}, '--out-dir', {str(tmp_path / 'out')!r}
 
 def _train_and_join(tmp_path, device: str, steps: int) -> dict:
     from fpn_geo.train.gpu import main
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from join_parts import join
+    from fpn_geo.train.join_parts import join
 
     cache = synthetic_cache(tmp_path / "c.npz")
     out = tmp_path / "out"
@@ -132,7 +130,7 @@ def test_cpu_training_writes_checkpoint_parts_that_join(tmp_path):
 
 
 @pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU (runs in benchmarks/train_gpu.sh on the device)"
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (runs in device/train_gpu.sh on the device)"
 )
 def test_cuda_training_bf16_channels_last(tmp_path):
     m = _train_and_join(tmp_path, "cuda", 30)

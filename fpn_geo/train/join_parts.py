@@ -4,7 +4,7 @@ Checks each part against SHA256SUMS, joins NAME.safetensors.partNN in order, che
 against the sha256 in train_gpu.json (which is also the metadata's weights_sha256), writes NAME.json
 beside it, and loads it once with ``load_checkpoint``. Exit 1 on any mismatch; nothing is left half-written.
 
-    python benchmarks/join_parts.py --from /work/.device/.../out --out models/gpu
+    python -m fpn_geo.train.join_parts --from /work/.device/.../out --out models/gpu
 """
 
 from __future__ import annotations
@@ -15,13 +15,11 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from fpn_geo.hashing import sha256_file  # noqa: E402  (stdlib only: no torch)
+from fpn_geo.hashing import sha256_file  # stdlib only: no torch
 
 
 def join(src: Path, out: Path) -> list[Path]:
+    """The checkpoints of the run in `src`, joined into `out` once every part's and every whole's sha256 matches."""
     sums = {}
     for line in (src / "SHA256SUMS").read_text().splitlines():
         digest, name = line.split(maxsplit=1)
@@ -51,6 +49,7 @@ def join(src: Path, out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m fpn_geo.train.join_parts`: join, check, and load each checkpoint once (unless --no-load)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--from", dest="src", required=True, help="folder with the parts, SHA256SUMS and train_gpu.json")
     p.add_argument("--out", required=True, help="folder for NAME.safetensors + NAME.json")
