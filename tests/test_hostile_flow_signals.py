@@ -67,8 +67,10 @@ def test_killed_flow_leaves_no_server_or_child_running(tmp_path, checkpoint, sma
 
 
 def _flow_env(tmp_path, **extra) -> dict:
+    # A busy CI host can take over the server's 90 s floor to start it (a first start migrates the database):
+    # these tests are about what happens once it runs.
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "home"), "FPN_GEO_DASK_WORKERS": "1",
-           "PYTHONUNBUFFERED": "1", **extra}
+           "PYTHONUNBUFFERED": "1", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300", **extra}
     for key in ("PREFECT_API_URL", "FPN_GEO_DASK_ADDRESS"):
         if key not in extra:
             env.pop(key, None)
