@@ -8,7 +8,7 @@ stops it when the flow process dies however it dies; the context then points the
 
 A one-off run must also end quietly and at once. Before the server stops, the flow's queued logs and events are
 sent to it (as `prefect.testing.utilities.prefect_test_harness` does): otherwise Prefect's exit handler retries
-them against the stopped server with back-off, and the process sat about 70 s after its result, then printed
+them against the stopped server with back-off, and the process sat long after its result, then printed
 "Error logging to API: All connection attempts failed". The server runs without Prefect's telemetry heartbeat
 (`PREFECT_SERVER_ANALYTICS_ENABLED`): it writes its session row into the same SQLite file while the flow's first
 requests arrive (a "database is locked" traceback) and phones home from machines that often have no internet.
@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from fpn_geo.errors import FpnGeoError
 from fpn_geo.signals import die_with_parent
 
-STARTUP_TIMEOUT_S = 90.0  # at least: a first start migrates a new database, over 20 s (Prefect's default) when busy
+STARTUP_TIMEOUT_S = 90.0  # at least: a first start migrates a new database, past Prefect's default on a busy host
 DRAIN_TIMEOUT_S = 5.0
 PROBE_TIMEOUT_S = 5.0
 
