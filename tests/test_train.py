@@ -24,7 +24,7 @@ from fpn_geo.train.augment import Augment, dihedral
 from fpn_geo.train.dataset import IGNORE, crop, load_source
 from fpn_geo.train.history import read_rows
 from fpn_geo.train.losses import CEDiceLoss
-from fpn_geo.train.samplers import Block, ChipQuery, Extent, GridChipSampler, RandomChipSampler
+from fpn_geo.train.samplers import ChipQuery, Extent, GridChipSampler, PixelBox, RandomChipSampler
 from tests.doubles import DATA, KAMPALA_LABELS, KAMPALA_Z20, write_raster
 
 
@@ -133,7 +133,7 @@ def test_config_that_is_not_a_mapping(tmp_path):
 
 
 def test_random_chips_never_touch_the_held_out_block():
-    block = Block(0, 300, 400, 500)
+    block = PixelBox(0, 300, 400, 500)
     sampler = RandomChipSampler([Extent(400, 500, block)], size=64, length=500, gap=8, seed=1)
     qs = list(sampler)
     assert len(qs) == 500 and all(q.size == 64 for q in qs)
@@ -143,7 +143,7 @@ def test_random_chips_never_touch_the_held_out_block():
 
 def test_random_sampler_refuses_a_source_that_is_all_validation():
     with pytest.raises(ConfigError, match="no 64x64 training chip fits"):
-        RandomChipSampler([Extent(100, 100, Block(0, 0, 100, 100))], size=64, length=1)
+        RandomChipSampler([Extent(100, 100, PixelBox(0, 0, 100, 100))], size=64, length=1)
 
 
 def test_source_snaps_to_its_own_grid_and_checks_like_the_pipeline(crop_tif, tmp_path):
@@ -158,7 +158,7 @@ def test_source_snaps_to_its_own_grid_and_checks_like_the_pipeline(crop_tif, tmp
 
 
 def test_grid_covers_the_block_exactly_once_or_more():
-    block = Block(0, 512, 508, 762)
+    block = PixelBox(0, 512, 508, 762)
     qs = list(GridChipSampler([Extent(508, 762, block), Extent(100, 100, None)], size=256, overlap=64))
     cover = np.zeros((508, 762), int)
     for q in qs:
@@ -171,7 +171,7 @@ def test_source_is_resampled_to_the_model_gsd_with_labels_in_place(crop_tif):
     s = load_source("k", crop_tif, KAMPALA_LABELS, "labels", 0.3, (1, 2, 3), 2, 1.0, (0.5, 0, 1, 1))
     # 512 px of the mosaic are 512 * 0.149 m (true metres, measured in UTM) = 76 m = 254 px at 0.3 m
     assert s.shape == (254, 254) and abs(s.gsd_m - 0.3) < 0.005
-    assert s.val_block == Block(0, 127, 254, 254)  # rounded outwards: a pixel partly held out is held out
+    assert s.val_block == PixelBox(0, 127, 254, 254)  # rounded outwards: a pixel partly held out is held out
     assert set(np.unique(s.target)) <= {0, 1, 2}
     # buildings burnt where the labels are: their area in px matches their area in m² at 0.3 m
     inside = s.truth.clip(rasterio.transform.array_bounds(*s.shape, s.transform))
@@ -269,6 +269,31 @@ def test_resume_needs_the_optimizer_state(tmp_path, crop_tif):
             )
         )
 
+
+
+def test_init_continues_a_checkpoint_and_extends_its_ledger(tmp_path, crop_tif):
+    """``fpn-geo train --init``: the checkpoint's weights (a frozen body stays them bit for bit), its normalisation
+    and its ledger plus one entry; another architecture is refused."""
+    first = train(load_train_config(**tiny_config(crop_tif, tmp_path / "a", epochs=1, steps_per_epoch=1)))
+    a, ameta = load_checkpoint(first.last)
+    (entry,) = ameta.extra["ledger"]
+    assert entry["steps"] == 1 and entry["chips"] == 4 and entry["init_sha256"] is None and entry["device"] == "cpu"
+    assert entry["data"]["sources"][0]["sha256"] and entry["trainer"] == "fpn_geo.train.loop"
+
+    cfg = tiny_config(crop_tif, tmp_path / "b", epochs=1, steps_per_epoch=2, init=str(first.last), freeze_backbone=True,
+                      sources=[{"name": "kampala", "image": str(crop_tif), "labels": str(KAMPALA_LABELS),
+                                "val_block": [0.0, 0.0, 0.5, 1.0]}])  # other pixels: other statistics
+    b, bmeta = load_checkpoint(train(load_train_config(**cfg)).last)
+    assert bmeta.mean == ameta.mean and bmeta.std == ameta.std
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa if k.startswith("fpn.backbone."))
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa if k.startswith("head."))
+    ledger = bmeta.extra["ledger"]
+    assert len(ledger) == 2 and ledger[0] == entry
+    assert ledger[1]["init_sha256"] == ameta.weights_sha256 and ledger[1]["steps"] == 2 and ledger[1]["freeze_backbone"]
+
+    with pytest.raises(CheckpointError, match="fpn_channels 32 but this run asks for 64"):
+        train(load_train_config(**tiny_config(crop_tif, tmp_path / "c", init=str(first.last), fpn_channels=64)))
 
 # --- validation scoring ------------------------------------------------------------------------------
 

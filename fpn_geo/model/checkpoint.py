@@ -29,12 +29,17 @@ def build_model(meta: ModelMeta) -> BuildingSegmenter:
     )
 
 
-def save_checkpoint(model: torch.nn.Module, meta: ModelMeta, path: str | Path) -> ModelMeta:
+def save_checkpoint(model: torch.nn.Module, meta: ModelMeta, path: str | Path, half: bool = False) -> ModelMeta:
     """Write weights + metadata, each atomically (weights first, so a reader never sees new metadata with old
-    weights pass the sha256 check); returns the metadata with the weights' sha256 filled in."""
+    weights pass the sha256 check); returns the metadata with the weights' sha256 filled in.
+
+    ``half`` stores the weights as fp16 (half the bytes, for checkpoints that travel; ``load_checkpoint`` copies
+    them into fp32 parameters); BatchNorm statistics stay fp32."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() and "running_" not in k else v for k, v in state.items()}
     _check_finite(state, path)
     with atomic_output(path) as tmp:
         save_file(state, str(tmp), metadata={"format": FORMAT})

@@ -3,7 +3,9 @@
 Modules by role, read in the order the data flows:
 ``config`` (validated YAML), ``dataset`` (sources at the model GSD, chips as sample dicts),
 ``samplers`` (where to read: random for training, a grid for validation), ``augment``,
-``losses``, ``validate`` (the held-out blocks through the production path) and ``loop`` (the epochs,
+``targets`` (class names, IGNORE, the target from building ids), ``losses``, ``core`` (what one step is,
+for both trainers: model builder, warm start, optimizer, schedule, checkpoint writer), ``ledger`` (every run
+behind a checkpoint), ``validate`` (the held-out blocks through the production path) and ``loop`` (the epochs,
 checkpoints, resume, metrics CSV and curve). The GPU path: ``cache`` (every source decoded once per
 model GSD into one compressed file, here, with rasterio) and ``gpu`` (a torch-only trainer on that cache).
 

@@ -27,10 +27,10 @@ import numpy as np
 
 from fpn_geo.train.config import TrainConfig
 from fpn_geo.train.samplers import fraction_block
+from fpn_geo.train.targets import IGNORE, classes_for, target_from_instances
 
 log = logging.getLogger(__name__)
 
-IGNORE = 255
 JPEG_QUALITY = 92
 CACHE_FORMAT = "fpn-geo-train-cache/1"
 
@@ -40,16 +40,6 @@ def grid_shape(height: int, width: int, native_gsd: float, gsd: float) -> tuple[
     from fpn_geo.georef import model_scale, scaled_shape
 
     return scaled_shape(height, width, model_scale(native_gsd, gsd))
-
-
-def _targets(instances: np.ndarray, kind: str, gap_px: int) -> np.ndarray:
-    from fpn_geo.truth import BUILDING, CONTACT, contact_from_instances, separator_target
-
-    if kind == "separator":
-        return separator_target(instances, gap_px)
-    target = (instances > 0).astype(np.uint8) * BUILDING
-    target[contact_from_instances(instances.astype(np.int32), gap_px)] = CONTACT
-    return target
 
 
 def _nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -113,7 +103,7 @@ def cache_source(
     for k, g in enumerate(gsds):
         h, w = grid_shape(H, W, native, g)
         t = transform * Affine.scale(W / w, H / h)
-        target = _targets(rasterize_instances(truth, t, (h, w)), cfg.target, cfg.contact_px)
+        target = target_from_instances(rasterize_instances(truth, t, (h, w)), cfg.target, cfg.contact_px)
         target[~_nearest(valid, (h, w))] = IGNORE
         block = None
         if val_block:
@@ -158,7 +148,7 @@ def prepare_cache(cfg: TrainConfig, out: str | Path, root: Path | None = None) -
     std = np.sqrt(np.maximum(w @ sqs - mean**2, 1e-6))
     meta = {
         "format": CACHE_FORMAT, "gsds": [float(g) for g in cfg.cache_gsds], "target": cfg.target,
-        "classes": ["background", "building", "separator" if cfg.target == "separator" else "contact"],
+        "classes": list(classes_for(cfg.target)),
         "mean": [round(float(m), 4) for m in mean], "std": [round(float(s), 4) for s in std],
         "config": cfg.model_dump(mode="json"), "sources": records,
     }

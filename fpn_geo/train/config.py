@@ -117,7 +117,11 @@ class TrainConfig(BaseModel):
     max_minutes: float | None = Field(None, gt=0, description="stop after the epoch that passes this wall time")
     seed: int = 0
     resume: str | None = Field(None, description="last.safetensors of an earlier run to continue from")
-    init: str | None = Field(None, description="start from these weights (a checkpoint), not from scratch")
+    init: str | None = Field(
+        None, description="continue this checkpoint of the same architecture (its weights, normalisation and ledger)"
+    )
+    backbone_lr_mult: float = Field(1.0, ge=0, description="the ResNet body's learning rate as a share of lr")
+    freeze_backbone: bool = Field(False, description="train only FPN and head; the body and its BatchNorm stay")
     base_dir: str | None = Field(
         None, description="the folder relative paths (sources, out_dir, resume, init) resolve against; "
         "load_train_config sets it to the YAML file's folder, else the working directory",

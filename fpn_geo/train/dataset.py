@@ -22,22 +22,11 @@ from rasterio.enums import Resampling
 from fpn_geo.errors import InputError
 from fpn_geo.georef import model_scale, pixel_size_m, scaled_shape
 from fpn_geo.scene import open_scene
-from fpn_geo.train.samplers import Block, ChipQuery, fraction_block
-from fpn_geo.truth import (
-    BUILDING,
-    CONTACT,
-    contact_from_instances,
-    rasterize_instances,
-    read_label_mask,
-    read_labels,
-    separator_target,
-)
+from fpn_geo.train.samplers import ChipQuery, PixelBox, fraction_block
+from fpn_geo.train.targets import IGNORE, target_from_instances
+from fpn_geo.truth import rasterize_instances, read_label_mask, read_labels
 
 log = logging.getLogger(__name__)
-
-IGNORE = 255
-"""Target value for pixels outside the image footprint or added by padding: no loss there."""
-
 
 @dataclass(frozen=True)
 class Source:
@@ -56,7 +45,7 @@ class Source:
     gsd_m: float  # of the resampled grid
     truth: gpd.GeoDataFrame | None  # polygons in the source CRS (None for mask labels)
     weight: float
-    val_block: Block | None  # in resampled pixels
+    val_block: PixelBox | None  # in resampled pixels
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -67,7 +56,7 @@ class Source:
         return CRS.from_wkt(self.crs_wkt)
 
 
-def block_pixels(fractions: tuple[float, float, float, float] | None, height: int, width: int) -> Block | None:
+def block_pixels(fractions: tuple[float, float, float, float] | None, height: int, width: int) -> PixelBox | None:
     """A fractional (left, top, right, bottom) block in pixels, rounded outwards (``samplers.fraction_block``)."""
     if fractions is None:
         return None
@@ -114,11 +103,7 @@ def load_source(
         cols = np.minimum(((np.arange(w) + 0.5) * src_shape[1] / w).astype(int), src_shape[1] - 1)
         mask = mask[rows][:, cols]  # nearest neighbour at pixel centres
         instances, _ = ndimage.label(mask > 0)  # touching buildings merged in a mask stay one instance
-    if target_kind == "separator":
-        target = separator_target(instances.astype(np.int32), contact_px)
-    else:
-        target = (instances > 0).astype(np.uint8) * BUILDING
-        target[contact_from_instances(instances.astype(np.int32), contact_px)] = CONTACT
+    target = target_from_instances(instances, target_kind, contact_px)
     target[~valid] = IGNORE
     gsd = pixel_size_m(transform, CRS.from_user_input(crs), w, h)
     log.info("source %s: %s -> %dx%d px at %.3f m", name, Path(image_path).name, h, w, gsd)

@@ -1,11 +1,12 @@
 """Torch-only training from a prepared cache (``fpn_geo.train.cache``): the GPU path of ``fpn-geo train``.
 
-Imports nothing but numpy, torch and torchvision (no rasterio, geopandas, pydantic or yaml), so it runs on
-a bare CUDA machine. Everything lives on the device: the images (uint8, resampled once to the model GSD),
+Imports nothing but numpy, torch, torchvision and safetensors (no rasterio, geopandas, pydantic or yaml), so it
+runs on a bare CUDA machine. Everything lives on the device: the images (uint8, resampled once to the model GSD),
 the targets, the chip sampling, the augmentation (dihedral, scale, colour, blur, noise) and the model
-(bf16 autocast, channels_last). Each model trains for a wall-clock budget, with the learning rate on a
-cosine of the time used, and is written as fp16 safetensors + JSON metadata (loaded back as fp32), split
-into parts of at most 15 MiB with their sha256, for machines whose files come back in small pieces.
+(bf16 autocast, channels_last). What a step is (optimizer, schedule, loss, checkpoint writer, warm start) is
+``fpn_geo.train.core``, shared with the classic loop. Each model trains for a wall-clock budget, with the
+learning rate on a cosine of the time used, and is written as fp16 safetensors + JSON metadata (loaded back as
+fp32), split into parts of at most 15 MiB with their sha256, for machines whose files come back in small pieces.
 
     python -m fpn_geo.train.gpu --cache runs/cache.npz --out-dir OUT --gsd 0.3 0.15 --deadline-minutes 6.3
 
@@ -21,11 +22,11 @@ production path with ``python -m fpn_geo.train.eval_places``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
 import os
-import struct
 import sys
 import time
 import zipfile
@@ -36,15 +37,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fpn_geo.errors import CheckpointError, ConfigError, FpnGeoError
+from fpn_geo.errors import ConfigError, FpnGeoError
 from fpn_geo.hashing import sha256_file
 from fpn_geo.model.meta import ModelMeta
-from fpn_geo.train.ledger import LEDGER_KEY, cache_data, extended, ledger_of, run_entry, totals
-from fpn_geo.train.losses import IGNORE, CEDiceLoss
-from fpn_geo.train.samplers import Block, Extent, RandomChipSampler
+from fpn_geo.train import core
+from fpn_geo.train.augment import colour, dihedral, gaussian_blur
+from fpn_geo.train.ledger import LEDGER_KEY, cache_data, run_entry, totals
+from fpn_geo.train.losses import CEDiceLoss
+from fpn_geo.train.samplers import Extent, PixelBox, RandomChipSampler
+from fpn_geo.train.targets import IGNORE
 
 PART_BYTES = 15 * 1024 * 1024
-_T0 = time.perf_counter()  # process start (near enough): the deadline counts from here
 
 
 @dataclass
@@ -55,7 +58,7 @@ class DeviceSource:
     place: str
     image: torch.Tensor  # uint8 (3, H, W)
     target: torch.Tensor  # uint8 (H, W)
-    block: Block | None  # held-out block + margin, in this grid's pixels (target is IGNORE there)
+    block: PixelBox | None  # held-out block + margin, in this grid's pixels (target is IGNORE there)
     weight: float
 
 
@@ -98,38 +101,11 @@ def sources_on_device(
         b = grid["block"]
         out.append(
             DeviceSource(
-                rec["name"], rec["place"], img.contiguous(), tgt.contiguous(), Block(*b) if b else None, rec["weight"]
+                rec["name"], rec["place"], img.contiguous(), tgt.contiguous(), PixelBox(*b) if b else None,
+                rec["weight"],
             )
         )
     return out
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """A separable Gaussian blur of (N, C, H, W) ``x``, each channel on its own."""
-    r = max(1, math.ceil(2 * sigma))
-    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, device=x.device, dtype=x.dtype) / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
-def colour(x: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tensor:
-    """Per-chip contrast, brightness, per-channel gain, saturation and gamma on 0-255 floats."""
-    if amount <= 0:
-        return x
-    n = x.shape[0]
-
-    def u(*shape):
-        return torch.rand(*shape, 1, 1, device=x.device, generator=gen) * 2 - 1
-
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * (1 + amount * u(n, 1)) + mean + amount * 64 * u(n, 1)
-    x = x * (1 + 0.5 * amount * u(n, 3))
-    gray = x.mean(dim=1, keepdim=True)
-    x = gray + (x - gray) * (1 + 2 * amount * u(n, 1)).clamp(min=0)
-    x = (x / 255).clamp(0, 1) ** torch.exp(amount * u(n, 1))
-    return x * 255
 
 
 class ChipBatcher:
@@ -169,67 +145,13 @@ class ChipBatcher:
                 x, size=(self.chip, self.chip), mode="bilinear", align_corners=False, antialias=side > self.chip
             )
             y = F.interpolate(y[:, None].float(), size=(self.chip, self.chip), mode="nearest")[:, 0].to(torch.uint8)
-        k, flip = int(self.rng.integers(4)), bool(self.rng.integers(2))
-        if flip:
-            x, y = x.flip(-1), y.flip(-1)
-        if k:
-            x, y = torch.rot90(x, k, (2, 3)), torch.rot90(y, k, (1, 2))
+        x, y = dihedral(x, y, int(self.rng.integers(4)), bool(self.rng.integers(2)))
         x = colour(x, self.colour_aug, self.gen)
         if self.rng.random() < self.blur_p:
             x = gaussian_blur(x, float(self.rng.uniform(0.3, 1.5)))
         x = x + torch.randn(x.shape, device=x.device, generator=self.gen) * float(self.rng.uniform(0, 4))
         x = (x - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last), y.long()
-
-
-def lr_at(step: int, frac: float, lr: float, warmup: int) -> float:
-    """Linear warmup over ``warmup`` steps, then a cosine to 1% of ``lr`` over the fraction of the time budget used."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    return lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
-
-
-def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """The safetensors format written by hand (8-byte header length, JSON header, raw little-endian data)."""
-    names = {torch.float16: "F16", torch.float32: "F32", torch.int64: "I64", torch.bfloat16: "BF16"}
-    header: dict = {"__metadata__": metadata}
-    blobs, offset = [], 0
-    for k in sorted(tensors):
-        t = tensors[k].detach().contiguous().cpu()
-        b = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        header[k] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(b)]}
-        blobs.append(b)
-        offset += len(b)
-    hb = json.dumps(header, separators=(",", ":")).encode()
-    hb += b" " * (-len(hb) % 8)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(hb)))
-        f.write(hb)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, path)
-
-
-def fp16_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Weights as fp16 (half the bytes; ``load_checkpoint`` copies them into fp32 parameters); BN statistics stay
-    fp32."""
-    return {
-        k: (v.half() if v.is_floating_point() and "running_" not in k else v) for k, v in model.state_dict().items()
-    }
-
-
-def write_checkpoint(model: torch.nn.Module, meta: ModelMeta, path: Path) -> dict:
-    """NAME.safetensors (fp16) + NAME.json, the metadata carrying the weights' sha256; returns the metadata dict."""
-    import dataclasses
-
-    save_safetensors(fp16_state(model), path, {"format": "fpn-geo-checkpoint/1"})
-    meta = dataclasses.replace(meta, weights_sha256=sha256_file(path))
-    d = meta.to_dict()
-    tmp = path.with_name(path.stem + ".json.tmp")
-    tmp.write_text(json.dumps(d, indent=2))
-    os.replace(tmp, path.with_suffix(".json"))
-    return d
 
 
 def split_parts(path: Path, out_dir: Path, part_bytes: int = PART_BYTES) -> list[tuple[str, str]]:
@@ -247,7 +169,7 @@ def split_parts(path: Path, out_dir: Path, part_bytes: int = PART_BYTES) -> list
 
 def train_one(
     cache_meta: dict, arrays: dict, gsd: float, seconds: float, device: torch.device, args: argparse.Namespace,
-    log=print, init: Init | None = None,
+    log=print, init: core.Init | None = None,
 ) -> tuple[torch.nn.Module, ModelMeta, dict]:
     """Train one model at ``gsd`` for ``seconds`` of wall time (or ``args.max_steps``), fresh or from ``init``;
     returns model, metadata (with the ledger extended by this run), metrics."""
@@ -264,20 +186,20 @@ def train_one(
     )
     load_s = time.perf_counter() - t_load
     step, losses, train_s, chips_per_s = _train_steps(model, batcher, cfg, batch, seconds, device, args, log, gsd)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    name = core.device_name(device)
     metrics = {
         "gsd_m": gsd, "steps": step, "chips": step * batch, "batch": batch, "chip": chip,
         "train_seconds": round(train_s, 1),
         "load_seconds": round(load_s, 1), "chips_per_s": round(chips_per_s, 1), "loss_curve": losses,
-        "device": device_name, "torch": torch.__version__,
+        "device": name, "torch": torch.__version__,
     }
     model.eval()
     entry = run_entry(
-        trainer="fpn_geo.train.gpu", device=device_name, seconds=train_s, steps=step, chips=step * batch, gsd_m=gsd,
+        trainer="fpn_geo.train.gpu", device=name, seconds=train_s, steps=step, chips=step * batch, gsd_m=gsd,
         data=cache_data(cache_meta, args.cache_sha256), init_sha256=init.meta.weights_sha256 if init else None,
         torch_version=torch.__version__, batch=batch, chip=chip, **_settings(cfg, args),
     )
-    meta = ModelMeta(**{**meta.__dict__, "extra": {
+    meta = dataclasses.replace(meta, extra=core.with_ledger({
         "training": {
             "trainer": "fpn_geo.train.gpu", **metrics, "places": sorted({s.place for s in sources}),
             "sources": [{
@@ -287,8 +209,7 @@ def train_one(
             "config": cfg, "cache_sha256": args.cache_sha256,
             "init": {"path": str(init.path), "sha256": init.meta.weights_sha256} if init else None,
         },
-        LEDGER_KEY: extended(ledger_of(init.meta.extra) if init else [], entry),
-    }})
+    }, core.parent_ledger(init), entry))
     return model, meta, metrics
 
 
@@ -301,57 +222,19 @@ def _settings(cfg: dict, args: argparse.Namespace) -> dict:
     }
 
 
-@dataclass(frozen=True)
-class Init:
-    """The checkpoint a warm start continues: its path, metadata (normalisation, ledger) and fp32 weights."""
-
-    path: Path
-    meta: ModelMeta
-    state: dict[str, torch.Tensor]
-
-
-def load_init(path: str | Path) -> Init:
-    """Read a checkpoint with the repo's safe loader (safetensors + JSON metadata, sha256 checked, no pickle)."""
-    from fpn_geo.model.checkpoint import load_checkpoint
-
-    model, meta = load_checkpoint(path)
-    return Init(Path(path), meta, model.state_dict())
-
-
-def check_same_architecture(init: Init, want: dict) -> None:
-    """Refuse a warm start whose checkpoint differs from what the run asks for (depth, channels, bands, classes)."""
-    got = {
-        "depth": init.meta.depth, "fpn_channels": init.meta.fpn_channels, "head_channels": init.meta.head_channels,
-        "bands": list(init.meta.bands), "classes": list(init.meta.classes),
-    }
-    diff = {k: (got[k], v) for k, v in want.items() if v is not None and got[k] != v}
-    if diff:
-        said = ", ".join(f"{k} {g} but this run asks for {w}" for k, (g, w) in diff.items())
-        raise CheckpointError(
-            f"--init {init.path} is {init.meta.architecture} with {said}; warm-start from a checkpoint of the same "
-            "architecture, or drop --init to train from scratch"
-        )
-
-
 def _new_model(
-    cache_meta: dict, gsd: float, device: torch.device, args: argparse.Namespace, init: Init | None = None,
+    cache_meta: dict, gsd: float, device: torch.device, args: argparse.Namespace, init: core.Init | None = None,
 ) -> tuple[torch.nn.Module, ModelMeta]:
-    """The segmenter to train on ``device`` (channels_last on CUDA) and its metadata: fresh (the cache's
-    normalisation; ``args`` may override the size) or ``init``'s weights and normalisation at the new ``gsd``."""
-    from fpn_geo.model.segmenter import BuildingSegmenter
-
+    """The segmenter to train on ``device`` and its metadata: fresh (the cache's normalisation; ``args`` may
+    override the size) or ``init``'s weights and normalisation at the new ``gsd``."""
     cfg = cache_meta["config"]
     if init is not None:
-        check_same_architecture(init, {
+        core.check_same_architecture(init.meta, {
             "depth": args.depth or None, "fpn_channels": args.fpn_channels or None,
             "head_channels": args.head_channels or None, "bands": list(cfg["bands"]),
             "classes": list(cache_meta["classes"]),
-        })
-        # The scene GSDs a model serves (gsd_range_m, fpn_geo.model.registry) carry over only at the parent's GSD: a
-        # model trained at another GSD serves other scenes, and its range is declared anew in its NAME.json.
-        same_gsd = init.meta.gsd_m is not None and abs(init.meta.gsd_m - gsd) < 1e-9
-        meta = ModelMeta(**{**init.meta.__dict__, "gsd_m": gsd, "weights_sha256": "", "extra": {},
-                            "gsd_range_m": init.meta.gsd_range_m if same_gsd else None})
+        }, init.path)
+        meta = core.warm_meta(init, gsd)
     else:
         meta = ModelMeta(
             depth=args.depth or cfg["depth"], bands=tuple(cfg["bands"]), mean=tuple(cache_meta["mean"]),
@@ -359,39 +242,7 @@ def _new_model(
             fpn_channels=args.fpn_channels or cfg["fpn_channels"],
             head_channels=args.head_channels or cfg["head_channels"],
         )
-    model = BuildingSegmenter(meta.depth, len(meta.bands), len(meta.classes), meta.fpn_channels, meta.head_channels)
-    if init is not None:
-        model.load_state_dict(init.state, strict=True)
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model, meta
-
-
-def param_groups(model: torch.nn.Module, backbone_lr_mult: float, freeze_backbone: bool) -> list[dict]:
-    """The optimizer's parameter groups: the ResNet body at ``backbone_lr_mult`` of the learning rate (or frozen,
-    out of the optimizer), the FPN and head at 1."""
-    backbone = _backbone(model)
-    ids = {id(p) for p in backbone.parameters()}
-    if freeze_backbone:
-        backbone.requires_grad_(False)
-    rest = [p for p in model.parameters() if id(p) not in ids]
-    groups = [{"params": rest, "lr_mult": 1.0}]
-    if not freeze_backbone:
-        groups.append({"params": list(backbone.parameters()), "lr_mult": backbone_lr_mult})
-    return groups
-
-
-def set_train_mode(model: torch.nn.Module, freeze_backbone: bool) -> None:
-    """Training mode, except a frozen backbone, whose BatchNorm keeps the statistics it was trained with."""
-    model.train()
-    if freeze_backbone:
-        _backbone(model).eval()
-
-
-def _backbone(model: torch.nn.Module) -> torch.nn.Module:
-    """The ResNet body of a ``BuildingSegmenter``."""
-    return model.get_submodule("fpn.backbone")
+    return core.new_model(meta, device, init.state if init else None), meta
 
 
 def _train_steps(
@@ -402,11 +253,10 @@ def _train_steps(
     cuda = device.type == "cuda"
     lr = args.lr or cfg["lr"]
     warmup = cfg["warmup_steps"] if args.warmup is None else args.warmup
-    groups = param_groups(model, args.backbone_lr_mult, args.freeze_backbone)
-    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg["weight_decay"], fused=cuda)
+    opt = core.new_optimizer(model, lr, cfg["weight_decay"], args.backbone_lr_mult, args.freeze_backbone, fused=cuda)
     loss_fn = CEDiceLoss(tuple(cfg["class_weights"]), cfg["dice_weight"]).to(device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
-    set_train_mode(model, args.freeze_backbone)
+    amp = core.autocast(device)
+    core.set_train_mode(model, args.freeze_backbone)
     t0 = time.perf_counter()
     step, losses, t_warm, step_warm = 0, [], None, 0
     loss_sum = torch.zeros((), device=device)
@@ -414,16 +264,10 @@ def _train_steps(
         elapsed = time.perf_counter() - t0
         if elapsed >= seconds or (args.max_steps is not None and step >= args.max_steps):
             break
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, elapsed / seconds, lr, warmup) * g["lr_mult"]
+        core.set_lr(opt, core.lr_at(step, elapsed / seconds, lr, warmup))
         x, y = next(batcher)
-        with amp:
-            logits = model(x)
-        loss = loss_fn.ce_dice(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss_sum += loss.detach()
+        loss, _ = core.train_step(model, opt, loss_fn, x, y, amp)
+        loss_sum += loss
         step += 1
         if step == 20:  # after cudnn's autotuning and the allocator's warm-up
             if cuda:
@@ -457,7 +301,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--deadline-minutes",
         type=float,
         default=6.3,
-        help="wall time for everything from process start; split over the models (default: %(default)s)",
+        help="wall time for everything from the start (after imports); split over the models (default: %(default)s)",
     )
     p.add_argument("--seconds", type=float, default=None,
                    help="training seconds per model, instead of a share of --deadline-minutes")
@@ -486,6 +330,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m fpn_geo.train.gpu``: train on a cache; the exit code."""
+    t_start = time.perf_counter()  # the deadline counts from here (torch is already imported)
     args = parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
@@ -501,14 +346,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     try:
-        init = load_init(args.init) if args.init else None
-        return _run(args, device, init)
+        init = core.load_init(args.init) if args.init else None
+        return _run(args, device, init, t_start)
     except FpnGeoError as e:
         print(f"gpu: error: {e}", file=sys.stderr)
         return 2
 
 
-def _run(args: argparse.Namespace, device: torch.device, init: Init | None) -> int:
+def _run(args: argparse.Namespace, device: torch.device, init: core.Init | None, t_start: float) -> int:
     """Train each GSD in turn, write its checkpoint (parts, and whole with ``--keep-whole``) and the report."""
     if not Path(args.cache).is_file():
         raise ConfigError(f"--cache {args.cache} does not exist; build it with python -m fpn_geo.train.cache")
@@ -536,7 +381,7 @@ def _run(args: argparse.Namespace, device: torch.device, init: Init | None) -> i
     }
     sums = []
     for i, gsd in enumerate(gsds):
-        left = deadline - (time.perf_counter() - _T0) - reserve * (len(gsds) - i)
+        left = deadline - (time.perf_counter() - t_start) - reserve * (len(gsds) - i)
         seconds = args.seconds if args.seconds is not None else max(5.0, left / (len(gsds) - i))
         print(f"gsd {gsd}: training for {seconds:.0f} s on {device}"
               + (f", from {args.init}" if init else ""), flush=True)
@@ -545,7 +390,7 @@ def _run(args: argparse.Namespace, device: torch.device, init: Init | None) -> i
         )
         name = f"fpn_r{meta.depth}_gsd{int(round(gsd * 100)):03d}"
         ckpt = work / f"{name}.safetensors"
-        meta_d = write_checkpoint(model, meta, ckpt)
+        meta_d = core.write_checkpoint(model, meta, ckpt, half=True).to_dict()
         parts = split_parts(ckpt, out_dir)
         sums += [(h, n) for n, h in parts]
         report["models"][name] = {
@@ -562,7 +407,7 @@ def _run(args: argparse.Namespace, device: torch.device, init: Init | None) -> i
         if device.type == "cuda":
             torch.cuda.empty_cache()
     (out_dir / "SHA256SUMS").write_text("".join(f"{h}  {n}\n" for h, n in sums))
-    report["wall_seconds"] = round(time.perf_counter() - _T0, 1)
+    report["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     (out_dir / "train_gpu.json").write_text(json.dumps(report, indent=1))
     print(
         f"done in {report['wall_seconds']:.0f} s: "

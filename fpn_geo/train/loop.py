@@ -24,17 +24,32 @@ import yaml
 
 from fpn_geo.device import resolve_device
 from fpn_geo.errors import ConfigError
-from fpn_geo.model import CLASSES_3, ModelMeta, build_model, load_checkpoint, save_checkpoint
+from fpn_geo.hashing import sha256_file
+from fpn_geo.model import ModelMeta
 from fpn_geo.train.augment import Augment
 from fpn_geo.train.config import TrainConfig
+from fpn_geo.train.core import (
+    autocast,
+    check_same_architecture,
+    device_name,
+    load_init,
+    lr_at,
+    new_model,
+    new_optimizer,
+    set_lr,
+    set_train_mode,
+    train_step,
+    with_ledger,
+    write_checkpoint,
+)
 from fpn_geo.train.dataset import ChipDataset, Source, collate, load_source, normalization_stats
 from fpn_geo.train.history import append_row, plot_curve, truncate_after
+from fpn_geo.train.ledger import ledger_of, run_entry
 from fpn_geo.train.losses import CEDiceLoss
 from fpn_geo.train.samplers import Extent, RandomChipSampler
 from fpn_geo.train.state import load_train_state, save_train_state
+from fpn_geo.train.targets import classes_for
 from fpn_geo.train.validate import HeldOutBlock, export_blocks, segmenter_from_model, validate_places
-
-CLASSES_SEPARATOR = ("background", "building", "separator")
 
 log = logging.getLogger("fpn_geo.train")
 
@@ -68,19 +83,14 @@ def load_sources(cfg: TrainConfig, root: Path | None = None) -> list[Source]:
     return sources
 
 
-def lr_at(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
-    """Linear warmup, then cosine decay to 1% of ``lr`` at the last planned step.
-
-    With ``max_minutes`` the decay follows whichever runs out first, steps or wall time,
-    so a run cut short by its time budget still ends at a low learning rate.
-    """
+def progress(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
+    """How far the cosine has gone (0 to 1): the planned steps after warmup, or with ``max_minutes`` whichever
+    runs out first, steps or wall time, so a run cut short by its time budget still ends at a low rate."""
     total = cfg.epochs * cfg.steps_per_epoch
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
     t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
     if cfg.max_minutes:
         t = max(t, elapsed_s / (cfg.max_minutes * 60))
-    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+    return t
 
 
 def score_of(metrics: dict[str, float]) -> float:
@@ -88,26 +98,20 @@ def score_of(metrics: dict[str, float]) -> float:
     return metrics.get("val_mean_place_f1_sep", metrics.get("val_f1_sep", metrics["val_pixel_iou"]))
 
 
-def classes_of(cfg: TrainConfig) -> tuple[str, ...]:
-    """The model's classes: background, building, then contact or (``target: separator``) separator."""
-    return CLASSES_SEPARATOR if cfg.target == "separator" else CLASSES_3
-
-
 def _meta(cfg: TrainConfig, mean, std, extra: dict) -> ModelMeta:
     return ModelMeta(
-        depth=cfg.depth, bands=tuple(cfg.bands), mean=tuple(mean), std=tuple(std), classes=classes_of(cfg),
+        depth=cfg.depth, bands=tuple(cfg.bands), mean=tuple(mean), std=tuple(std), classes=classes_for(cfg.target),
         gsd_m=cfg.gsd_m, fpn_channels=cfg.fpn_channels, head_channels=cfg.head_channels, extra=extra,
     )
 
 
-def _check_same_arch(meta: ModelMeta, cfg: TrainConfig, path: str) -> None:
-    want = (cfg.depth, tuple(cfg.bands), cfg.fpn_channels, cfg.head_channels, classes_of(cfg))
-    got = (meta.depth, tuple(meta.bands), meta.fpn_channels, meta.head_channels, tuple(meta.classes))
-    if want != got:
-        raise ConfigError(
-            f"checkpoint {path} is {meta.architecture} bands {list(meta.bands)}; the config asks for {want[:4]}; "
-            "match depth/bands/channels"
-        )
+def _same_arch(meta: ModelMeta, cfg: TrainConfig, path: str, key: str) -> None:
+    """The checkpoint named by ``key`` (init, resume) is the architecture the config asks for."""
+    want = {
+        "depth": cfg.depth, "bands": list(cfg.bands), "fpn_channels": cfg.fpn_channels,
+        "head_channels": cfg.head_channels, "classes": list(classes_for(cfg.target)),
+    }
+    check_same_architecture(meta, want, path, flag=key)
 
 
 def train(
@@ -148,6 +152,7 @@ class _Run:
     best_score: float
     elapsed_before: float
     t_run: float
+    lineage: _Lineage
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -179,11 +184,8 @@ def _setup(cfg: TrainConfig, root: Path) -> _Run:
     out = Path(cfg.out_dir) if Path(cfg.out_dir).is_absolute() else root / cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     sources = load_sources(cfg, root)
-    model, mean, std = _model(cfg, root, sources, out / "metrics.csv")
-    model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, mean, std, lineage = _model(cfg, root, sources, device, out / "metrics.csv")
+    opt = new_optimizer(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_mult, cfg.freeze_backbone)
     start_epoch, step, best_score, elapsed_before = 1, 0, -1.0, 0.0
     if cfg.resume:
         start_epoch, step, best_score, elapsed_before = _resume_progress(cfg, opt, root, out / "metrics.csv")
@@ -192,30 +194,47 @@ def _setup(cfg: TrainConfig, root: Path) -> _Run:
     extents = [Extent(*s.shape, s.val_block, s.weight) for s in sources]
     blocks = export_blocks(cfg, out / "holdout", root)  # cut once; validated through pipeline.segment every epoch
     loss_fn = CEDiceLoss(cfg.class_weights, cfg.dice_weight).to(device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     record = {"data": [_data_record(s, root) for s in sources]}
     return _Run(
-        cfg, root, out, device, sources, tuple(mean), tuple(std), model, opt, loss_fn, amp, extents, blocks, record,
-        start_epoch, step, best_score, elapsed_before, t_run=time.perf_counter(),
+        cfg, root, out, device, sources, tuple(mean), tuple(std), model, opt, loss_fn, autocast(device), extents,
+        blocks, record, start_epoch, step, best_score, elapsed_before, t_run=time.perf_counter(), lineage=lineage,
     )
 
 
+@dataclass(frozen=True)
+class _Lineage:
+    """What this run's ledger entry continues: the runs before it, the weights it started from, its start date."""
+
+    parent: list[dict[str, Any]]
+    init_sha256: str | None
+    date: str | None = None
+
+
 def _model(
-    cfg: TrainConfig, root: Path, sources: list[Source], metrics_csv: Path,
-) -> tuple[torch.nn.Module, Sequence[float], Sequence[float]]:
-    """The model to train and its normalization: resumed, initialised from ``init``, or fresh."""
+    cfg: TrainConfig, root: Path, sources: list[Source], device: torch.device, metrics_csv: Path,
+) -> tuple[torch.nn.Module, Sequence[float], Sequence[float], _Lineage]:
+    """The model to train, its normalization and lineage: resumed, continued from ``init``, or fresh.
+
+    Resumed and ``init`` runs keep the checkpoint's normalization: the weights were trained with it.
+    """
     if cfg.resume:
-        model, meta = load_checkpoint(_path(cfg.resume, root))
-        _check_same_arch(meta, cfg, cfg.resume)
-        return model, meta.mean, meta.std  # keep the statistics the weights were trained with
-    mean, std = normalization_stats(sources)
-    model = build_model(_meta(cfg, mean, std, {}))
+        init = load_init(_path(cfg.resume, root))
+        _same_arch(init.meta, cfg, cfg.resume, "resume")
+        *before, this = ledger_of(init.meta.extra) or [{}]  # the last entry is the run being resumed
+        lineage = _Lineage(before, this.get("init_sha256"), this.get("date"))
+        return new_model(init.meta, device, init.state), init.meta.mean, init.meta.std, lineage
     if cfg.init:
-        init_model, init_meta = load_checkpoint(_path(cfg.init, root))
-        _check_same_arch(init_meta, cfg, cfg.init)
-        model.load_state_dict(init_model.state_dict())
+        init = load_init(_path(cfg.init, root))
+        _same_arch(init.meta, cfg, cfg.init, "init")
+        mean, std = init.meta.mean, init.meta.std
+        model = new_model(_meta(cfg, mean, std, {}), device, init.state)
+        lineage = _Lineage(ledger_of(init.meta.extra), init.meta.weights_sha256)
+    else:
+        mean, std = normalization_stats(sources)
+        model = new_model(_meta(cfg, mean, std, {}), device)
+        lineage = _Lineage([], None)
     metrics_csv.unlink(missing_ok=True)
-    return model, mean, std
+    return model, mean, std, lineage
 
 
 def _resume_progress(
@@ -237,8 +256,8 @@ def _resume_progress(
 
 def _data_record(s: Source, root: Path) -> dict[str, Any]:
     return {
-        "name": s.name, "path": _rel(s.path, root), "shape": list(s.shape), "gsd_m": round(s.gsd_m, 4),
-        "val_block_px": dataclasses.astuple(s.val_block) if s.val_block else None,
+        "name": s.name, "path": _rel(s.path, root), "sha256": sha256_file(s.path), "shape": list(s.shape),
+        "gsd_m": round(s.gsd_m, 4), "val_block_px": dataclasses.astuple(s.val_block) if s.val_block else None,
     }
 
 
@@ -251,7 +270,7 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[dict[str, Any], dict[str, Any]]:
     )
     train_set = ChipDataset(run.sources, run.mean, run.std, Augment(cfg.jitter, seed=cfg.seed * 100003 + epoch))
     queries = list(sampler)
-    run.model.train()
+    set_train_mode(run.model, cfg.freeze_backbone)
     sums = {"loss": 0.0, "ce": 0.0, "dice": 0.0}
     lr = float("nan")
     t0 = time.perf_counter()
@@ -260,19 +279,13 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[dict[str, Any], dict[str, Any]]:
         x, y = batch["image"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
         if run.cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        lr = lr_at(run.step, cfg, run.elapsed())
-        for g in run.opt.param_groups:
-            g["lr"] = lr
-        with run.amp:
-            logits = run.model(x)
-        loss, parts = run.loss_fn(logits, y)
-        run.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        run.opt.step()
+        lr = lr_at(run.step, progress(run.step, cfg, run.elapsed()), cfg.lr, cfg.warmup_steps)
+        set_lr(run.opt, lr)
+        loss, parts = train_step(run.model, run.opt, run.loss_fn, x, y, run.amp)
         run.step += 1
-        sums["loss"] += float(loss.detach())
-        sums["ce"] += parts["ce"]
-        sums["dice"] += parts["dice"]
+        sums["loss"] += float(loss)
+        sums["ce"] += float(parts["ce"])
+        sums["dice"] += float(parts["dice"])
     train_s = time.perf_counter() - t0
     n_steps = max(1, math.ceil(len(queries) / cfg.batch))
     t1 = time.perf_counter()
@@ -305,17 +318,24 @@ def _end_epoch(
         val.get("val_f1_sep", float("nan")), val.get("val_f1_nosep", float("nan")),
     )
     elapsed = run.elapsed()
-    extra = {"training": {
+    training = {
         **run.record, "config": cfg.model_dump(mode="json"), "epoch": epoch, "step": run.step,
         "elapsed_s": round(elapsed, 1), "metrics": _jsonable(row), "held_out_f1": row_places,
         "device": str(run.device), "threads": cfg.threads,
-    }}
+    }
+    entry = run_entry(
+        trainer="fpn_geo.train.loop", device=device_name(run.device), seconds=elapsed, steps=run.step,
+        chips=run.step * cfg.batch, gsd_m=cfg.gsd_m, data={"sources": run.record["data"]},
+        init_sha256=run.lineage.init_sha256, torch_version=torch.__version__, date=run.lineage.date,
+        batch=cfg.batch, chip=cfg.chip, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+        backbone_lr_mult=cfg.backbone_lr_mult, freeze_backbone=cfg.freeze_backbone, threads=cfg.threads,
+    )
     score = score_of(val)
-    meta = _meta(cfg, run.mean, run.std, extra)
+    meta = _meta(cfg, run.mean, run.std, with_ledger({"training": training}, run.lineage.parent, entry))
     if score > run.best_score:
         run.best_score = score
-        save_checkpoint(run.model, meta, run.best_path)
-    save_checkpoint(run.model, meta, run.last_path)
+        write_checkpoint(run.model, meta, run.best_path)
+    write_checkpoint(run.model, meta, run.last_path)
     progress = {"epoch": epoch, "step": run.step, "best_score": run.best_score, "elapsed_s": elapsed}
     save_train_state(run.opt, progress, run.last_path)
     if epoch % 5 == 0 and epoch < cfg.epochs:

@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE = 255
-"""Target value with no loss (outside the image, padding, held-out blocks); the same as ``dataset.IGNORE``."""
+from fpn_geo.train.targets import IGNORE
 
 
 def soft_dice(
@@ -37,17 +36,12 @@ class CEDiceLoss(nn.Module):
         self.dice_weight, self.ignore = dice_weight, ignore
         self.dice_classes = tuple(range(1, len(class_weights)))
 
-    def ce_dice(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The total alone, without reading values back to the host (no device sync: the GPU trainer's path)."""
-        ce = F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore)
-        return (
-            ce + self.dice_weight * soft_dice(logits, target, self.dice_classes, self.ignore)
-            if self.dice_weight
-            else ce
-        )
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def terms(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The total and its parts (detached), all on the device: nothing is read back to the host here."""
         ce = F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore)
         dice = soft_dice(logits, target, self.dice_classes, self.ignore) if self.dice_weight else ce.new_zeros(())
-        total = ce + self.dice_weight * dice
-        return total, {"ce": float(ce.detach()), "dice": float(dice.detach())}
+        return ce + self.dice_weight * dice, {"ce": ce.detach(), "dice": dice.detach()}
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        total, parts = self.terms(logits, target)
+        return total, {k: float(v) for k, v in parts.items()}

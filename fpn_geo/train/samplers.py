@@ -15,8 +15,10 @@ from fpn_geo.errors import ConfigError
 
 
 @dataclass(frozen=True)
-class Block:
-    """A rectangle of pixels [row0, row1) x [col0, col1)."""
+class PixelBox:
+    """A rectangle of pixels [row0, row1) x [col0, col1) of a training source: where a held-out block lies.
+
+    Not ``tiling.Block`` (a scene's unit of work in the segment pipeline, with its windows)."""
 
     row0: int
     col0: int
@@ -44,7 +46,9 @@ class Block:
         )
 
 
-def fraction_block(fractions: tuple[float, float, float, float], height: int, width: int, margin: int = 0) -> Block:
+def fraction_block(
+    fractions: tuple[float, float, float, float], height: int, width: int, margin: int = 0
+) -> PixelBox:
     """A held-out block given as (left, top, right, bottom) fractions, in pixels of a ``height`` x ``width`` grid.
 
     Rounded outwards (a pixel partly inside counts as inside) and grown by ``margin`` pixels, clipped to the grid.
@@ -53,7 +57,7 @@ def fraction_block(fractions: tuple[float, float, float, float], height: int, wi
     import math
 
     left, top, right, bottom = fractions
-    return Block(
+    return PixelBox(
         max(0, math.floor(top * height) - margin), max(0, math.floor(left * width) - margin),
         min(height, math.ceil(bottom * height) + margin), min(width, math.ceil(right * width) + margin),
     )
@@ -75,7 +79,7 @@ class Extent:
 
     height: int
     width: int
-    val_block: Block | None = None
+    val_block: PixelBox | None = None
     weight: float = 1.0
 
 
