@@ -233,3 +233,24 @@ def test_the_shipped_model_carries_its_ledger():
     ledger = meta["extra"]["ledger"]
     assert ledger and all(e["seconds"] > 0 and e["steps"] > 0 and e["chips"] > 0 for e in ledger)
     assert totals(ledger)["steps"] >= meta["extra"]["training"]["steps"]
+
+
+def test_save_every_leaves_a_loadable_checkpoint_while_training(tmp_path):
+    """``--save-every``: a long CPU run that is killed still leaves its latest checkpoint, ledger included."""
+    from fpn_geo.model.checkpoint import load_checkpoint
+    from fpn_geo.train.gpu import load_cache, parse_args, train_one
+
+    cache = synthetic_cache(tmp_path / "c.npz")
+    args = parse_args(["--cache", str(cache), "--out-dir", str(tmp_path), "--device", "cpu", "--max-steps", "2",
+                       "--save-every", "1e-9"])
+    args.cache_sha256 = "0" * 64
+    meta, arrays = load_cache(cache)
+    seen = []
+
+    def log(line: str) -> None:
+        if "saved" in line:
+            _, m = load_checkpoint(tmp_path / "m.safetensors")
+            seen.append(m.extra["ledger"][-1]["steps"])
+
+    train_one(meta, arrays, 0.3, 60.0, torch.device("cpu"), args, log=log, save_to=tmp_path / "m.safetensors")
+    assert seen == [1, 2]

@@ -169,10 +169,11 @@ def split_parts(path: Path, out_dir: Path, part_bytes: int = PART_BYTES) -> list
 
 def train_one(
     cache_meta: dict, arrays: dict, gsd: float, seconds: float, device: torch.device, args: argparse.Namespace,
-    log=print, init: core.Init | None = None,
+    log=print, init: core.Init | None = None, save_to: Path | None = None,
 ) -> tuple[torch.nn.Module, ModelMeta, dict]:
     """Train one model at ``gsd`` for ``seconds`` of wall time (or ``args.max_steps``), fresh or from ``init``;
-    returns model, metadata (with the ledger extended by this run), metrics."""
+    returns model, metadata (with the ledger extended by this run), metrics. With ``args.save_every``, the
+    checkpoint so far is written to ``save_to`` that often, so a run that is killed still leaves one."""
     cfg = cache_meta["config"]
     chip, batch = args.chip or cfg["chip"], args.batch or cfg["batch"]
     torch.manual_seed(cfg["seed"])
@@ -185,31 +186,45 @@ def train_one(
         cfg["seed"],
     )
     load_s = time.perf_counter() - t_load
-    step, losses, train_s, chips_per_s = _train_steps(model, batcher, cfg, batch, seconds, device, args, log, gsd)
     name = core.device_name(device)
-    metrics = {
-        "gsd_m": gsd, "steps": step, "chips": step * batch, "batch": batch, "chip": chip,
-        "train_seconds": round(train_s, 1),
-        "load_seconds": round(load_s, 1), "chips_per_s": round(chips_per_s, 1), "loss_curve": losses,
-        "device": name, "torch": torch.__version__,
-    }
-    model.eval()
-    entry = run_entry(
-        trainer="fpn_geo.train.gpu", device=name, seconds=train_s, steps=step, chips=step * batch, gsd_m=gsd,
-        data=cache_data(cache_meta, args.cache_sha256), init_sha256=init.meta.weights_sha256 if init else None,
-        torch_version=torch.__version__, batch=batch, chip=chip, **_settings(cfg, args),
+
+    def record(step: int, train_s: float, chips_per_s: float, losses: list) -> tuple[ModelMeta, dict]:
+        """The metadata and metrics of the model after ``step`` steps and ``train_s`` seconds."""
+        metrics = {
+            "gsd_m": gsd, "steps": step, "chips": step * batch, "batch": batch, "chip": chip,
+            "train_seconds": round(train_s, 1),
+            "load_seconds": round(load_s, 1), "chips_per_s": round(chips_per_s, 1), "loss_curve": list(losses),
+            "device": name, "torch": torch.__version__,
+        }
+        entry = run_entry(
+            trainer="fpn_geo.train.gpu", device=name, seconds=train_s, steps=step, chips=step * batch, gsd_m=gsd,
+            data=cache_data(cache_meta, args.cache_sha256), init_sha256=init.meta.weights_sha256 if init else None,
+            torch_version=torch.__version__, batch=batch, chip=chip, **_settings(cfg, args),
+        )
+        extra = core.with_ledger({
+            "training": {
+                "trainer": "fpn_geo.train.gpu", **metrics, "places": sorted({s.place for s in sources}),
+                "sources": [{
+                    "name": s.name, "place": s.place, "weight": s.weight,
+                    "held_out_px": [s.block.row0, s.block.col0, s.block.row1, s.block.col1] if s.block else None,
+                } for s in sources],
+                "config": cfg, "cache_sha256": args.cache_sha256,
+                "init": {"path": str(init.path), "sha256": init.meta.weights_sha256} if init else None,
+            },
+        }, core.parent_ledger(init), entry)
+        return dataclasses.replace(meta, extra=extra), metrics
+
+    def save(step: int, train_s: float, losses: list) -> None:
+        if save_to is not None:
+            core.write_checkpoint(model, record(step, train_s, step * batch / max(train_s, 1e-9), losses)[0],
+                                  save_to, half=True)
+            log(f"gsd {gsd} step {step}: saved {save_to}")
+
+    step, losses, train_s, chips_per_s = _train_steps(
+        model, batcher, cfg, batch, seconds, device, args, log, gsd, save
     )
-    meta = dataclasses.replace(meta, extra=core.with_ledger({
-        "training": {
-            "trainer": "fpn_geo.train.gpu", **metrics, "places": sorted({s.place for s in sources}),
-            "sources": [{
-                "name": s.name, "place": s.place, "weight": s.weight,
-                "held_out_px": [s.block.row0, s.block.col0, s.block.row1, s.block.col1] if s.block else None,
-            } for s in sources],
-            "config": cfg, "cache_sha256": args.cache_sha256,
-            "init": {"path": str(init.path), "sha256": init.meta.weights_sha256} if init else None,
-        },
-    }, core.parent_ledger(init), entry))
+    model.eval()
+    meta, metrics = record(step, train_s, chips_per_s, losses)
     return model, meta, metrics
 
 
@@ -247,9 +262,10 @@ def _new_model(
 
 def _train_steps(
     model: torch.nn.Module, batcher: ChipBatcher, cfg: dict, batch: int, seconds: float, device: torch.device,
-    args: argparse.Namespace, log, gsd: float,
+    args: argparse.Namespace, log, gsd: float, save=None,
 ) -> tuple[int, list[tuple[int, float, float]], float, float]:
-    """Optimizer steps until ``seconds`` or ``args.max_steps``: (steps, loss curve, seconds, chips/s after warm-up)."""
+    """Optimizer steps until ``seconds`` or ``args.max_steps``, calling ``save(step, seconds, loss curve)`` every
+    ``args.save_every`` seconds: (steps, loss curve, seconds, chips/s after warm-up)."""
     cuda = device.type == "cuda"
     lr = args.lr or cfg["lr"]
     warmup = cfg["warmup_steps"] if args.warmup is None else args.warmup
@@ -259,6 +275,7 @@ def _train_steps(
     core.set_train_mode(model, args.freeze_backbone)
     t0 = time.perf_counter()
     step, losses, t_warm, step_warm = 0, [], None, 0
+    t_saved = t0
     loss_sum = torch.zeros((), device=device)
     while True:
         elapsed = time.perf_counter() - t0
@@ -278,6 +295,9 @@ def _train_steps(
             loss_sum.zero_()
             losses.append((step, round(time.perf_counter() - t0, 1), round(mean_loss, 4)))
             log(f"gsd {gsd} step {step} {time.perf_counter() - t0:.0f}s loss {mean_loss:.4f}")
+        if save is not None and args.save_every and time.perf_counter() - t_saved >= args.save_every:
+            save(step, time.perf_counter() - t0, losses)
+            t_saved = time.perf_counter()
     if cuda:
         torch.cuda.synchronize()
     t_end = time.perf_counter()
@@ -322,6 +342,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fpn-channels", type=int, default=0)
     p.add_argument("--head-channels", type=int, default=0)
     p.add_argument("--max-steps", type=int, default=None, help="stop each model after this many steps (smoke tests)")
+    p.add_argument("--save-every", type=float, default=0.0, metavar="SECONDS",
+                   help="also write the whole checkpoint so far to OUT-DIR/whole this often (a killed run keeps it)")
     p.add_argument("--keep-whole", action="store_true",
                    help="also keep NAME.safetensors + NAME.json whole in OUT-DIR/whole, loadable by fpn-geo segment "
                    "--model")
@@ -366,9 +388,8 @@ def _run(args: argparse.Namespace, device: torch.device, init: core.Init | None,
                           "pick one of those or rebuild the cache with --gsds")
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = (
-        out_dir / "whole" if args.keep_whole else Path(os.environ.get("TMPDIR", "/tmp")) / f"fpn-geo-gpu-{os.getpid()}"
-    )
+    whole = args.keep_whole or args.save_every
+    work = out_dir / "whole" if whole else Path(os.environ.get("TMPDIR", "/tmp")) / f"fpn-geo-gpu-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     deadline = args.deadline_minutes * 60
     reserve = 8.0  # per model: the checkpoint write and split
@@ -385,11 +406,13 @@ def _run(args: argparse.Namespace, device: torch.device, init: core.Init | None,
         seconds = args.seconds if args.seconds is not None else max(5.0, left / (len(gsds) - i))
         print(f"gsd {gsd}: training for {seconds:.0f} s on {device}"
               + (f", from {args.init}" if init else ""), flush=True)
-        model, meta, metrics = train_one(
-            cache_meta, arrays, gsd, seconds, device, args, log=lambda s: print(s, flush=True), init=init
-        )
-        name = f"fpn_r{meta.depth}_gsd{int(round(gsd * 100)):03d}"
+        depth = init.meta.depth if init else args.depth or cache_meta["config"]["depth"]
+        name = f"fpn_r{depth}_gsd{int(round(gsd * 100)):03d}"
         ckpt = work / f"{name}.safetensors"
+        model, meta, metrics = train_one(
+            cache_meta, arrays, gsd, seconds, device, args, log=lambda s: print(s, flush=True), init=init,
+            save_to=ckpt if args.save_every else None,
+        )
         meta_d = core.write_checkpoint(model, meta, ckpt, half=True).to_dict()
         parts = split_parts(ckpt, out_dir)
         sums += [(h, n) for n, h in parts]
@@ -401,7 +424,7 @@ def _run(args: argparse.Namespace, device: torch.device, init: core.Init | None,
         print(f"gsd {gsd}: {metrics['steps']} steps, {metrics['chips_per_s']:.0f} chips/s, "
             f"{ckpt.stat().st_size / 2**20:.1f} MiB -> {len(parts)} part(s); ledger: {runs['runs']} run(s), "
             f"{runs['seconds']:.0f} s, {runs['steps']} steps, {runs['chips']} chips", flush=True)
-        if args.keep_whole:
+        if whole:
             print(f"gsd {gsd}: whole checkpoint {ckpt} (+ {ckpt.with_suffix('.json').name})", flush=True)
         del model
         if device.type == "cuda":
