@@ -35,6 +35,7 @@ import shapely
 
 from fpn_geo.config import SegmentConfig, clamp_window, with_model_defaults
 from fpn_geo.device import post_threads
+from fpn_geo.disk_full import disk_full_as_one_line, output_bytes_estimate
 from fpn_geo.errors import FpnGeoError
 from fpn_geo.geopackage import GeoPackageWriter, write_errors
 from fpn_geo.georef import Georef, is_local, model_scale, scaled_shape
@@ -548,6 +549,11 @@ class SceneWriter:
         with self.times.time("write"):
             self.writer.append(buildings)
 
+    def _output_bytes(self) -> int:
+        """About what the outputs take on disk (`disk_full.output_bytes_estimate`), for a disk-full message."""
+        tiles = sum(path.stat().st_size for _, path in self.tiles if path.exists())
+        return output_bytes_estimate(self.writer.count, tiles)
+
     def finish(self, t0: float, started: str) -> RunSummary:
         plan, cfg = self.plan, self.plan.cfg
         if self.next_row != plan.blocks.rows:
@@ -564,9 +570,10 @@ class SceneWriter:
                 target = native or plan.georef
                 verify = functools.partial(verify_raster, width=target.width, height=target.height, count=plan.channels)
                 prob = PendingOutput(self.prob_final, verify)
-                with self.times.time("cog"), write_errors(self.prob_final):
-                    assemble_cog(self.tiles, plan.georef, plan.channels, prob.tmp, native)
-                verify(prob.tmp)  # GDAL may only warn when the disk fills up: read it back
+                with disk_full_as_one_line(self.prob_final.parent, self._output_bytes):
+                    with self.times.time("cog"), write_errors(self.prob_final):
+                        assemble_cog(self.tiles, plan.georef, plan.channels, prob.tmp, native)
+                    verify(prob.tmp)  # GDAL may only warn when the disk fills up: read it back
             with self.times.time("hash"):  # what is left of it: it has run beside the blocks
                 scene_sha = self.input_sha256.result() if self.input_sha256 is not None else None
             seconds = time.perf_counter() - t0
@@ -580,7 +587,8 @@ class SceneWriter:
                 results={"windows": len(g), "windows_nodata": self.nodata, "buildings": self.writer.count,
                          "seconds": round(seconds, 3)},
             )
-            self.writer.finish(record)  # written and verified, not yet in place
+            with disk_full_as_one_line(self.out.parent, self._output_bytes):
+                self.writer.finish(record)  # written and verified, not yet in place
             with interrupts_deferred():  # both outputs appear, or neither
                 if prob is not None:
                     prob.commit(verify=False)

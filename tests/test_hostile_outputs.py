@@ -26,7 +26,7 @@ from fpn_geo.outputs import (
     temp_path,
     verify_raster,
 )
-from tests.hostile import assert_one_line_failure, digest, run_inprocess, temps
+from tests.hostile import assert_one_line_failure, digest, run_inprocess, run_subprocess, temps
 
 ROOT = os.geteuid() == 0
 
@@ -170,6 +170,36 @@ def test_disk_full_sweep(small_scene, checkpoint, tmp_path, capsys, size):
             after = digest([small_scene, old_gpkg, old_prob])
             assert after == before
         assert left == [], f"left behind on a full disk: {left}"
+
+
+def test_a_disk_that_fills_during_the_cog_says_so_on_one_line(small_scene, checkpoint, tmp_path, capsys):
+    """Issue 20: with the disk filling during the probability COG, stderr got libtiff's `_tiffWriteProc: No space
+    left on device` (from GDAL's threads too), a GDAL warning and an error naming a temporary file. Each run is a
+    process of its own, so whatever the C libraries print to file descriptor 2 is seen. Levels from "the COG does
+    not fit" (it is written first) to "everything fits": every failing level prints one line that names the
+    folder, says the disk is full and gives an estimate of the space needed; old outputs intact; no temp files."""
+    code, err = run_inprocess(seg(small_scene, checkpoint, tmp_path / "free" / "b.gpkg"), capsys)
+    assert code == 0, err
+    cog = (tmp_path / "free" / "b.probability.tif").stat().st_size
+    gpkg = (tmp_path / "free" / "b.gpkg").stat().st_size
+    old_pages = 8  # kB: the two old outputs below, a page each
+    sizes = sorted({old_pages + round(cog / 1024 * f) for f in (0.2, 0.5, 0.8)}
+                   | {old_pages + round((cog + gpkg * f) / 1024) + 8 for f in (0.5, 1.5, 3)})
+    failed = []
+    for size in sizes:
+        with tmpfs(tmp_path / f"disk{size}", f"{size}k") as disk:
+            old_gpkg, old_prob = disk / "b.gpkg", disk / "b.probability.tif"
+            old_gpkg.write_bytes(b"old gpkg " * 100)
+            old_prob.write_bytes(b"old tif " * 100)
+            before = digest([old_gpkg, old_prob])
+            code, err, _ = run_subprocess(seg(small_scene, checkpoint, old_gpkg))
+            if code == 0:
+                verify_raster(old_prob, count=2)
+                continue
+            failed.append(size)
+            assert_one_line_failure(code, err, "the disk is full", str(disk), "an estimate")
+            assert digest([old_gpkg, old_prob]) == before and temps(disk) == []
+    assert failed[:3] == sizes[:3], f"the COG did not fill the disk at {sizes[:3]} kB: failed at {failed}"
 
 
 def test_atomic_output_cleans_up_on_interrupt_and_keeps_the_old_file(tmp_path):
