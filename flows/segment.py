@@ -72,7 +72,7 @@ from fpn_geo.pipeline import (
 )
 from fpn_geo.provenance import utc_now
 from fpn_geo.signals import Terminated, terminate_as_interrupt
-from fpn_geo.stac import StacScene, StacSource, apply_remote_gdal_options, redact
+from fpn_geo.stac import StacScene, apply_remote_gdal_options, redact
 from fpn_geo.stac_results import is_current, write_results_catalog
 from fpn_geo.streaming import in_order
 from fpn_geo.tiling import Block
@@ -286,14 +286,16 @@ def segment_scenes(
     max_in_flight: int | None = None,
     quicklook: bool = True,
     blocks_per_task: int = 2,
-    stac: StacSource | None = None,
+    stac: dict[str, Any] | None = None,
 ) -> State[Any]:
     """Many scenes, one GeoPackage each (out_dir/<stem>.gpkg), each as its own `segment-scene` flow run.
 
     scenes: a folder, a glob, a manifest (.txt/.csv: one path per line) or a list of paths; or instead
-    stac: a STAC source (`fpn_geo.stac.StacSource`): {"url": API or static catalog/collection/ItemCollection,
-      "asset": "visual", "collections", "bbox", "intersects", "datetime", "query", "filter", "max_items"}. Each
-      item's asset is read in place (/vsicurl/, /vsis3/), never downloaded, and writes out_dir/<item id>.gpkg.
+    stac: a STAC source, checked as `fpn_geo.stac.StacSource` (a plain dict here: Prefect cannot rebuild a
+      model-typed parameter of a flow loaded from its entrypoint): {"url": API or static catalog, collection or
+      ItemCollection, "asset": "visual", "collections", "bbox", "intersects", "datetime", "query", "filter",
+      "max_items"}. Each item's asset is read in place (/vsicurl/, /vsis3/), never downloaded, and writes
+      out_dir/<item id>.gpkg.
     checkpoint: as in `segment-scene`; without one, each scene gets the bundled model for its GSD.
     A scene whose GeoPackage already holds the same input sha256, checkpoint sha256 and output parameters
     (every config key that changes the output) is skipped (unless force), so a nightly re-run only does new
@@ -317,7 +319,8 @@ def segment_scenes(
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     # One cluster for all scenes: the child runs connect to this run's scheduler, and worker model caches stay warm.
     address = current_client().scheduler.address
-    logger.info("%d scenes from %s; Dask scheduler %s", len(paths), redact(stac.url) if stac else scenes, address)
+    logger.info("%d scenes from %s; Dask scheduler %s", len(paths), redact(str(stac["url"])) if stac else scenes,
+                address)
     processed, skipped, failed = [], [], {}
     metas: dict[str, ModelMeta] = {}
     rows: list[dict[str, Any]] = []
@@ -429,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 state = segment_scenes.with_options(task_runner=runner)(  # type: ignore[arg-type]
                     scenes=args.scenes, checkpoint=args.checkpoint, out_dir=args.out_dir, merged=args.merged,
-                    force=args.force, stac=stac, return_state=True, **common)
+                    force=args.force, stac=stac.model_dump(exclude_none=True) if stac else None, return_state=True,
+                    **common)
     except KeyboardInterrupt as e:
         print(f"{'terminated' if isinstance(e, Terminated) else 'interrupted'}; no output written", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130

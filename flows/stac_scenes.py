@@ -47,6 +47,16 @@ def gather_scenes(scenes: str | list[str] | None, stac: StacSource | dict[str, A
         raise InputError("give either scenes (a folder, glob, manifest or list) or stac (a STAC source), not "
                          f"{'both' if scenes is not None else 'neither'}")
     if stac is not None:
+        if not isinstance(stac, StacSource):
+            from pydantic import ValidationError
+
+            try:
+                stac = StacSource.model_validate(dict(stac))
+            except ValidationError as e:
+                first = e.errors()[0]
+                where = ".".join(str(x) for x in first["loc"])
+                raise InputError(f"stac.{where}: {first['msg']}; expected e.g. {{\"url\": ..., \"asset\": "
+                                 "\"visual\"}") from None
         apply_remote_gdal_options()  # the flow process opens each scene to plan it and draw its footprint
         found = resolve_stac(stac)
         return SceneSet([s.path for s in found], {s.path: scene_name(s.item_id) for s in found},

@@ -26,7 +26,6 @@ import rasterio
 import rasterio.features
 import shapely
 import shapely.geometry
-import shapely.ops
 from affine import Affine
 
 from fpn_geo import __version__
@@ -89,7 +88,7 @@ def valid_footprint(path: str, max_px: int = FOOTPRINT_PX) -> tuple[shapely.Geom
 def to_wgs84(geom: shapely.Geometry, crs) -> shapely.Geometry:
     """`geom` in longitude/latitude (STAC geometries are WGS84)."""
     t = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    return shapely.ops.transform(t.transform, geom)
+    return shapely.transform(geom, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
 
 
 def _mlm(item, meta) -> None:
@@ -229,12 +228,16 @@ def validate_results(catalog_path: str | Path) -> list[str]:
 
     catalog = pystac.Catalog.from_file(str(catalog_path))
     validator = OfflineValidator()
-    quiet = logging.getLogger("pystac.validation.stac_validator")
-    level, quiet.level = quiet.level, logging.CRITICAL  # it logs a traceback for each schema it cannot fetch
+    # pystac logs a traceback for each schema it cannot fetch, urllib3 each retry: the list returned says it once.
+    quiet = [logging.getLogger(n) for n in ("pystac.validation.stac_validator", "urllib3.connectionpool")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.CRITICAL)
     try:
         catalog.validate(validator=validator)
         for item in catalog.get_items(recursive=True):
             item.validate(validator=validator)
     finally:
-        quiet.setLevel(level)
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
     return sorted(set(skipped))
