@@ -136,14 +136,9 @@ def child_post(job: dict, out: Path) -> dict:
     """Post-processing stage by stage with nothing beside it: blend then finish each block in this one thread (in
     `segment` a thread finishes block k while this one blends k+1, and on 2 cores they share the GIL, which
     inflates both stages' wall times), then the writer."""
-    from fpn_geo.pipeline import (
-        BlockResult,
-        HaloCache,
-        SceneWriter,
-        blend_block,
-        finish_block,
-        plan_scene,
-    )
+    from fpn_geo.blocks import BlockResult, HaloCache, blend_block, finish_block
+    from fpn_geo.plan import plan_scene
+    from fpn_geo.scene_writer import SceneWriter
     from fpn_geo.timing import StageTimes
 
     seg = _oracle_segmenter(job["scene"], job["source"])

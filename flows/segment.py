@@ -57,7 +57,6 @@ from flows.stac_scenes import (
 from fpn_geo.building_map import build_map
 from fpn_geo.config import SegmentConfig, load_config, output_parameters, parse_overrides, with_model_defaults
 from fpn_geo.errors import FpnGeoError
-from fpn_geo.geopackage import is_up_to_date, made_with
 from fpn_geo.georef import is_local
 from fpn_geo.model.meta import ModelMeta, read_verified_meta
 from fpn_geo.model.registry import choose_model
@@ -70,7 +69,7 @@ from fpn_geo.pipeline import (
     plan_from_checkpoint,
     scene_sha256,
 )
-from fpn_geo.provenance import utc_now
+from fpn_geo.provenance import is_up_to_date, made_with, utc_now
 from fpn_geo.signals import Terminated, terminate_as_interrupt
 from fpn_geo.stac import StacScene, apply_remote_gdal_options, redact
 from fpn_geo.stac_results import is_current, write_results_catalog

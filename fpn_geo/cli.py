@@ -16,7 +16,8 @@ from fpn_geo.errors import FpnGeoError
 
 if TYPE_CHECKING:
     from fpn_geo.model.registry import ModelChoice
-    from fpn_geo.pipeline import ScenePlan
+    from fpn_geo.outputs import SceneOutputs
+    from fpn_geo.plan import ScenePlan
 
 SEGMENT_FLAGS = {
     "window": "--window", "overlap": "--overlap", "batch": "--batch", "device": "--device", "threshold": "--threshold",
@@ -24,33 +25,29 @@ SEGMENT_FLAGS = {
 }
 
 
-def check_segment_run(args: argparse.Namespace, cfg, choice: ModelChoice | None = None) -> ScenePlan:
+def check_segment_run(
+    args: argparse.Namespace, cfg, choice: ModelChoice | None = None
+) -> tuple[ScenePlan, SceneOutputs]:
     """Everything that can be checked before the model loads and the first window is read: output paths, the
     checkpoint's metadata, then the plan itself (the scene, its radiometry, the window clamped to the scene),
-    and scratch space. Returns the plan, which `segment` then runs as it is. `choice`: the checkpoint
+    and scratch space. Returns the plan and the checked outputs, which `segment` then runs and writes as they
+    are. `choice`: the checkpoint
     (`model.registry.choose_model`); by default `--model`."""
     from fpn_geo.model.meta import meta_path, read_meta
     from fpn_geo.model.registry import choose_model
-    from fpn_geo.outputs import check_output_paths, check_scratch_space, sweep_output_folders
-    from fpn_geo.pipeline import default_probability_path, plan_scene
+    from fpn_geo.outputs import check_scratch_space, scene_outputs
+    from fpn_geo.plan import plan_scene
 
     choice = choice or choose_model(args.scene, args.model)
     model = "--model" if choice.selection == "explicit" else "the bundled model"
 
-    out = Path(args.out)
-    prob = (
-        None if cfg.probability == "none"
-        else Path(args.probability) if args.probability
-        else default_probability_path(out)
-    )
     inputs = {
         "SCENE": args.scene,
         model: choice.path,
         f"{model}'s metadata": str(meta_path(choice.path)),
         "--config": args.config,
     }
-    check_output_paths(inputs, {"--out": out, "--probability": prob}, kinds={"--out": "gpkg", "--probability": "tif"})
-    sweep_output_folders([out, prob])
+    outputs = scene_outputs(inputs, args.out, args.probability, cfg.probability == "cog", ("--out", "--probability"))
     meta = read_meta(choice.path)
     plan = plan_scene(args.scene, meta, cfg, choice.path, choice.selection)
     if plan.cfg.window != cfg.window:
@@ -58,7 +55,7 @@ def check_segment_run(args: argparse.Namespace, cfg, choice: ModelChoice | None 
     if cfg.probability == "cog":  # the blocks' compressed tiles: well under a byte a model pixel and channel
         model_px = plan.grid.height * plan.grid.width
         check_scratch_space(cfg.scratch_dir, int(model_px * meta.channels * 0.5), "the probability tiles")
-    return plan
+    return plan, outputs
 
 
 def _segment(args: argparse.Namespace) -> int:
@@ -75,11 +72,11 @@ def _segment(args: argparse.Namespace) -> int:
         probability="none" if args.no_probability else None,
     )
     choice = choose_model(args.scene, args.model)  # --model, else the bundled model for the scene's GSD
-    plan = check_segment_run(args, cfg, choice)
+    plan, outputs = check_segment_run(args, cfg, choice)
     segmenter = load_segmenter(choice.path, plan.cfg.device, plan.cfg.compile)
     bar = tqdm(total=0, unit="win", desc="segment", disable=args.quiet or None, file=sys.stderr)
     summary = segment(
-        args.scene, segmenter, args.out, plan.cfg, args.probability,
+        args.scene, segmenter, outputs, plan.cfg,
         on_start=lambda n: bar.reset(total=n), on_batch=bar.update, plan=plan,
     )
     bar.close()

@@ -8,7 +8,6 @@ line, as are integers too long to convert.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -281,16 +280,6 @@ def with_model_defaults(cfg: SegmentConfig, defaults: dict[str, Any]) -> Segment
     except ValidationError as e:
         raise ConfigError(f"the checkpoint's post-processing defaults {taken}: {e.errors()[0]['msg']}") from e
     return cfg.model_copy(update=taken)
-
-
-def clamp_window(cfg: SegmentConfig, height: int, width: int, scale: float = 1.0) -> SegmentConfig:
-    """A window no bigger than the scene (in model pixels, rounded up to 32): one window covers a small scene,
-    instead of a window of --window pixels padded around it."""
-    side = max(32, math.ceil(max(height, width) * scale / 32) * 32)
-    if cfg.window <= side:
-        return cfg
-    overlap = min(cfg.overlap, side // 2 - 1)
-    return cfg.model_copy(update={"window": side, "overlap": overlap})
 
 
 # Keys that change how fast a run goes or where it works, never what it writes.

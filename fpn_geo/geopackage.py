@@ -20,7 +20,7 @@ import pyogrio
 import pyogrio.errors
 
 from fpn_geo.errors import OutputError
-from fpn_geo.outputs import PendingOutput, atomic_output, check_output_paths, temp_path, verify_geopackage
+from fpn_geo.outputs import PendingOutput, atomic_output, temp_path, verify_geopackage
 
 STYLE_QML = (Path(__file__).parent / "styles" / "buildings.qml").read_text()
 BUILDINGS = "buildings"
@@ -36,11 +36,6 @@ QGIS_METADATA_URI = "http://mrcc.com/qgis.dtd"  # what QGIS looks for to fill La
 def temp_sibling(final: Path, suffix: str = "") -> Path:
     """A hidden file in the target's folder (`fpn_geo.outputs.temp_path`; `suffix` is kept for old callers)."""
     return temp_path(final)
-
-
-def check_writable(final: Path) -> None:
-    """Fail before any work if `final` is not a new path or a regular file in a folder that takes files."""
-    check_output_paths({}, {"output": final})
 
 
 WRITE_ERRORS = (OSError, sqlite3.Error, pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError,
@@ -61,11 +56,11 @@ FLUSH_AT = 20_000  # buildings held before one write: one write of 17,558 took 0
 
 
 class GeoPackageWriter:
-    """Stream building batches into a temporary GeoPackage; `commit()` finishes and renames it into place."""
+    """Stream building batches into a temporary GeoPackage; `commit()` finishes and renames it into place.
+    `path` was checked by the caller (`fpn_geo.outputs.scene_outputs`, through `SceneWriter`)."""
 
     def __init__(self, path: str | Path, crs, flush_at: int = FLUSH_AT) -> None:
         self.final = Path(path)
-        check_writable(self.final)
         self.pending = PendingOutput(self.final, verify=verify_geopackage)
         self.tmp = self.pending.tmp
         self.crs = crs
@@ -324,46 +319,6 @@ def read_provenance(gpkg: str | Path) -> dict | None:
     except Exception:  # a missing, partial or foreign file: not up to date, so it is redone
         return None
     return df.iloc[-1].to_dict() if len(df) else None
-
-
-def is_up_to_date(
-    gpkg: str | Path, input_sha256: str | None, checkpoint_sha256: str | None, parameters: dict | None = None,
-    also: Sequence[str | Path] = (),
-) -> bool:
-    """True when `gpkg` was made from exactly these input bytes, these weights and these output parameters
-    (`fpn_geo.config.output_parameters`), and every path in `also` (e.g. its probability COG) exists.
-    Remote inputs (no sha256) never are."""
-    if not input_sha256 or not checkpoint_sha256 or not Path(gpkg).is_file():
-        return False
-    prov = read_provenance(gpkg)
-    if not prov or prov.get("input_sha256") != input_sha256:
-        return False
-    return made_with(gpkg, checkpoint_sha256, parameters, also, prov)
-
-
-def made_with(
-    gpkg: str | Path, checkpoint_sha256: str | None, parameters: dict | None = None, also: Sequence[str | Path] = (),
-    prov: dict | None = None,
-) -> bool:
-    """True when `gpkg` records these weights and output parameters and every path in `also` exists, whatever its
-    input: the half of `is_up_to_date` that a remote scene, identified by its STAC item instead of a sha256, uses."""
-    if not checkpoint_sha256 or any(not Path(p).is_file() for p in also):
-        return False
-    prov = prov if prov is not None else read_provenance(gpkg)
-    if not prov or prov.get("checkpoint_sha256") != checkpoint_sha256:
-        return False
-    if parameters is None:
-        return True
-    recorded = prov.get("parameters")
-    try:
-        recorded = json.loads(recorded) if isinstance(recorded, str) else recorded
-    except ValueError:
-        return False
-    if not isinstance(recorded, dict):
-        return False
-    return all(
-        json.dumps(recorded.get(k), sort_keys=True) == json.dumps(v, sort_keys=True) for k, v in parameters.items()
-    )
 
 
 def merge_geopackages(parts: Sequence[tuple[str, str | Path]], out: str | Path, crs: str = "EPSG:4326") -> int:

@@ -28,6 +28,7 @@ import stat
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -459,6 +460,37 @@ def sweep_output_folders(paths: Iterable[str | Path | None]) -> list[Path]:
         with _swept(folder, sweep_stale_temps) as gone:
             removed += gone
     return removed
+
+
+# --- a scene's outputs: checked once --------------------------------------------------------------------------
+
+
+def default_probability_path(out: Path) -> Path:
+    """Where the probability COG goes by default: NAME.probability.tif beside NAME.gpkg."""
+    return out.with_name(out.stem + ".probability.tif")
+
+
+@dataclass(frozen=True)
+class SceneOutputs:
+    """A scene's GeoPackage and probability COG (None when none is written), checked and their folders swept.
+    Only `scene_outputs` makes one, so whoever holds it (`SceneWriter`) need not check the paths again."""
+
+    out: Path
+    probability: Path | None
+
+
+def scene_outputs(
+    inputs: dict[str, str | Path | None], out: str | Path, probability: str | Path | None, want_cog: bool,
+    names: tuple[str, str] = ("out", "probability"),
+) -> SceneOutputs:
+    """The one check of a scene's output paths, before any work: `check_output_paths` against `inputs`, then
+    `sweep_output_folders`. `probability`: the COG's path, by default beside `out` (`default_probability_path`),
+    when `want_cog`. `names`: how messages call the two (the CLI's "--out" and "--probability")."""
+    gpkg = Path(out)
+    cog = (Path(probability) if probability else default_probability_path(gpkg)) if want_cog else None
+    check_output_paths(inputs, {names[0]: gpkg, names[1]: cog}, kinds={names[0]: "gpkg", names[1]: "tif"})
+    sweep_output_folders([gpkg, cog])
+    return SceneOutputs(gpkg, cog)
 
 
 # --- scratch space ----------------------------------------------------------------------------------------------

@@ -1,19 +1,24 @@
-"""The provenance record: enough to say exactly which inputs, model, code and settings made an output."""
+"""The provenance record: enough to say exactly which inputs, model, code and settings made an output; and, read
+back, whether an output is already what a run would make (`is_up_to_date`)."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import platform
 import socket
 import subprocess
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
 from fpn_geo import __version__
+from fpn_geo.geopackage import read_provenance
 from fpn_geo.georef import is_local
+from fpn_geo.hashing import sha256_file
 from fpn_geo.model.meta import ModelMeta
 from fpn_geo.scene import SceneInfo
 
@@ -100,3 +105,56 @@ def build_record(
         "device": device_description(device),
         **results,
     }
+
+
+# --- is this scene done? ----------------------------------------------------------------------------------------
+
+
+def hashable_scene(scene_path: str) -> bool:
+    """A local scene's bytes are hashed; remote paths (/vsis3/, s3://...) are not."""
+    return is_local(scene_path) and os.path.exists(scene_path)
+
+
+def scene_sha256(scene_path: str) -> str | None:
+    """sha256 of a local scene's bytes; None for remote paths."""
+    return sha256_file(scene_path) if hashable_scene(scene_path) else None
+
+
+def is_up_to_date(
+    gpkg: str | Path, input_sha256: str | None, checkpoint_sha256: str | None, parameters: dict | None = None,
+    also: Sequence[str | Path] = (),
+) -> bool:
+    """True when `gpkg` was made from exactly these input bytes, these weights and these output parameters
+    (`fpn_geo.config.output_parameters`), and every path in `also` (e.g. its probability COG) exists.
+    Remote inputs (no sha256) never are."""
+    if not input_sha256 or not checkpoint_sha256 or not Path(gpkg).is_file():
+        return False
+    prov = read_provenance(gpkg)
+    if not prov or prov.get("input_sha256") != input_sha256:
+        return False
+    return made_with(gpkg, checkpoint_sha256, parameters, also, prov)
+
+
+def made_with(
+    gpkg: str | Path, checkpoint_sha256: str | None, parameters: dict | None = None, also: Sequence[str | Path] = (),
+    prov: dict | None = None,
+) -> bool:
+    """True when `gpkg` records these weights and output parameters and every path in `also` exists, whatever its
+    input: the half of `is_up_to_date` that a remote scene, identified by its STAC item instead of a sha256, uses."""
+    if not checkpoint_sha256 or any(not Path(p).is_file() for p in also):
+        return False
+    prov = prov if prov is not None else read_provenance(gpkg)
+    if not prov or prov.get("checkpoint_sha256") != checkpoint_sha256:
+        return False
+    if parameters is None:
+        return True
+    recorded = prov.get("parameters")
+    try:
+        recorded = json.loads(recorded) if isinstance(recorded, str) else recorded
+    except ValueError:
+        return False
+    if not isinstance(recorded, dict):
+        return False
+    return all(
+        json.dumps(recorded.get(k), sort_keys=True) == json.dumps(v, sort_keys=True) for k, v in parameters.items()
+    )

@@ -5,7 +5,7 @@ footprint), what made them (processing: software, version and run id; ml-model: 
 are (label: vector building footprints); it links the source item it was derived from. It also carries the
 skip rule's key (`fpn:source`: source item id, asset key and the asset's identity), so a
 nightly run can tell a scene already done from a new or changed one without touching its pixels (the checkpoint
-and output parameters it was made with are in the GeoPackage's provenance, `fpn_geo.geopackage.made_with`).
+and output parameters it was made with are in the GeoPackage's provenance, `fpn_geo.provenance.made_with`).
 
 `write_results_catalog` lists every item of the folder in `catalog.json`; each write is atomic (temporary file,
 then rename), so a STAC browser, QGIS or pystac walking the folder never sees a half-written catalog.
@@ -42,7 +42,7 @@ FOOTPRINT_PX = 512  # the valid-data mask is read at most this many pixels a sid
 
 def source_key(item_id: str | None, asset: str | None, identity: str | None) -> dict:
     """Which source a scene's outputs were made from: the STAC item, the asset key and the asset's identity. With
-    the checkpoint and output parameters that the GeoPackage records (`fpn_geo.geopackage.made_with`), the whole
+    the checkpoint and output parameters that the GeoPackage records (`fpn_geo.provenance.made_with`), the whole
     of the skip rule for a catalogued scene."""
     return {"item": item_id, "asset": asset, "identity": identity}
 

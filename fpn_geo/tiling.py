@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rasterio.windows import Window
 
 from fpn_geo.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fpn_geo.config import SegmentConfig
 
 ALIGN = 32
 
@@ -193,3 +197,13 @@ def make_blocks(grid: Grid, size: int = 4) -> BlockLayout:
     if size <= 0:
         raise ConfigError(f"block size {size} must be a positive number of windows, e.g. 8")
     return BlockLayout(grid, size, math.ceil(grid.rows / size), math.ceil(grid.cols / size))
+
+
+def clamp_window(cfg: SegmentConfig, height: int, width: int, scale: float = 1.0) -> SegmentConfig:
+    """A window no bigger than the scene (in model pixels, rounded up to 32): one window covers a small scene,
+    instead of a window of --window pixels padded around it."""
+    side = max(32, math.ceil(max(height, width) * scale / 32) * 32)
+    if cfg.window <= side:
+        return cfg
+    overlap = min(cfg.overlap, side // 2 - 1)
+    return cfg.model_copy(update={"window": side, "overlap": overlap})

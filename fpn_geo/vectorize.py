@@ -247,3 +247,25 @@ def to_buildings(
     gdf = gdf[area >= MIN_PART_SHARE * area.groupby(level=0).transform("max")]
     gdf["area_m2"] = gdf.geometry.to_crs(georef.utm).area.astype(np.float32)
     return gdf[gdf["area_m2"] >= min_area_m2].reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Buildings:
+    """Finished buildings as plain arrays (WKB in the scene's CRS): a few bytes each when pickled, no CRS or frame."""
+
+    wkb: list[bytes]
+    score: np.ndarray  # float32
+    area_m2: np.ndarray  # float32
+
+    @classmethod
+    def from_frame(cls, gdf: gpd.GeoDataFrame) -> Buildings:
+        return cls(
+            list(shapely.to_wkb(gdf.geometry.values)),
+            gdf["score"].to_numpy(np.float32),
+            gdf["area_m2"].to_numpy(np.float32),
+        )
+
+    def to_frame(self, crs) -> gpd.GeoDataFrame:
+        return gpd.GeoDataFrame(
+            {"score": self.score, "area_m2": self.area_m2}, geometry=shapely.from_wkb(self.wkb), crs=crs
+        )

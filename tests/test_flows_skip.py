@@ -12,7 +12,8 @@ from prefect_dask import DaskTaskRunner
 from flows.scenes import drop_own_outputs, list_scenes
 from flows.segment import segment_scenes
 from fpn_geo.config import load_config, output_parameters
-from fpn_geo.geopackage import is_up_to_date, read_provenance
+from fpn_geo.geopackage import read_provenance
+from fpn_geo.provenance import is_up_to_date
 from tests.flow_support.helpers import crop
 
 SMALL = {"window": 256, "overlap": 32, "batch": 2}

@@ -179,7 +179,7 @@ def test_a_daemonic_process_finishes_blocks_in_threads(monkeypatch, caplog):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
-    from fpn_geo.pipeline import post_pool
+    from fpn_geo.device import post_pool
 
     with post_pool("processes", 1) as pool:
         assert isinstance(pool, ProcessPoolExecutor)
