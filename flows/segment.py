@@ -1,14 +1,15 @@
 """`segment-scene` and `segment-scenes`: the fpn_geo pipeline as Prefect flows on Dask workers.
 
-A scene's path, read top to bottom; each task wraps one step of `fpn_geo.pipeline`:
+A scene's path, read top to bottom; each task wraps one step (`fpn_geo.plan`, `fpn_geo.blocks`,
+`fpn_geo.scene_writer`):
 
 1. `plan-scene` (in the flow process, no torch): check the scene and the checkpoint's metadata, lay the window
-   grid on the model's grid and cut it into blocks (`pipeline.plan_from_checkpoint`).
+   grid on the model's grid and cut it into blocks (`plan.plan_from_checkpoint`).
 2. `process-blocks` (on Dask workers, one task per square group of blocks): read each block's windows from the
    scene itself (halo included), predict, blend, threshold, separate and vectorize there, with the model loaded
-   once per worker process (`pipeline.process_blocks`). A block sends back polygons and small stats (and a
+   once per worker process (`blocks.process_blocks`). A block sends back polygons and small stats (and a
    compressed probability tile when a COG is wanted), never raw pixels. At most `max_in_flight` tasks are out.
-3. The flow feeds the results, in block order, to `pipeline.SceneWriter`: it joins buildings cut by block edges
+3. The flow feeds the results, in block order, to `scene_writer.SceneWriter`: it joins buildings cut by block edges
    and writes the GeoPackage with provenance and the COG. Same blocks, same bytes: the output has the same
    polygons as `fpn-geo segment` (the CLI) on the same scene and checkpoint.
 4. `quicklook` (in the flow process): a PNG of the scene with the polygons drawn; then a summary artifact.

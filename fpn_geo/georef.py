@@ -55,7 +55,7 @@ def pixel_size_m(transform: Affine, crs, width: int, height: int) -> float:
 def model_scale(scene_gsd_m: float, model_gsd_m: float | None, match_gsd: bool = True) -> float:
     """Model pixels per scene pixel; within 5% of 1 the scene is read as it is (no resampling).
 
-    The one rule for inference (`pipeline.plan_scene`) and training (`train.dataset`, `train.cache`).
+    The one rule for inference (`plan.plan_scene`) and training (`train.dataset`, `train.cache`).
     """
     if not (match_gsd and model_gsd_m):
         return 1.0
