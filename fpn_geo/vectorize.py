@@ -94,7 +94,8 @@ def simplify_coverage(
     GEOS's coverage simplifier (Visvalingam-Whyatt: a vertex goes when its triangle is under `tolerance`² in
     area, and no outline may cross another) needs every polygon to have a vertex wherever outlines meet. Traced
     rings keep only their corners, so each ring first gets the `nodes` (pixel corners where three or more
-    polygons meet, `_nodes`) that lie along it. `origin`: the block's (x0, y0) in the polygons' coordinates.
+    polygons meet, `_nodes`) that lie along it (`_with_nodes`; `segmentize` would add every pixel corner, most
+    only to be dropped again). `origin`: the block's (x0, y0) in the polygons' coordinates.
     """
     return shapely.coverage_simplify(_with_nodes(polygons, nodes, origin), tolerance, simplify_boundary=False)
 
@@ -109,23 +110,38 @@ def _nodes(every: np.ndarray) -> np.ndarray:
 
 
 def _with_nodes(polygons: np.ndarray, nodes: np.ndarray, origin: tuple[int, int]) -> np.ndarray:
-    """Traced polygons with a vertex added at each node along their rings: every pixel corner is added
-    (`segmentize`), then those neither a node nor a turn are dropped again."""
-    kind, xy, (ring_at, poly_at) = shapely.to_ragged_array(shapely.segmentize(polygons, 1.0))
-    xy = np.round(xy)  # segmentize interpolates: 10.999999999999998 is 11
-    ix = xy.astype(np.int64)
-    n = len(xy)
-    last = ring_at[1:] - 1  # each ring's closing vertex, the same as its first
-    prev = np.arange(n) - 1
-    prev[ring_at[:-1]] = last - 1
-    step_in = ix - ix[prev]
-    step_out = np.roll(step_in, -1, axis=0)  # the step out of vertex i is the step into i + 1
-    turn = (step_in != step_out).any(axis=1)
-    keep = turn | nodes[ix[:, 1] - origin[1], ix[:, 0] - origin[0]]
-    keep[ring_at[:-1]] = True  # traced rings start at a corner
-    keep[last] = True
-    offsets = np.r_[0, np.cumsum(keep)][ring_at]
-    return shapely.from_ragged_array(kind, xy[keep], (offsets, poly_at))
+    """Traced polygons with a vertex added at each node that lies inside one of their (axis-parallel) segments, in
+    the direction the segment runs: nodes are found per segment by binary search in the sorted node positions,
+    row by row for horizontal segments and column by column for vertical ones."""
+    kind, xy, (ring_at, poly_at) = shapely.to_ragged_array(polygons)
+    ix = xy.astype(np.int64) - np.asarray(origin)
+    h1, w1 = nodes.shape
+    a, b = ix[:-1], ix[1:]  # segment i runs from vertex i to vertex i + 1
+    across = a[:, 1] == b[:, 1]  # horizontal; the others are vertical
+    # y * w1 + x, and x * h1 + y, each with a sentinel past every key, so neither is empty
+    in_rows, in_cols = np.r_[np.flatnonzero(nodes), h1 * w1], np.r_[np.flatnonzero(nodes.T), h1 * w1]
+    lo, hi = np.minimum(a, b) + 1, np.maximum(a, b) - 1
+    key_lo = np.where(across, a[:, 1] * w1 + lo[:, 0], a[:, 0] * h1 + lo[:, 1])
+    key_hi = np.where(across, a[:, 1] * w1 + hi[:, 0], a[:, 0] * h1 + hi[:, 1])
+    i0 = np.where(across, np.searchsorted(in_rows, key_lo, "left"), np.searchsorted(in_cols, key_lo, "left"))
+    i1 = np.where(across, np.searchsorted(in_rows, key_hi, "right"), np.searchsorted(in_cols, key_hi, "right"))
+    count = np.maximum(i1 - i0, 0)
+    count[ring_at[1:-1] - 1] = 0  # a ring's closing vertex to the next ring's first is no segment
+    count = np.r_[count, 0]
+    first = np.r_[0, np.cumsum(1 + count)[:-1]]  # where each old vertex goes
+    total = int(first[-1] + 1)
+    out = np.empty((total, 2))
+    out[first] = xy
+    seg = np.repeat(np.arange(len(count)), count)
+    rank = np.arange(len(seg)) - np.repeat(np.cumsum(count) - count, count)
+    forward = (b - a).sum(axis=1)[seg] > 0
+    at = np.where(forward, i0[seg] + rank, i1[seg] - 1 - rank)
+    row = across[seg]
+    # both sides are evaluated for every segment: clip the other orientation's positions
+    key = np.where(row, in_rows[np.minimum(at, len(in_rows) - 1)], in_cols[np.minimum(at, len(in_cols) - 1)])
+    x, y = np.where(row, key % w1, key // h1), np.where(row, key // w1, key % h1)
+    out[first[seg] + 1 + rank] = np.column_stack([x + origin[0], y + origin[1]])
+    return shapely.from_ragged_array(kind, out, (np.r_[first, total][ring_at], poly_at))
 
 
 def _bounds(pieces: list[Piece]) -> np.ndarray:
