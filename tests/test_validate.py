@@ -67,7 +67,8 @@ def test_one_held_out_block_per_place_with_60_buildings(config):
     held = [s.place or s.name for s in cfg.sources if s.val_block]
     assert len(held) == len(set(held))  # one block per place
     assert set(held) == {p for p, n in buildings.items() if n >= 60}
-    expected = {CONFIG: DRONE_PLACES | {"rio"}, SATELLITE: SATELLITE_PLACES}.get(config, DRONE_PLACES | SATELLITE_PLACES)
+    everything = DRONE_PLACES | SATELLITE_PLACES
+    expected = {CONFIG: DRONE_PLACES | {"rio"}, SATELLITE: SATELLITE_PLACES}.get(config, everything)
     assert set(held) == expected
     assert set(buildings) - set(held) == (set() if config == CONFIG else TRAINING_ONLY)
     assert {s.imagery for s in cfg.sources} <= {"drone", "satellite"} and all(s.imagery for s in cfg.sources)
