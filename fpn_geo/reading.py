@@ -12,6 +12,8 @@ from rasterio.windows import Window
 
 from fpn_geo.errors import InputError
 from fpn_geo.radiometry import Radiometry
+from fpn_geo.scene import gdal_reason
+from fpn_geo.stac import redact
 from fpn_geo.tiling import GridWindow
 
 
@@ -74,7 +76,12 @@ def read_window(
             valid = np.ones((mh, mw), dtype=bool)
         image = src.read(list(bands), window=win, out_shape=(len(bands), mh, mw), resampling=Resampling.bilinear)
     except RasterioIOError as e:
-        raise InputError(f"cannot read window at row {window.row_off}, col {window.col_off} of {src.name}: {e}") from e
+        # One line, and no credentials a URL may carry (redact): GDAL's reason for a broken download is the
+        # first message of the chain, and it names the URL.
+        raise InputError(
+            f"cannot read window at row {window.row_off}, col {window.col_off} of {redact(src.name)}: "
+            f"{redact(gdal_reason(e))}"
+        ) from e
     if radiometry is not None:
         image = radiometry.apply(image)
     elif image.dtype.kind == "f":  # a caller that does not map radiometry: real values would be fed unscaled

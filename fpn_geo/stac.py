@@ -13,6 +13,7 @@ what a user may still have put in an href (user:password@, query strings such as
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import urllib.error
@@ -55,12 +56,32 @@ SECRET_QUERY = re.compile(r"(?P<url>://[^\s?'\"]*)\?[^\s'\"]*")
 USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s'\"]+@")
 
 
+class RedactingFilter(logging.Filter):
+    """Rewrites a log record's message with `redact`: GDAL's HTTP warnings ("HTTP error code: 503 - URL. Retrying")
+    name the URL, query string included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
+GDAL_LOGGERS = ("rasterio._err", "rasterio._env", "rasterio._io", "rasterio")
+
+
 def apply_remote_gdal_options(environ: dict[str, str] | None = None) -> None:
     """Set `REMOTE_GDAL_OPTIONS` in the environment where they are not set yet, so every GDAL open in this process
-    (rasterio reads the environment at each open) uses them; call it in each process that reads remote scenes."""
+    (rasterio reads the environment at each open) uses them, and redact URLs in GDAL's log lines; call it in each
+    process that reads remote scenes."""
     env = os.environ if environ is None else environ
     for key, value in REMOTE_GDAL_OPTIONS.items():
         env.setdefault(key, value)
+    for name in GDAL_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())
 
 
 def redact(text: str) -> str:

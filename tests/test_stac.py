@@ -161,3 +161,28 @@ def test_a_stac_api_search_selects_items(stac_api):
     assert nowhere == []
     with pytest.raises(InputError, match="no asset 'image'"):
         resolve_stac(StacSource(url=url, collections=["kampala"], asset="image"))
+
+
+def test_a_scene_that_breaks_mid_download_fails_on_one_line_and_leaves_nothing(served_folder, checkpoint, tmp_path,
+                                                                               caplog):
+    """The server answers the header and a few tiles, then 503s: GDAL retries, then the read fails; the library
+    raises one line without the URL's secret, and no output or temporary file is left."""
+    from fpn_geo.config import load_config
+    from fpn_geo.errors import FpnGeoError
+    from fpn_geo.pipeline import load_segmenter, segment
+
+    folder, cogs = served_folder
+    out = tmp_path / "out" / "a.gpkg"
+    out.parent.mkdir()
+    env = {**REMOTE_GDAL_OPTIONS, "GDAL_HTTP_MAX_RETRY": "1", "GDAL_HTTP_RETRY_DELAY": "0.1"}
+    apply_remote_gdal_options({})  # the log filter only: the options go in through rasterio.Env here
+    with range_server(folder, fail_after=2) as served, rasterio.Env(**env):
+        path = f"/vsicurl/{served.url}/a.tif?token=s3cr3t"
+        with pytest.raises(FpnGeoError) as e:
+            segment(path, load_segmenter(checkpoint, "cpu"), out,
+                    load_config(window=256, overlap=32, batch=2, probability="none"))
+    msg = str(e.value)
+    assert "\n" not in msg and "s3cr3t" not in msg
+    assert list(out.parent.iterdir()) == [], list(out.parent.iterdir())
+    assert any("503" in r.getMessage() for r in caplog.records), "GDAL's retries were not logged"
+    assert not any("s3cr3t" in r.getMessage() for r in caplog.records)

@@ -41,7 +41,7 @@ class Served:
             self.requests.clear()
 
 
-def _handler(served: Served, require_header: tuple[str, str] | None):
+def _handler(served: Served, require_header: tuple[str, str] | None, fail_after: int | None):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -97,6 +97,12 @@ def _handler(served: Served, require_header: tuple[str, str] | None):
             if path is None:
                 self.send_error(404)
                 return
+            gets = sum(1 for r in served.requests if r[0] == "GET" and r[1] == self.path)
+            if fail_after is not None and gets > fail_after:  # the connection "breaks" mid-scene: 503 from now on
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             size = path.stat().st_size
             start, end, status, extra = 0, size - 1, 200, {}
             m = RANGE.match(rng or "")
@@ -126,10 +132,12 @@ def _handler(served: Served, require_header: tuple[str, str] | None):
 
 
 @contextmanager
-def range_server(root: str | os.PathLike, require_header: tuple[str, str] | None = None) -> Iterator[Served]:
-    """Serve `root` on a free 127.0.0.1 port for the duration of the block; yields what it served."""
+def range_server(root: str | os.PathLike, require_header: tuple[str, str] | None = None,
+                 fail_after: int | None = None) -> Iterator[Served]:
+    """Serve `root` on a free 127.0.0.1 port for the duration of the block; yields what it served. fail_after:
+    each file's GETs after that many answer 503 (a download that breaks in the middle)."""
     served = Served(Path(root))
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(served, require_header))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(served, require_header, fail_after))
     httpd.daemon_threads = True
     served.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
