@@ -8,7 +8,7 @@ labels (int32) and the probabilities (uint8) are copied back:
   so after `consecutive` they equal `scipy.ndimage.label`'s);
 - the watershed of P(interior) from the cores is a flood in FLOOD_LEVELS descending levels of P(interior), each
   grown to a fixed point: blobs with one core come out exactly as on the CPU, split lines between touching
-  buildings can sit a pixel away from the exact watershed's (held-out F1 is the same: see the README).
+  buildings can sit a pixel away from the exact watershed's (held-out F1 is the same: see docs/benchmarks.md).
 
 The same code runs on the CPU (the tests compare it with `fpn_geo.instances` there), but slower than scipy: the
 pipeline uses it only on CUDA.
