@@ -102,26 +102,27 @@ def test_signal_leaves_nothing_and_keeps_the_old_output(tmp_path, checkpoint, ol
     assert not group_alive(proc.pid), "a child process outlived the run"
 
 
-@pytest.mark.parametrize("stage", ["write", "cog"])
+@pytest.mark.parametrize("stage", ["inference", "cog"])
 def test_after_sigkill_the_next_run_sweeps_the_leftovers(tmp_path, checkpoint, old_outputs, stage):
-    """The next run, started at once (the killed run's temps are seconds old), removes its temporary GeoPackage,
-    COG and overview and its scratch folder: no live run holds those folders' lock (outputs.FolderClaim)."""
+    """The next run, started at once (what the killed run left is seconds old), removes its scratch folder and,
+    killed while writing the COG, its temporary COG and overview: no live run holds those folders' lock
+    (outputs.FolderClaim). The GeoPackage's temp appears only when its first buildings are flushed."""
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     proc = start_cli(old_outputs / "b.gpkg", checkpoint, scratch)
     try:
-        seen = wait_until(stage_started(stage, old_outputs, scratch), proc)
+        seen = wait_until(stage_started(stage, old_outputs, scratch), proc, timeout=600)  # a loaded host is slow
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
     if not seen and stage == "cog":
         pytest.skip("the COG write was over before it was seen")
     assert seen, proc.stderr.read()
-    left = [p for p in old_outputs.iterdir() if ".fpn-geo-" in p.name]
-    assert left, "SIGKILL cannot be cleaned up after by the run itself"
-    assert list(scratch.iterdir()), "the killed run's scratch folder"
+    assert list(scratch.iterdir()), "SIGKILL cannot be cleaned up after by the run itself"
+    if stage == "cog":
+        assert [p for p in old_outputs.iterdir() if ".b.probability.tif.fpn-geo-" in p.name]
     proc = start_cli(old_outputs / "b.gpkg", checkpoint, scratch)
-    proc.communicate(timeout=300)
+    proc.communicate(timeout=600)
     assert proc.returncode == 0
     assert temps(old_outputs) == []
     assert list(scratch.iterdir()) == []
