@@ -76,26 +76,26 @@ def _handler(served: Served, require_header: tuple[str, str] | None, fail_after:
                 self.send_header(k, v)
             self.end_headers()
 
-        def do_HEAD(self) -> None:
+        def _request(self, method: str, rng: str | None):
+            """Record the request; the file it asks for, or None once refused (401) or not found (404)."""
             with served.lock:
-                served.requests.append(("HEAD", self.path, None))
+                served.requests.append((method, self.path, rng))
             if not self._authorised():
-                return
+                return None
             path = self._file()
             if path is None:
                 self.send_error(404)
-                return
-            self._head(path, 200, path.stat().st_size, {})
+            return path
+
+        def do_HEAD(self) -> None:
+            path = self._request("HEAD", None)
+            if path is not None:
+                self._head(path, 200, path.stat().st_size, {})
 
         def do_GET(self) -> None:
             rng = self.headers.get("Range")
-            with served.lock:
-                served.requests.append(("GET", self.path, rng))
-            if not self._authorised():
-                return
-            path = self._file()
+            path = self._request("GET", rng)
             if path is None:
-                self.send_error(404)
                 return
             gets = sum(1 for r in served.requests if r[0] == "GET" and r[1] == self.path)
             if fail_after is not None and gets > fail_after:  # the connection "breaks" mid-scene: 503 from now on
