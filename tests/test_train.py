@@ -60,7 +60,8 @@ def write_yaml(path, data):
 
 def test_default_config_is_valid():
     cfg = load_train_config(DATA.parent / "configs" / "train_default.yaml")
-    assert cfg.chip % 32 == 0 and cfg.gsd_m == 0.3
+    meta = json.loads((DATA.parent / "models" / "default.json").read_text())
+    assert cfg.chip % 32 == 0 and cfg.gsd_m == meta["gsd_m"] == 0.15  # the config names the GSD that shipped
     assert any(s.val_block for s in cfg.sources)
     rio = {s.name: len(s.pairs(cfg.root)) for s in cfg.sources if s.place == "rio"}
     assert rio == {"rio": 1, "rio_a": 9, "rio_b": 5, "rio_aoi0": 7}  # 15 + 7 tiles, the held-out one exactly once
