@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import urllib.request
 from datetime import datetime, timezone
 
 import pyogrio
@@ -22,7 +21,7 @@ from prefect_dask import DaskTaskRunner
 from flows.segment import segment_scenes
 from fpn_geo.building_map import MAP_SCENES
 from fpn_geo.stac_results import validate_results
-from tests.flow_support.helpers import BIN, env_for, free_port, start, stop, wait_for
+from tests.flow_support.helpers import BIN, answers, env_for, free_port, start, stop, wait_for
 from tests.flow_support.range_server import range_server
 from tests.flow_support.stac_catalog import cog_crop, static_catalog, static_collection
 
@@ -139,11 +138,7 @@ def test_a_static_catalog_over_http_end_to_end(prefect_api, cluster, checkpoint,
 
 
 def _api_ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/collections/kampala/items", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
+    return answers(f"{url}/collections/kampala/items")
 
 
 def test_a_stac_search_runs_as_a_deployment(prefect_api, cluster, checkpoint, tmp_path):

@@ -81,10 +81,15 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     raise TimeoutError(f"{what} did not happen within {timeout:.0f} s")
 
 
-def server_healthy(api: str) -> bool:
-    """Does the Prefect server at `api` (…/api) answer its health check?"""
+def answers(url: str) -> bool:
+    """Does `url` answer 200 within 2 s?"""
     try:
-        with urllib.request.urlopen(f"{api}/health", timeout=2) as r:
+        with urllib.request.urlopen(url, timeout=2) as r:
             return r.status == 200
     except OSError:
         return False
+
+
+def server_healthy(api: str) -> bool:
+    """Does the Prefect server at `api` (…/api) answer its health check?"""
+    return answers(f"{api}/health")
