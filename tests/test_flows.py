@@ -27,7 +27,7 @@ from flows.cluster import cpu_worker_shape, task_runner
 from flows.segment import segment_scene, segment_scenes
 from fpn_geo.config import load_config
 from fpn_geo.pipeline import load_segmenter, segment
-from tests.flow_support.helpers import BIN, crop, env_for, free_port, start, stop, wait_for
+from tests.flow_support.helpers import BIN, crop, env_for, free_port, start, stop, wait_for, wait_for_deployment
 
 pytestmark = pytest.mark.slow
 
@@ -188,14 +188,7 @@ def test_a_served_deployment_runs_from_the_prefect_cli(prefect_api, cluster, che
     env = env_for(prefect_api, FPN_GEO_DASK_ADDRESS=cluster, PREFECT_RUNNER_POLL_FREQUENCY="1")
     server = start([str(BIN / "python"), "-m", "tests.flow_support.serve_segment"], env, tmp_path / "serve.log")
     try:
-        def deployed():
-            with get_client(sync_client=True) as client:
-                try:
-                    return client.read_deployment_by_name("segment-scene/test")
-                except Exception:
-                    return None
-
-        wait_for(deployed, 90, "the served deployment to register", interval=0.5)
+        wait_for_deployment("segment-scene/test", 90)
         params = {"scene": str(scene), "checkpoint": str(checkpoint), "out": str(out), "overrides": SMALL}
         run = subprocess.run(
             [str(BIN / "prefect"), "deployment", "run", "segment-scene/test", "--params", json.dumps(params),

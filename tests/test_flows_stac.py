@@ -21,7 +21,7 @@ from prefect_dask import DaskTaskRunner
 from flows.segment import segment_scenes
 from fpn_geo.building_map import MAP_SCENES
 from fpn_geo.stac_results import validate_results
-from tests.flow_support.helpers import BIN, answers, env_for, free_port, start, stop, wait_for
+from tests.flow_support.helpers import BIN, answers, env_for, free_port, start, stop, wait_for, wait_for_deployment
 from tests.flow_support.range_server import range_server
 from tests.flow_support.stac_catalog import cog_crop, static_catalog, static_collection
 
@@ -161,14 +161,7 @@ def test_a_stac_search_runs_as_a_deployment(prefect_api, cluster, checkpoint, tm
                                tmp_path / "serve.log"))
             wait_for(lambda: _api_ready(api), 60, "rustac serve")
 
-            def deployed():
-                with get_client(sync_client=True) as client:
-                    try:
-                        return client.read_deployment_by_name("segment-scenes/test")
-                    except Exception:
-                        return None
-
-            wait_for(deployed, 120, "the served deployment to register", interval=0.5)
+            wait_for_deployment("segment-scenes/test", 120)
             params = {"stac": {"url": api, "collections": ["kampala"], "datetime": "2024-02-01/2024-03-01",
                                "asset": "visual"},
                       "checkpoint": str(checkpoint), "out_dir": str(out_dir), "overrides": SMALL, "quicklook": False}

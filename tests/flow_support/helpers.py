@@ -93,3 +93,17 @@ def answers(url: str) -> bool:
 def server_healthy(api: str) -> bool:
     """Does the Prefect server at `api` (…/api) answer its health check?"""
     return answers(f"{api}/health")
+
+
+def wait_for_deployment(name: str, timeout: float) -> None:
+    """Wait until a served deployment `flow/deployment` is registered with the Prefect API in the environment."""
+    from prefect.client.orchestration import get_client
+
+    def deployed():
+        with get_client(sync_client=True) as client:
+            try:
+                return client.read_deployment_by_name(name)
+            except Exception:
+                return None
+
+    wait_for(deployed, timeout, "the served deployment to register", interval=0.5)
