@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from fpn_geo.errors import OutputError
+from fpn_geo.outputs import free_bytes
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +43,6 @@ def _size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
-
-
-def _free_bytes(folder: Path) -> int | None:
-    try:
-        st = os.statvfs(folder)
-    except OSError:
-        return None
-    return st.f_bavail * st.f_frsize
 
 
 def _says_full(e: BaseException | None, messages: list[str]) -> bool:
@@ -116,7 +109,7 @@ def disk_full_as_one_line(folder: Path, need_bytes: Callable[[], int]) -> Iterat
     except BaseException as e:
         for line in messages:
             log.info("%s", line)
-        free = _free_bytes(folder)
+        free = free_bytes(folder)
         if _says_full(e, messages) or (free is not None and free < NEARLY_FULL_BYTES and isinstance(e, Exception)):
             raise disk_full_error(folder, need_bytes()) from e
         raise

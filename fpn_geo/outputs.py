@@ -508,14 +508,21 @@ def scratch_folder(scratch_dir: str | Path | None) -> Path:
     return d
 
 
-def check_scratch_space(scratch_dir: str | Path | None, need_bytes: int, what: str = "scratch files") -> Path:
-    """Fail before any work when the scratch folder cannot hold `need_bytes` (plus 5 %); returns the folder."""
-    folder = scratch_folder(scratch_dir)
+def free_bytes(folder: str | Path) -> int | None:
+    """The space an unprivileged writer has left in `folder`'s file system; None where it cannot be asked."""
     try:
         st = os.statvfs(folder)
     except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def check_scratch_space(scratch_dir: str | Path | None, need_bytes: int, what: str = "scratch files") -> Path:
+    """Fail before any work when the scratch folder cannot hold `need_bytes` (plus 5 %); returns the folder."""
+    folder = scratch_folder(scratch_dir)
+    free = free_bytes(folder)
+    if free is None:
         return folder
-    free = st.f_bavail * st.f_frsize
     need = int(need_bytes * 1.05)
     if need > free:
         raise OutputError(
