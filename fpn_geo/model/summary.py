@@ -67,8 +67,9 @@ def _heldout_line(report: Mapping[str, Any], threshold: float, separate: bool) -
         return None
     f1 = {str(r.get("place")): float(r["f1"]) for r in rows}
     line = ", ".join(f"{p} {v:.2f}" for p, v in sorted(f1.items())) + f"; mean {sum(f1.values()) / len(f1):.3f}"
-    key = f"t{threshold:.2f}_{'sep' if separate else 'nosep'}"
-    by_kind = (report.get("summary") or {}).get(key, {}).get("mean_by_imagery") or {}
+    from fpn_geo.train.validate import setting_key
+
+    by_kind = (report.get("summary") or {}).get(setting_key(threshold, separate), {}).get("mean_by_imagery") or {}
     if by_kind:
         line += " (" + ", ".join(f"{k} {v:.3f}" for k, v in sorted(by_kind.items())) + ")"
     return f"F1 at threshold {threshold:g}, separation {'on' if separate else 'off'}:\n              {line}"

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     from fpn_geo.pipeline import load_segmenter
     from fpn_geo.train.config import load_train_config
-    from fpn_geo.train.validate import export_blocks, pooled, score_block
+    from fpn_geo.train.validate import export_blocks, pooled, score_block, setting_key
 
     cfg = load_train_config(a.config)
     kinds: dict[str, str] = {s.place or s.name: s.imagery for s in cfg.sources if s.imagery}
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     for t in a.thresholds:
         for sep in modes:
             rs = [r for r in rows if r["threshold"] == t and r["separate"] == sep]
-            summary[f"t{t:.2f}_{'sep' if sep else 'nosep'}"] = {**pooled(rs), "mean_by_imagery": kind_means(rs, kinds)}
+            summary[setting_key(t, sep)] = {**pooled(rs), "mean_by_imagery": kind_means(rs, kinds)}
     best = max(summary, key=lambda k: summary[k]["f1"])
     print(f"\n{'setting':16s} pooled F1  mean place F1  drone mean  satellite mean")
     for k, v in summary.items():

@@ -80,6 +80,11 @@ def score_block(
     }
 
 
+def setting_key(threshold: float, separate: bool) -> str:
+    """The name of one scoring setting in a held-out report's summary, e.g. "t0.50_sep"; `fpn-geo info` reads it."""
+    return f"t{threshold:.2f}_{'sep' if separate else 'nosep'}"
+
+
 def pooled(rows: list[dict[str, Any]]) -> dict[str, float]:
     """F1 from the summed TP/FP/FN of several blocks, and the mean per-place F1."""
     tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
