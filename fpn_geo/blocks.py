@@ -24,7 +24,7 @@ from fpn_geo.probability import encode_tile
 from fpn_geo.streaming import in_order
 from fpn_geo.tiling import Block, GridWindow
 from fpn_geo.timing import StageTimes
-from fpn_geo.vectorize import Buildings, Piece, split_at_edges, to_buildings, trace_pieces
+from fpn_geo.vectorize import Buildings, Outlines, Piece, block_outlines, pieces_of, split_at_edges, to_buildings
 
 if TYPE_CHECKING:
     import torch
@@ -156,45 +156,62 @@ def _inside(plan: ScenePlan, block: Block) -> tuple[slice, slice]:
     return slice(block.y0 - area.y0, block.y1 - area.y0), slice(block.x0 - area.x0, block.x1 - area.x0)
 
 
-def label_on_device(plan: ScenePlan, block: Block, probs: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Label the block's context area where its probabilities are (`fpn_geo.instances_gpu`); the block's own labels
-    and the context's probabilities, on the host."""
+def _simplify_px(plan: ScenePlan) -> float:
+    """The outline simplification tolerance on the model's grid."""
+    return plan.cfg.simplify_m / plan.georef.gsd_m
+
+
+def outline_on_device(
+    plan: ScenePlan, block: Block, probs: np.ndarray | torch.Tensor, want_tile: bool, times: StageTimes
+) -> tuple[Outlines, np.ndarray | None]:
+    """Label the block's context area and reduce its own labels to outlines where its probabilities are
+    (`fpn_geo.instances_gpu`, `fpn_geo.trace_torch`): only ring corners and small arrays come to the host, plus
+    the block's own probabilities when a probability COG wants them."""
     import torch
 
     from fpn_geo.instances_gpu import label_instances_torch
+    from fpn_geo.trace_torch import block_outlines_torch
 
     p = torch.as_tensor(probs)
-    labels = label_instances_torch(p[0], p[1] if plan.separates else None, plan.cfg.threshold)[_inside(plan, block)]
-    return labels.cpu().numpy(), p.cpu().numpy()
+    inside = _inside(plan, block)
+    with times.time("label"):
+        labels = label_instances_torch(p[0], p[1] if plan.separates else None, plan.cfg.threshold)[inside]
+    with times.time("trace"):
+        outlines = block_outlines_torch(labels, p[0][inside], _simplify_px(plan) > 0)
+    own = (slice(None), *inside)
+    return outlines, p[own].cpu().numpy() if want_tile else None
 
 
 def finish_block(
-    plan: ScenePlan, block: Block, probs: np.ndarray, want_tile: bool, labels: np.ndarray | None = None,
+    plan: ScenePlan, block: Block, probs: np.ndarray | None, want_tile: bool, outlines: Outlines | None = None,
 ) -> tuple:
     """Threshold, separate, trace and georeference one blended block (CPU); what a block sends back.
 
     `probs` covers the block's context area: instances are labelled there, so a building cut by the block's
-    edge is split as its neighbour splits it, then only the block's own pixels are traced. `labels`: the block's
-    own, when they were made on the device.
+    edge is split as its neighbour splits it, then only the block's own pixels are traced. `outlines`: the
+    block's own, when they were made on the device; `probs` is then only the block's own, for the tile, if any.
     """
     times = StageTimes()
     cfg = plan.cfg
-    inside = _inside(plan, block)
-    if labels is None:
+    if outlines is None:
+        assert probs is not None
+        inside = _inside(plan, block)
         with times.time("label"):
             labels = label_block(plan, probs)[inside]
-    index = (slice(None), *inside)
-    probs = probs[index]
+        own = (slice(None), *inside)
+        probs = probs[own]
+        with times.time("trace"):
+            outlines = block_outlines(labels, probs[0], _simplify_px(plan) > 0)
+        del labels
     with times.time("trace"):
-        pieces = trace_pieces(labels, probs[0], block, plan.grid_hw, cfg.simplify_m / plan.georef.gsd_m)
-    del labels
+        pieces = pieces_of(outlines, block, plan.grid_hw, _simplify_px(plan))
     finished, edges = split_at_edges(pieces, block, plan.grid_hw)
     with times.time("polygons"):
         buildings = Buildings.from_frame(
             to_buildings(finished, plan.georef, cfg.min_area_m2, cfg.regularize)
         )
     tile = None
-    if want_tile:
+    if want_tile and probs is not None:
         with times.time("encode"):
             tile = encode_tile(np.ascontiguousarray(probs), block, plan.georef)
     return buildings, edges, tile, times
@@ -214,11 +231,11 @@ def process_blocks(
     def submit(block: Block) -> _Finishing:
         times = StageTimes()
         blended, nodata, predicted = blend_block(plan, block, segmenter, cache, times, on_windows, host=not on_device)
-        labels, probs = None, cast(np.ndarray, blended)  # on the host unless labelled on the device
+        outlines: Outlines | None = None
+        probs: np.ndarray | None = cast(np.ndarray, blended)  # on the host unless labelled on the device
         if on_device:
-            with times.time("label"):
-                labels, probs = label_on_device(plan, block, blended)
-        future = pool.submit(finish_block, plan, block, probs, want_tile, labels)
+            outlines, probs = outline_on_device(plan, block, blended, want_tile, times)
+        future = pool.submit(finish_block, plan, block, probs, want_tile, outlines)
         return _Finishing(future, block, nodata, predicted, segmenter.device, times)
 
     with post_pool(plan.cfg.post_workers, threads) as pool:

@@ -6,7 +6,9 @@ the next edge at every vertex from the 2x2 pixels around it, the edge after each
 pointer doubling to the next corner and to each ring's smallest corner, and list ranking for the corners' order.
 `corner_rings` returns exactly what `fpn_geo.trace.corner_rings` returns (the tests hold it to that on CPU
 tensors); the host then cuts pinched rings and finds each hole's outer ring (`fpn_geo.trace.polygons_of_corners`),
-the rare cases that stay in numpy and shapely.
+the rare cases that stay in numpy and shapely. `block_outlines_torch` adds what else a block's polygons need from its
+pixels (per-label probability sums, the background's parts, where outlines meet), so a CUDA block sends the host
+its corners and a few small arrays (`fpn_geo.vectorize.Outlines`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fpn_geo.instances_gpu import components, consecutive
 from fpn_geo.trace import DOWN, LEFT, RIGHT, UP, polygons_of_corners
+from fpn_geo.vectorize import Outlines, meeting_points
 
 _DX = (1, 0, -1, 0)  # per direction, as fpn_geo.trace._STEP
 _DY = (0, 1, 0, -1)
@@ -132,3 +136,34 @@ def _numpy_dtype(t: torch.Tensor) -> np.dtype:
 def trace_labels_torch(labels: torch.Tensor, x0: int = 0, y0: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """`fpn_geo.trace.trace_labels` for a label tensor: the same polygons, traced on the tensor's device."""
     return polygons_of_corners(*corner_rings(labels), labels.shape[1] + 1, x0, y0)
+
+
+def block_outlines_torch(labels: torch.Tensor, footprint: torch.Tensor, with_background: bool) -> Outlines:
+    """`fpn_geo.vectorize.block_outlines` on (h, w) tensors, on their device: the same arrays, copied to the host.
+
+    The background's 4-connected parts are numbered in raster order of their first pixel (`consecutive` of
+    `components`), as `scipy.ndimage.label` numbers them; sums of uint8 in float64 are exact in any order.
+    """
+    mask = labels > 0
+    n = int(labels.max()) if labels.numel() else 0
+    ids = labels.reshape(-1).to(torch.int64)
+    weights = torch.where(mask, footprint, 0).reshape(-1).to(torch.float64)
+    psum = torch.bincount(ids, weights=weights, minlength=n + 1)
+    count = torch.bincount(ids, minlength=n + 1).to(torch.float64)
+    psum[0], count[0] = 0, 0
+    every, nodes = labels, None
+    if n and with_background:
+        every = torch.where(mask, labels, consecutive(components(~mask)) + n)
+        meet = meeting_points(torch.nn.functional.pad(every.unsqueeze(0), (1, 1, 1, 1)).squeeze(0))
+        nodes = (_flat_true(meet), _flat_true(meet.t()))
+    if n:
+        corners = corner_rings(every)
+    else:
+        empty = np.empty(0, np.int64)
+        corners = (empty, empty, empty, empty)
+    return Outlines(corners, (labels.shape[0], labels.shape[1]), n, psum.cpu().numpy(), count.cpu().numpy(), nodes)
+
+
+def _flat_true(mask: torch.Tensor) -> np.ndarray:
+    """np.flatnonzero of a bool tensor, found on its device."""
+    return torch.nonzero(mask.reshape(-1)).squeeze(1).cpu().numpy()

@@ -19,7 +19,7 @@ from shapely.strtree import STRtree
 from fpn_geo.georef import Georef
 from fpn_geo.regularize import regularize
 from fpn_geo.tiling import Block
-from fpn_geo.trace import trace_labels
+from fpn_geo.trace import corner_rings, polygons_of_corners
 
 # Parts of one label smaller than this share of its largest part are dropped.
 MIN_PART_SHARE = 0.25
@@ -37,6 +37,58 @@ class Piece:
     blocks: frozenset = frozenset()
 
 
+@dataclass
+class Outlines:
+    """A block's labels reduced to what its polygons need, wherever they were labelled (`block_outlines`, or
+    `fpn_geo.trace_torch.block_outlines_torch` where the pixels are): arrays the size of the outlines, not of the block.
+
+    With the background traced (for the coverage simplification), every 4-connected part of it is a label above
+    `buildings`, numbered as `scipy.ndimage.label` numbers them, and `nodes` says where outlines meet.
+    """
+
+    corners: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # `fpn_geo.trace.corner_rings` of those labels
+    shape: tuple[int, int]  # the block's labels, (h, w)
+    buildings: int  # labels 1..buildings are buildings
+    psum: np.ndarray  # (buildings + 1,) float64: each label's sum of footprint probabilities (uint8)
+    count: np.ndarray  # (buildings + 1,) float64: each label's pixels
+    nodes: tuple[np.ndarray, np.ndarray] | None  # `node_positions`; None: the background was not traced
+
+
+def block_outlines(labels: np.ndarray, footprint: np.ndarray, with_background: bool) -> Outlines:
+    """A block's labels (h, w) and footprint probabilities reduced to its `Outlines`, on the CPU."""
+    mask = labels > 0
+    ids = labels[mask]
+    n = int(ids.max()) if ids.size else 0
+    psum = np.bincount(ids, weights=footprint[mask], minlength=n + 1).astype(np.float64)
+    count = np.bincount(ids, minlength=n + 1).astype(np.float64)
+    del ids
+    every, nodes = labels, None
+    if n and with_background:
+        from scipy import ndimage  # imported in the post worker, not before the model starts (pipeline)
+
+        background, _ = ndimage.label(~mask)
+        every = np.where(mask, labels, background + n)
+        del background
+        nodes = node_positions(meeting_points(np.pad(every, 1)))
+    empty = np.empty(0, np.int64)
+    corners = corner_rings(every) if n else (empty, empty, empty, empty)
+    return Outlines(corners, labels.shape, n, psum, count, nodes)
+
+
+def meeting_points(padded):
+    """(h+1, w+1) bools, numpy or torch: the pixel corners of a zero-padded (h, w) label raster with no zeros where
+    three or more values meet (the outside counts as one more value): at least two of the pixels around a corner
+    differ from those before them."""
+    a, b, c, d = padded[:-1, :-1], padded[:-1, 1:], padded[1:, :-1], padded[1:, 1:]
+    b_new, c_new, d_new = b != a, (c != a) & (c != b), (d != a) & (d != b) & (d != c)
+    return (b_new & c_new) | (b_new & d_new) | (c_new & d_new)
+
+
+def node_positions(nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where a (h+1, w+1) node mask is set, as sorted y * (w+1) + x and as sorted x * (h+1) + y."""
+    return np.flatnonzero(nodes), np.flatnonzero(nodes.T)
+
+
 def trace_pieces(
     labels: np.ndarray,
     footprint: np.ndarray,
@@ -45,47 +97,44 @@ def trace_pieces(
     simplify_px: float = 0.0,
 ) -> list[Piece]:
     """Every labelled region of a block as a polygon in grid coordinates, with its probability sum; outlines
-    simplified by `simplify_px` (grid pixels) as one coverage (`simplify_coverage`), so neighbours never overlap.
+    simplified by `simplify_px` (grid pixels) as one coverage (`simplify_coverage`), so neighbours never overlap."""
+    return pieces_of(block_outlines(labels, footprint, simplify_px > 0), block, grid_hw, simplify_px)
+
+
+def pieces_of(
+    o: Outlines, block: Block, grid_hw: tuple[int, int] | None = None, simplify_px: float = 0.0
+) -> list[Piece]:
+    """A block's `Outlines` -> its pieces (`trace_pieces`); rings are cut at pinches and holes find their owners
+    here, on the host. `simplify_px` applies when the outlines traced the background (`o.nodes`).
 
     A label in several parts keeps the parts of at least MIN_PART_SHARE of its largest, and every part that
     touches an edge with a neighbour behind it (it may be joined there).
     """
-    mask = labels > 0
-    ids = labels[mask]
-    if ids.size == 0:
+    if o.buildings == 0:
         return []
-    n = int(ids.max())
-    psum = np.bincount(ids, weights=footprint[mask], minlength=n + 1)
-    count = np.bincount(ids, minlength=n + 1).astype(np.float64)
-    del ids
-    if simplify_px > 0:
-        from scipy import ndimage  # imported in the post worker, not before the model starts (pipeline)
-
-        # The background traced too, each 4-connected part its own label above n: every pixel of the block is
-        # in one polygon, and the coverage's outer boundary is the block's border.
-        background, parts = ndimage.label(~mask)
-        every = np.where(mask, labels, background + n)
-        del background
-        traced, values = trace_labels(every, block.x0, block.y0)
-        geoms = simplify_coverage(traced, _nodes(every), (block.x0, block.y0), simplify_px)
+    n = o.buildings
+    traced, values = polygons_of_corners(*o.corners, o.shape[1] + 1, block.x0, block.y0)
+    if o.nodes is not None:
+        h, w = o.shape
+        geoms = simplify_coverage(traced, o.nodes, (h + 1, w + 1), (block.x0, block.y0), simplify_px)
         building = values <= n
         traced, geoms, values = traced[building], geoms[building], values[building]
     else:
-        traced, values = trace_labels(labels, block.x0, block.y0)
         geoms = traced
     area = shapely.area(traced)  # pixels: what the probability sums were taken over
     largest = np.zeros(n + 1)
     np.maximum.at(largest, values, area)
     # A watershed label can leave 1-px islands apart from its body: not buildings.
-    at_edge = _touches_neighbours(shapely.bounds(traced).reshape(-1, 4), block, grid_hw or labels.shape)
+    at_edge = _touches_neighbours(shapely.bounds(traced).reshape(-1, 4), block, grid_hw or o.shape)
     keep = np.flatnonzero((area >= MIN_PART_SHARE * largest[values]) | at_edge)
-    share = psum[values[keep]] / count[values[keep]]
+    share = o.psum[values[keep]] / o.count[values[keep]]
     at = frozenset([(block.row, block.col)])
     return [Piece(geoms[i], float(s * area[i]), float(area[i]), at) for i, s in zip(keep, share)]
 
 
 def simplify_coverage(
-    polygons: np.ndarray, nodes: np.ndarray, origin: tuple[int, int], tolerance: float
+    polygons: np.ndarray, nodes: tuple[np.ndarray, np.ndarray], shape: tuple[int, int], origin: tuple[int, int],
+    tolerance: float,
 ) -> np.ndarray:
     """Simplify traced polygons that tile a block (its background included) as one coverage: each stretch of
     outline that two polygons share is simplified once, for both, so neighbours never overlap, and the block's
@@ -93,33 +142,29 @@ def simplify_coverage(
 
     GEOS's coverage simplifier (Visvalingam-Whyatt: a vertex goes when its triangle is under `tolerance`² in
     area, and no outline may cross another) needs every polygon to have a vertex wherever outlines meet. Traced
-    rings keep only their corners, so each ring first gets the `nodes` (pixel corners where three or more
-    polygons meet, `_nodes`) that lie along it (`_with_nodes`; `segmentize` would add every pixel corner, most
-    only to be dropped again). `origin`: the block's (x0, y0) in the polygons' coordinates.
+    rings keep only their corners, so each ring first gets the nodes (pixel corners where three or more
+    polygons meet: `meeting_points`, at `node_positions` in a (h+1, w+1) `shape`) that lie along it
+    (`_with_nodes`; `segmentize` would add every pixel corner, most only to be dropped again). `origin`: the
+    block's (x0, y0) in the polygons' coordinates.
     """
-    return shapely.coverage_simplify(_with_nodes(polygons, nodes, origin), tolerance, simplify_boundary=False)
+    return shapely.coverage_simplify(
+        _with_nodes(polygons, nodes, shape, origin), tolerance, simplify_boundary=False
+    )
 
 
-def _nodes(every: np.ndarray) -> np.ndarray:
-    """(h+1, w+1): the pixel corners where three or more values of a (h, w) label raster with no zeros meet (the
-    outside counts as one more value)."""
-    p = np.pad(every, 1)
-    a, b, c, d = p[:-1, :-1], p[:-1, 1:], p[1:, :-1], p[1:, 1:]
-    c_new, d_new = (c != a) & (c != b), (d != a) & (d != b) & (d != c)
-    return (b != a).astype(np.uint8) + c_new + d_new >= 2
-
-
-def _with_nodes(polygons: np.ndarray, nodes: np.ndarray, origin: tuple[int, int]) -> np.ndarray:
+def _with_nodes(
+    polygons: np.ndarray, nodes: tuple[np.ndarray, np.ndarray], shape: tuple[int, int], origin: tuple[int, int]
+) -> np.ndarray:
     """Traced polygons with a vertex added at each node that lies inside one of their (axis-parallel) segments, in
     the direction the segment runs: nodes are found per segment by binary search in the sorted node positions,
     row by row for horizontal segments and column by column for vertical ones."""
     kind, xy, (ring_at, poly_at) = shapely.to_ragged_array(polygons)
     ix = xy.astype(np.int64) - np.asarray(origin)
-    h1, w1 = nodes.shape
+    h1, w1 = shape
     a, b = ix[:-1], ix[1:]  # segment i runs from vertex i to vertex i + 1
     across = a[:, 1] == b[:, 1]  # horizontal; the others are vertical
     # y * w1 + x, and x * h1 + y, each with a sentinel past every key, so neither is empty
-    in_rows, in_cols = np.r_[np.flatnonzero(nodes), h1 * w1], np.r_[np.flatnonzero(nodes.T), h1 * w1]
+    in_rows, in_cols = np.r_[nodes[0], h1 * w1], np.r_[nodes[1], h1 * w1]
     lo, hi = np.minimum(a, b) + 1, np.maximum(a, b) - 1
     key_lo = np.where(across, a[:, 1] * w1 + lo[:, 0], a[:, 0] * h1 + lo[:, 1])
     key_hi = np.where(across, a[:, 1] * w1 + hi[:, 0], a[:, 0] * h1 + hi[:, 1])

@@ -7,6 +7,7 @@ lost edge or building split at a window or strip boundary would cost F1.
 import sqlite3
 
 import geopandas as gpd
+import numpy as np
 import pyogrio
 import pytest
 import rasterio
@@ -120,13 +121,18 @@ def test_probability_is_a_valid_cog_on_the_model_grid(oracle_run):
 
 
 def test_labelling_on_the_device_finds_the_buildings_the_cpu_watershed_finds(tmp_path):
-    """`labelling: device` (what CUDA runs by default) through the whole pipeline, here on the CPU: the same
-    buildings as the watershed, within a pixel where touching buildings are split."""
+    """`labelling: device` (what CUDA runs by default: labels and outlines made where the pixels are, only ring
+    corners and the block's own probabilities sent back) through the whole pipeline, here on the CPU: the same
+    buildings as the watershed, within a pixel where touching buildings are split, and the same probability COG."""
     seg = load_segmenter(REPO / "models" / "default.safetensors", "cpu")
-    runs = {}
+    runs, cogs = {}, {}
     for where in ("cpu", "device"):
-        cfg = load_config(window=256, overlap=32, probability="none", block_windows=2, labelling=where)
-        runs[where] = gpd.read_file(segment(str(KAMPALA_Z20), seg, tmp_path / f"{where}.gpkg", cfg).out)
+        cfg = load_config(window=256, overlap=32, probability="cog", block_windows=2, labelling=where)
+        summary = segment(str(KAMPALA_Z20), seg, tmp_path / f"{where}.gpkg", cfg)
+        runs[where] = gpd.read_file(summary.out)
+        with rasterio.open(summary.probability) as prob:
+            cogs[where] = prob.read()
+    np.testing.assert_array_equal(cogs["cpu"], cogs["device"])
     a, b = runs["cpu"], runs["device"]
     assert len(a) > 10 and len(a) == len(b)
     # split lines between touching buildings may move a pixel: a 7 m² shed next to a bigger roof (IoU 0.87)
