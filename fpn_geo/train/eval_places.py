@@ -55,7 +55,7 @@ def kind_means(rows: list[dict], kinds: dict[str, str]) -> dict[str, float]:
     for kind in sorted(set(kinds.values())):
         f1s = [r["f1"] for r in rows if kinds.get(r["place"]) == kind]
         if f1s:
-            out[kind] = round(sum(f1s) / len(f1s), 4)
+            out[kind] = sum(f1s) / len(f1s)
     return out
 
 
