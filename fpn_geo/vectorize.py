@@ -66,6 +66,8 @@ def block_outlines(labels: np.ndarray, footprint: np.ndarray, with_background: b
     if n and with_background:
         from scipy import ndimage  # imported in the post worker, not before the model starts (pipeline)
 
+        # The background traced too, each 4-connected part its own label above n: every pixel of the block is
+        # in one polygon, and the coverage's outer boundary is the block's border.
         background, _ = ndimage.label(~mask)
         every = np.where(mask, labels, background + n)
         del background
