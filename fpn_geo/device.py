@@ -63,15 +63,20 @@ def post_threads(threads: int, device: str) -> int:
     return _auto_threads(threads, device, keep_free=2)
 
 
+def _on_device(choice: str, device: str) -> bool:
+    """A `cpu|device|auto` setting: auto means where the model runs when that is CUDA."""
+    return choice == "device" or (choice == "auto" and str(device).startswith("cuda"))
+
+
 def labels_on_device(cfg: SegmentConfig, device: str) -> bool:
     """Whether blocks are labelled by torch where the model runs (`labelling`: auto means on CUDA)."""
-    return cfg.labelling == "device" or (cfg.labelling == "auto" and str(device).startswith("cuda"))
+    return _on_device(cfg.labelling, device)
 
 
 def resamples_on_device(cfg: SegmentConfig, device: str) -> bool:
     """Whether windows go up at the scene's resolution and are resampled where the model runs (`resampling`: auto
     means on CUDA); the scene must allow it too (`fpn_geo.resample_torch.resamples_as_gdal`)."""
-    return cfg.resampling == "device" or (cfg.resampling == "auto" and str(device).startswith("cuda"))
+    return _on_device(cfg.resampling, device)
 
 
 def post_pool(kind: str, workers: int) -> Executor:

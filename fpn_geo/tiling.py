@@ -202,7 +202,7 @@ def make_blocks(grid: Grid, size: int = 4) -> BlockLayout:
 def clamp_window(cfg: SegmentConfig, height: int, width: int, scale: float = 1.0) -> SegmentConfig:
     """A window no bigger than the scene (in model pixels, rounded up to 32): one window covers a small scene,
     instead of a window of --window pixels padded around it."""
-    side = max(32, math.ceil(max(height, width) * scale / 32) * 32)
+    side = max(ALIGN, math.ceil(max(height, width) * scale / ALIGN) * ALIGN)
     if cfg.window <= side:
         return cfg
     overlap = min(cfg.overlap, side // 2 - 1)
