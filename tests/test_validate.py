@@ -102,6 +102,8 @@ def test_cache_reads_every_set_with_labels_on_the_imagery(cache):
     names = {r["name"].split("/")[0] for r in meta["sources"]}
     assert names == {s.name for s in cfg.sources}
     assert {r["place"] for r in meta["sources"]} == DRONE_PLACES | SATELLITE_PLACES | TRAINING_ONLY
+    for rec in meta["sources"]:  # recorded inside the repository, as the ledger will carry them
+        assert rec["image"].startswith("data/") and rec["labels"].startswith("data/"), rec["name"]
     srcs = sources_on_device(meta, arrays, 0.3, torch.device("cpu"), 0)
     for rec, s in zip(meta["sources"], srcs):
         t = s.target.numpy()
