@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 
 from fpn_geo.train.config import TrainConfig
+from fpn_geo.train.ledger import recorded_path
 from fpn_geo.train.samplers import fraction_block
 from fpn_geo.train.targets import IGNORE, classes_for, target_from_instances
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]  # data inside it is recorded relative to it
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,6 @@ def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
     from torchvision.io import encode_jpeg
 
     return encode_jpeg(torch.from_numpy(np.ascontiguousarray(image)), quality=quality).numpy()
-
-
-def recorded_path(path: Path) -> str:
-    """A data file as the cache, and so every checkpoint's ledger, records it: relative to the repository when
-    it lies inside, so a checkpoint does not carry the directories of the machine that trained it."""
-    p = path.resolve()
-    return p.relative_to(REPO).as_posix() if p.is_relative_to(REPO) else str(p)
 
 
 def cache_source(
@@ -97,7 +91,7 @@ def cache_source(
     truth = read_labels(label_path, crs)
     record = {
         "name": name, "place": place, "weight": weight,
-        "image": recorded_path(image_path), "labels": recorded_path(label_path),
+        "image": recorded_path(image_path, REPO), "labels": recorded_path(label_path, REPO),
         "image_sha256": sha256_file(image_path), "labels_sha256": sha256_file(label_path),  # the data's version
         "native_gsd": native, "native_shape": [H, W], "store_gsd": store_gsd, "store_shape": [sh, sw],
         "val_block": list(val_block) if val_block else None, "crs_wkt": crs.to_wkt(), "transform": list(transform)[:6],

@@ -12,9 +12,19 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 LEDGER_KEY = "ledger"
+
+
+def recorded_path(path: str | Path, root: Path) -> str:
+    """A data file as a ledger records it: relative to ``root`` (the repository, or the config's folder) when it
+    lies inside, so a checkpoint does not carry the directories of the machine that trained it; else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def run_entry(

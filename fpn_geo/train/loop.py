@@ -44,7 +44,7 @@ from fpn_geo.train.core import (
 )
 from fpn_geo.train.dataset import ChipDataset, Source, collate, load_source, normalization_stats
 from fpn_geo.train.history import append_row, plot_curve, truncate_after
-from fpn_geo.train.ledger import ledger_of, run_entry
+from fpn_geo.train.ledger import ledger_of, recorded_path, run_entry
 from fpn_geo.train.losses import CEDiceLoss
 from fpn_geo.train.samplers import Extent, RandomChipSampler
 from fpn_geo.train.state import load_train_state, save_train_state
@@ -256,7 +256,7 @@ def _resume_progress(
 
 def _data_record(s: Source, root: Path) -> dict[str, Any]:
     return {
-        "name": s.name, "path": _rel(s.path, root), "sha256": sha256_file(s.path), "shape": list(s.shape),
+        "name": s.name, "path": recorded_path(s.path, root), "sha256": sha256_file(s.path), "shape": list(s.shape),
         "gsd_m": round(s.gsd_m, 4), "val_block_px": dataclasses.astuple(s.val_block) if s.val_block else None,
     }
 
@@ -350,13 +350,6 @@ def _end_epoch(
 
 def _path(p: str, root: Path) -> Path:
     return Path(p) if Path(p).is_absolute() else root / p
-
-
-def _rel(p: str, root: Path) -> str:
-    try:
-        return str(Path(p).resolve().relative_to(root))
-    except ValueError:
-        return str(p)
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
