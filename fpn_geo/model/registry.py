@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fpn_geo import REPO_ROOT
 from fpn_geo.errors import CheckpointError
 from fpn_geo.model.meta import meta_path, read_meta
 
@@ -55,7 +56,7 @@ class ModelChoice:
 def models_dir() -> Path:
     """Where the bundled checkpoints are: `FPN_GEO_MODELS`, else `models/` beside the package (a checkout)."""
     env = os.environ.get(MODELS_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "models"
+    return Path(env) if env else REPO_ROOT / "models"
 
 
 def bundled_models(directory: str | Path | None = None) -> list[Candidate]:

@@ -25,12 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from fpn_geo import REPO_ROOT
 from fpn_geo.train.config import TrainConfig
 from fpn_geo.train.ledger import recorded_path
 from fpn_geo.train.samplers import fraction_block
 from fpn_geo.train.targets import IGNORE, classes_for, target_from_instances
-
-REPO = Path(__file__).resolve().parents[2]  # data inside it is recorded relative to it
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ def cache_source(
     truth = read_labels(label_path, crs)
     record = {
         "name": name, "place": place, "weight": weight,
-        "image": recorded_path(image_path, REPO), "labels": recorded_path(label_path, REPO),
+        "image": recorded_path(image_path, REPO_ROOT), "labels": recorded_path(label_path, REPO_ROOT),
         "image_sha256": sha256_file(image_path), "labels_sha256": sha256_file(label_path),  # the data's version
         "native_gsd": native, "native_shape": [H, W], "store_gsd": store_gsd, "store_shape": [sh, sw],
         "val_block": list(val_block) if val_block else None, "crs_wkt": crs.to_wkt(), "transform": list(transform)[:6],

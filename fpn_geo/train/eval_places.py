@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+from fpn_geo import REPO_ROOT
 
 
 def regularized(row: dict, block, rect_iou: float, min_area: float) -> dict:
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", required=True)
     p.add_argument(
         "--config",
-        default=str(REPO / "configs" / "train_default.yaml"),
+        default=str(REPO_ROOT / "configs" / "train_default.yaml"),
         help="training config naming the held-out blocks",
     )
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.5])
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labelling", choices=["auto", "cpu", "device"], default="auto",
                    help="where buildings are labelled and split (config key labelling); device on a CPU runs the "
                    "torch flood that CUDA runs")
-    p.add_argument("--work", default=str(REPO / "runs" / "holdout"))
+    p.add_argument("--work", default=str(REPO_ROOT / "runs" / "holdout"))
     p.add_argument("--json", help="write every row and the summary here")
     p.add_argument("--sheet", help="write a contact-sheet PNG of every block at the best setting here")
     p.add_argument(
