@@ -22,8 +22,8 @@ HERE_PY=$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )
 case "${1:-}" in
   prepare)
     mkdir -p "$STAGE"
-    [ -f "$STAGE/sat_cache.npz" ] || "$HERE_PY" -m fpn_geo.train.cache --config configs/train_satellite.yaml \
-      --out "$STAGE/sat_cache.npz"
+    # Always rebuilt: a cache left from an earlier session would train on that day's config.
+    "$HERE_PY" -m fpn_geo.train.cache --config configs/train_satellite.yaml --out "$STAGE/sat_cache.npz"
     cp -f models/satellite.safetensors models/satellite.json "$STAGE/"
     du -sh "$STAGE"
     sed -n '8,15p' "$0"
